@@ -1,0 +1,91 @@
+"""The Typer application and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from cloudmask import __version__
+from cloudmask.cli.common import err_console
+from cloudmask.errors import CloudmaskError
+
+_state = {"debug": False}
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+class _ErrorMappingGroup(TyperGroup):
+    """Turns library errors into one red line on stderr and the error's exit code (2 usage, 1 run)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudmaskError as exc:
+            if _state["debug"]:
+                raise
+            raise _fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+        except OSError as exc:  # disk full, permissions, broken pipes outside the library's own checks
+            if _state["debug"]:
+                raise
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise _fail(f"{where}{exc.strerror or exc}", 1) from None
+
+
+app = typer.Typer(
+    name="cloudmask",
+    cls=_ErrorMappingGroup,
+    help="Sensor-independent cloud and cloud-shadow masks for multispectral satellite scenes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cloudmask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    """cloudmask: one network for clouds and shadows on any multispectral sensor."""
+    _state["debug"] = debug
+
+
+def _register() -> None:
+    # Each command lives in its own module; importing it adds it to ``app``.
+    from cloudmask.cli import evaluate, fetch, mask, sensors, simulate, train  # noqa: F401
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except Exception as exc:  # last resort: an unexpected bug still gets one line, not a traceback
+        if _state["debug"]:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+            "(run with --debug for the traceback)",
+            highlight=False,
+        )
+        sys.exit(1)

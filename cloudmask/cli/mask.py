@@ -1,0 +1,12 @@
+"""``cloudmask mask``: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+from cloudmask.cli.app import app
+from cloudmask.errors import UsageError
+
+
+@app.command("mask", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def mask_cmd() -> None:
+    """Not available yet in this build."""
+    raise UsageError("`cloudmask mask` is not implemented yet in this version")

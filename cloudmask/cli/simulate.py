@@ -1,0 +1,12 @@
+"""``cloudmask simulate``: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+from cloudmask.cli.app import app
+from cloudmask.errors import UsageError
+
+
+@app.command("simulate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulate_cmd() -> None:
+    """Not available yet in this build."""
+    raise UsageError("`cloudmask simulate` is not implemented yet in this version")

@@ -1,0 +1,58 @@
+"""One error hierarchy for the whole library.
+
+Library code raises these; the CLI maps them to one red line and an exit code in a single place
+(:func:`cloudmask.cli.app.main`). ``exit_code`` 2 means the user asked for something invalid,
+1 means a valid request failed while running.
+"""
+
+from __future__ import annotations
+
+
+class CloudmaskError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code: int = 1
+
+
+class UsageError(CloudmaskError):
+    """The request itself is invalid (bad option value, unknown name)."""
+
+    exit_code = 2
+
+
+class RegistryError(CloudmaskError):
+    """A sensor YAML file is missing, malformed or physically implausible."""
+
+    exit_code = 2
+
+
+class UnknownSensorError(UsageError):
+    """The sensor id is not in the registry."""
+
+
+class BandError(UsageError):
+    """Band names or counts do not match the sensor or the file."""
+
+
+class SceneError(CloudmaskError):
+    """A scene cannot be read: missing, corrupt, truncated or empty input."""
+
+
+class ModelError(CloudmaskError):
+    """Weights are missing, corrupt, or do not fit the architecture."""
+
+
+class OutputError(CloudmaskError):
+    """An output cannot be written (permissions, disk full, locked by another run)."""
+
+
+class FetchError(CloudmaskError):
+    """A STAC search or download failed."""
+
+
+class NoResultsError(FetchError):
+    """A STAC search matched nothing."""
+
+
+class EvaluateError(CloudmaskError):
+    """Prediction and truth cannot be compared (grid mismatch, unknown encoding)."""

@@ -1,0 +1,371 @@
+"""The sensor registry: one YAML file per sensor, validated into frozen dataclasses.
+
+The registry is what makes the model sensor-independent: every band a scene carries is described by
+its spectral facts (:meth:`Band.descriptor`), so a sensor the model never saw only needs a YAML file.
+Files are read with ``yaml.safe_load`` and checked field by field, so a user's typo is reported with
+the file and field that hold it rather than as a crash deep in inference.
+
+Search order (later wins for the same ``id``): the bundled ``sensors/`` directory, each directory in
+``$CLOUDMASK_SENSORS`` (``os.pathsep``-separated), then directories passed by the caller
+(``--sensors-dir``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from cloudmask.errors import BandError, RegistryError, UnknownSensorError
+
+BandKind = Literal["reflectance", "thermal"]
+
+#: Wavelength plausibility window in micrometres (UV edge to far thermal infrared).
+_WL_MIN_UM, _WL_MAX_UM = 0.3, 15.0
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How stored integers become physical values: ``value = dn * scale + offset``.
+
+    Thermal bands stored as radiance carry ``k1``/``k2`` (Landsat's Planck constants) so that
+    brightness temperature is ``k2 / ln(k1 / radiance + 1)``.
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+    k1: float | None = None
+    k2: float | None = None
+
+    def apply(self, dn: np.ndarray) -> np.ndarray:
+        """Scale an integer array to physical units (float32)."""
+        value = dn.astype("float32") * np.float32(self.scale) + np.float32(self.offset)
+        if self.k1 is not None and self.k2 is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = np.float32(self.k2) / np.log(np.float32(self.k1) / value + 1).astype("float32")
+        return value
+
+
+@dataclass(frozen=True)
+class Band:
+    """One spectral band and everything needed to read it and describe it to the model."""
+
+    name: str
+    kind: BandKind
+    wavelength_min: float  # micrometres
+    wavelength_center: float
+    wavelength_max: float
+    fwhm: float
+    resolution: float  # metres
+    common_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    assets: Mapping[str, str] = field(default_factory=dict)
+    scaling: Mapping[str, Scaling] = field(default_factory=dict)  # per-product overrides
+    srf: str | None = None  # band key in the sensor's pyrsr response table, if any
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this band answers to (case-insensitive matching uses these)."""
+        extra = (self.common_name,) if self.common_name else ()
+        return (self.name, *extra, *self.aliases)
+
+    def descriptor(self) -> np.ndarray:
+        """The band's spectral facts as the model sees them: min, centre, max, FWHM (µm), thermal flag."""
+        return np.array(
+            [
+                self.wavelength_min,
+                self.wavelength_center,
+                self.wavelength_max,
+                self.fwhm,
+                1.0 if self.kind == "thermal" else 0.0,
+            ],
+            dtype="float32",
+        )
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Where a sensor's scenes live in one STAC catalogue."""
+
+    collections: Mapping[str, str]  # product -> collection id
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor's registry entry."""
+
+    id: str
+    name: str
+    bands: tuple[Band, ...]
+    default_resolution: float
+    default_product: str
+    products: Mapping[str, Scaling]
+    source: str
+    path: Path
+    platforms: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    stac: Mapping[str, Catalogue] = field(default_factory=dict)
+    srf: Mapping[str, Any] = field(default_factory=dict)  # pyrsr lookup: {satellite, sensor, variants}
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+    def band(self, name: str) -> Band:
+        """Find a band by its name, common name or alias (case-insensitive)."""
+        key = name.strip().lower()
+        for b in self.bands:
+            if key in (n.lower() for n in b.names):
+                return b
+        known = [n for b in self.bands for n in b.names]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {', '.join(self.band_names)}"
+        raise BandError(f"sensor {self.id!r} has no band {name!r}{hint}")
+
+    def select(self, names: Iterable[str]) -> list[Band]:
+        """Resolve a list of band names, refusing duplicates."""
+        bands = [self.band(n) for n in names]
+        seen: set[str] = set()
+        for b in bands:
+            if b.name in seen:
+                raise BandError(f"band {b.name!r} of sensor {self.id!r} is named twice")
+            seen.add(b.name)
+        return bands
+
+    def scaling(self, product: str | None, band: Band) -> Scaling:
+        """Scale/offset/nodata for ``band`` in ``product`` (band-level values override the product's)."""
+        product = product or self.default_product
+        if product not in self.products:
+            raise BandError(
+                f"sensor {self.id!r} has no product {product!r}; choose one of {', '.join(self.products)}"
+            )
+        return band.scaling.get(product, self.products[product])
+
+    def descriptors(self, bands: Sequence[Band] | None = None) -> np.ndarray:
+        """Stack the descriptors of ``bands`` (default: all) into an (n, 5) array."""
+        return np.stack([b.descriptor() for b in (bands or self.bands)])
+
+
+class Registry(Mapping[str, Sensor]):
+    """Sensors by id, with lookup by id, alias or platform name."""
+
+    def __init__(self, sensors: Mapping[str, Sensor]):
+        self._sensors = dict(sorted(sensors.items()))
+
+    def __getitem__(self, key: str) -> Sensor:
+        return self._sensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sensors)
+
+    def __len__(self) -> int:
+        return len(self._sensors)
+
+    def get_sensor(self, name: str) -> Sensor:
+        """Resolve an id, alias or platform (e.g. ``sentinel-2b``), suggesting close names on failure."""
+        key = name.strip().lower()
+        for s in self._sensors.values():
+            if key == s.id or key in (a.lower() for a in (*s.aliases, *s.platforms)):
+                return s
+        close = difflib.get_close_matches(key, list(self._sensors), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownSensorError(
+            f"unknown sensor {name!r}{hint} (known: {', '.join(self._sensors)}; see `cloudmask sensors`)"
+        )
+
+
+def bundled_sensors_dir() -> Path:
+    """The shipped YAML directory: inside the wheel, or the repository's top-level ``sensors/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sensors", here.parent / "sensors"):
+        if candidate.is_dir():
+            return candidate
+    raise RegistryError(f"bundled sensor registry not found next to {here}")
+
+
+def sensor_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """Directories searched for sensor YAML files, lowest priority first."""
+    dirs = [bundled_sensors_dir()]
+    env = os.environ.get("CLOUDMASK_SENSORS", "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs += [Path(p) for p in extra]
+    for d in dirs[1:]:
+        if not d.is_dir():
+            raise RegistryError(f"sensor directory {d} does not exist")
+    return dirs
+
+
+def load_registry(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> Registry:
+    """Load and validate every ``*.yaml``/``*.yml`` in the registry directories."""
+    key = tuple(str(Path(d).resolve()) for d in sensor_dirs(extra_dirs))
+    return _load_cached(key, os.environ.get("CLOUDMASK_SENSORS", ""))
+
+
+@lru_cache(maxsize=8)
+def _load_cached(dirs: tuple[str, ...], _env: str) -> Registry:
+    sensors: dict[str, Sensor] = {}
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.y*ml")):
+            sensor = load_sensor_file(path)
+            sensors[sensor.id] = sensor
+    return Registry(sensors)
+
+
+def get_sensor(name: str, extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> Sensor:
+    """Shortcut for ``load_registry(extra_dirs).get_sensor(name)``."""
+    return load_registry(extra_dirs).get_sensor(name)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Reads typed fields out of parsed YAML, naming the file and field on every failure."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, msg: str) -> RegistryError:
+        return RegistryError(f"{self.path.name}: {where}: {msg}")
+
+    def mapping(self, obj: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(obj, Mapping):
+            raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        return obj
+
+    def get(self, obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in obj or obj[key] is None:
+            if default is ...:
+                raise self.fail(f"{where}.{key}" if where else key, "missing required field")
+            return default
+        value = obj[key]
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.fail(f"{where}.{key}" if where else key, f"expected {name}, got {value!r}")
+        return value
+
+    def scaling(self, obj: Any, where: str) -> Scaling:
+        obj = self.mapping(obj, where)
+        nodata = obj.get("nodata")
+        if nodata is not None and not isinstance(nodata, (int, float)):
+            raise self.fail(f"{where}.nodata", f"expected a number, got {nodata!r}")
+        return Scaling(
+            scale=self.get(obj, "scale", where, float, 1.0),
+            offset=self.get(obj, "offset", where, float, 0.0),
+            nodata=None if nodata is None else float(nodata),
+            k1=self.get(obj, "k1", where, float, None),
+            k2=self.get(obj, "k2", where, float, None),
+        )
+
+
+def load_sensor_file(path: Path) -> Sensor:
+    """Parse and validate one sensor YAML file."""
+    c = _Checker(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise RegistryError(f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read ({exc})") from None
+    raw = c.mapping(raw, "top level")
+
+    sid = c.get(raw, "id", "", str)
+    if not sid.replace("-", "").replace("_", "").isalnum() or sid != sid.lower():
+        raise c.fail("id", f"{sid!r} must be lower-case letters, digits, '-' or '_'")
+
+    products = {
+        str(k): c.scaling(v, f"products.{k}") for k, v in c.mapping(c.get(raw, "products", "", dict), "products").items()
+    }
+    if not products:
+        raise c.fail("products", "at least one product is required")
+    default_product = c.get(raw, "default_product", "", str, next(iter(products)))
+    if default_product not in products:
+        raise c.fail("default_product", f"{default_product!r} is not one of the products {list(products)}")
+
+    stac = {}
+    for cat, spec in c.mapping(c.get(raw, "stac", "", dict, {}), "stac").items():
+        spec = c.mapping(spec, f"stac.{cat}")
+        cols = c.mapping(c.get(spec, "collections", f"stac.{cat}", dict), f"stac.{cat}.collections")
+        stac[str(cat)] = Catalogue(collections={str(k): str(v) for k, v in cols.items()}, url=spec.get("url"))
+
+    raw_bands = c.get(raw, "bands", "", list)
+    if not raw_bands:
+        raise c.fail("bands", "at least one band is required")
+    bands = [_parse_band(c, b, i, products) for i, b in enumerate(raw_bands)]
+    names: set[str] = set()
+    for b in bands:
+        for n in b.names:
+            if n.lower() in names and n.lower() != b.name.lower():
+                raise c.fail(f"bands.{b.name}", f"name or alias {n!r} is used by two bands")
+            names.add(n.lower())
+
+    return Sensor(
+        id=sid,
+        name=c.get(raw, "name", "", str),
+        description=c.get(raw, "description", "", str, ""),
+        source=c.get(raw, "source", "", str),
+        platforms=tuple(str(p).lower() for p in c.get(raw, "platforms", "", list, [])),
+        aliases=tuple(str(a).lower() for a in c.get(raw, "aliases", "", list, [])),
+        default_resolution=c.get(raw, "default_resolution", "", float),
+        default_product=default_product,
+        products=products,
+        stac=stac,
+        srf=dict(c.mapping(c.get(raw, "srf", "", dict, {}), "srf")),
+        bands=tuple(bands),
+        path=path,
+    )
+
+
+def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scaling]) -> Band:
+    raw = c.mapping(raw, f"bands[{index}]")
+    name = c.get(raw, "name", f"bands[{index}]", str)
+    where = f"bands.{name}"
+    kind = c.get(raw, "type", where, str)
+    if kind not in ("reflectance", "thermal"):
+        raise c.fail(f"{where}.type", f"must be 'reflectance' or 'thermal', got {kind!r}")
+    wl = c.mapping(c.get(raw, "wavelength", where, dict), f"{where}.wavelength")
+    lo, mid, hi = (c.get(wl, k, f"{where}.wavelength", float) for k in ("min", "center", "max"))
+    fwhm = c.get(wl, "fwhm", f"{where}.wavelength", float, hi - lo)
+    for k, v in (("min", lo), ("center", mid), ("max", hi)):
+        if not _WL_MIN_UM <= v <= _WL_MAX_UM:
+            unit = " (looks like nanometres: wavelengths are in micrometres)" if v > 100 else ""
+            raise c.fail(f"{where}.wavelength.{k}", f"{v} is outside {_WL_MIN_UM}-{_WL_MAX_UM} µm{unit}")
+    if not lo < mid < hi:
+        raise c.fail(f"{where}.wavelength", f"need min < center < max, got {lo}, {mid}, {hi}")
+    if not 0 < fwhm <= (hi - lo) * 1.5:
+        raise c.fail(f"{where}.wavelength.fwhm", f"{fwhm} µm does not fit the band edges {lo}-{hi}")
+    scaling = {}
+    for prod, spec in c.mapping(c.get(raw, "scaling", where, dict, {}), f"{where}.scaling").items():
+        if prod not in products:
+            raise c.fail(f"{where}.scaling.{prod}", f"unknown product (products: {', '.join(products)})")
+        base = products[prod]
+        merged = {"scale": base.scale, "offset": base.offset, "nodata": base.nodata, **c.mapping(spec, "")}
+        scaling[str(prod)] = c.scaling(merged, f"{where}.scaling.{prod}")
+    return Band(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        wavelength_min=lo,
+        wavelength_center=mid,
+        wavelength_max=hi,
+        fwhm=fwhm,
+        resolution=c.get(raw, "resolution", where, float),
+        common_name=c.get(raw, "common_name", where, str, None),
+        aliases=tuple(str(a) for a in c.get(raw, "aliases", where, list, [])),
+        assets={str(k): str(v) for k, v in c.mapping(c.get(raw, "assets", where, dict, {}), f"{where}.assets").items()},
+        scaling=scaling,
+        srf=c.get(raw, "srf", where, str, None),
+    )

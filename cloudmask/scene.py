@@ -1,0 +1,452 @@
+"""Scene reading: any input the user has → one lazy ``(band, y, x)`` array of physical values.
+
+A :class:`Scene` is the hand-over point between the registry and the model: a dask-backed
+:class:`xarray.DataArray` of float32 reflectance (thermal bands in kelvin) with NaN wherever a band
+has no data, plus the :class:`~cloudmask.registry.Band` objects whose descriptors tell the model what
+each layer is. Three input shapes are understood:
+
+* one multi-band GeoTIFF (band names from ``bands=``, else the file's band descriptions, else the
+  registry's full band order when the count matches);
+* a folder of per-band files (Landsat ``*_B4.TIF``, Sentinel-2 ``B04.jp2``/``T32TMT_..._B04_20m.jp2``,
+  or files named by common name as ``cloudmask fetch`` writes them);
+* a STAC item JSON (path or URL) whose assets are read in place with HTTP range requests.
+
+Bands at different resolutions are warped lazily (rasterio ``WarpedVRT``) onto one grid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+import numpy as np
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+
+from cloudmask.errors import BandError, SceneError, UsageError
+from cloudmask.registry import Band, Registry, Scaling, Sensor, load_registry
+
+#: Default dask chunk edge in pixels for lazily read scenes.
+CHUNK = 1024
+
+_RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
+
+
+@dataclass
+class Scene:
+    """A scene ready for the model: physical values, band descriptors and the output grid."""
+
+    data: xr.DataArray  # (band, y, x) float32, NaN = nodata; band coordinate holds band names
+    sensor: Sensor
+    bands: list[Band]
+    source: str
+    crs: Any = None
+    transform: Affine = field(default_factory=Affine.identity)
+    product: str | None = None
+    item: dict[str, Any] | None = None  # STAC item JSON, when read from one
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """(n_bands, 5) spectral descriptors in the same order as ``data``'s bands."""
+        return self.sensor.descriptors(self.bands)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.sizes["y"]), int(self.data.sizes["x"])
+
+    @property
+    def valid(self) -> xr.DataArray:
+        """True where every band holds a finite value; the model's nodata mask."""
+        return np.isfinite(self.data).all("band")
+
+    def profile(self) -> dict[str, Any]:
+        """A rasterio profile for single-band outputs on this scene's grid."""
+        h, w = self.shape
+        return {"driver": "GTiff", "width": w, "height": h, "count": 1, "crs": self.crs, "transform": self.transform}
+
+    def subset(self, names: Sequence[str]) -> Scene:
+        """The same scene restricted to some bands (any order)."""
+        bands = self.sensor.select(names)
+        data = self.data.sel(band=[b.name for b in bands])
+        return Scene(data, self.sensor, bands, self.source, self.crs, self.transform, self.product, self.item)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def read_scene(
+    source: str | Path,
+    sensor: str | Sensor | None = None,
+    bands: Sequence[str] | None = None,
+    product: str | None = None,
+    resolution: float | None = None,
+    registry: Registry | None = None,
+    chunks: int = CHUNK,
+) -> Scene:
+    """Open a scene lazily. ``sensor`` may be omitted when the input names it (STAC, file naming)."""
+    registry = registry or load_registry()
+    src = str(source)
+    if _is_url(src) or src.lower().endswith(".json"):
+        return _read_stac_item(src, sensor, bands, product, resolution, registry, chunks)
+    path = Path(src)
+    if not path.exists():
+        raise SceneError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _read_band_folder(path, sensor, bands, product, resolution, registry, chunks)
+    return _read_multiband(path, sensor, bands, product, resolution, registry, chunks)
+
+
+def resolve_sensor(sensor: str | Sensor | None, registry: Registry, hint: str = "", source: str = "") -> Sensor:
+    """The given sensor, else one guessed from ``hint`` (a file name or STAC platform)."""
+    if isinstance(sensor, Sensor):
+        return sensor
+    if sensor:
+        return registry.get_sensor(sensor)
+    guessed = guess_sensor(hint, registry)
+    if guessed is None:
+        raise UsageError(f"{source or hint}: cannot tell which sensor made this scene; pass --sensor")
+    return guessed
+
+
+_NAME_PATTERNS = [
+    (re.compile(r"(^|[/_])L[COTEM]0?9(_|$)|landsat[-_ ]?9", re.I), "landsat9"),
+    (re.compile(r"(^|[/_])L[COTEM]0?8(_|$)|landsat[-_ ]?8", re.I), "landsat8"),
+    (re.compile(r"(^|[/_])LE0?7(_|$)|landsat[-_ ]?7", re.I), "landsat7"),
+    (re.compile(r"(^|[/_])L[TM]0?5(_|$)|landsat[-_ ]?5", re.I), "landsat5"),
+    (re.compile(r"(^|[/_])S2[ABC]_|sentinel[-_ ]?2|(^|[/_])T\d{2}[A-Z]{3}_\d{8}T", re.I), "sentinel2"),
+]
+
+
+def guess_sensor(hint: str, registry: Registry) -> Sensor | None:
+    """Recognise a sensor from a STAC platform or a standard Landsat / Sentinel-2 product name."""
+    if not hint:
+        return None
+    try:
+        return registry.get_sensor(hint)
+    except UsageError:
+        pass
+    for pattern, sid in _NAME_PATTERNS:
+        if pattern.search(hint) and sid in registry:
+            return registry[sid]
+    return None
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _is_url(src: str) -> bool:
+    return urlparse(src).scheme in ("http", "https", "s3", "gs", "file") and "://" in src
+
+
+def _open(path: str) -> rasterio.io.DatasetReader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise SceneError(f"{path}: cannot read raster ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _to_physical(da: xr.DataArray, scaling: Scaling, is_int: bool, file_nodata: float | None) -> xr.DataArray:
+    """DN → physical float32 with NaN for nodata. Float files are taken as physical values already."""
+    nodata = (scaling.nodata if scaling.nodata is not None else file_nodata) if is_int else file_nodata
+
+    def convert(block: np.ndarray) -> np.ndarray:
+        out = scaling.apply(block) if is_int else block.astype("float32", copy=True)
+        bad = ~np.isfinite(out)
+        if nodata is not None and np.isfinite(nodata):
+            bad |= block == nodata
+        out[bad] = np.nan
+        return out
+
+    return da.copy(data=da.data.map_blocks(convert, dtype="float32"))
+
+
+def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
+    """All bands of a raster as a lazy (band, y, x) array; GDAL reads only the blocks asked for."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rioxarray.open_rasterio(
+                path, chunks={"band": 1, "y": chunks, "x": chunks}, mask_and_scale=False, lock=False
+            )
+    except (RasterioIOError, OSError, ValueError) as exc:
+        raise SceneError(f"{path}: cannot read raster ({_one_line(exc)})") from None
+
+
+def _lazy_band(
+    path: str,
+    index: int,
+    chunks: int,
+    grid: tuple[Any, Affine, int, int] | None = None,
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[xr.DataArray, np.dtype, float | None]:
+    """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it differs."""
+    with _open(path) as src:
+        dtype = np.dtype(src.dtypes[index - 1])
+        nodata = src.nodata
+        same = grid is None or (src.width, src.height, src.transform) == (grid[2], grid[3], grid[1])
+    if same:
+        da = _open_lazy(path, chunks)
+    else:
+        crs, transform, width, height = grid
+        src = _open(path)
+        vrt = WarpedVRT(
+            src, crs=crs or src.crs, transform=transform, width=width, height=height,
+            resampling=resampling, src_nodata=nodata, nodata=nodata,
+        )
+        da = _open_lazy(vrt, chunks)
+    return da.isel(band=index - 1, drop=True), dtype, nodata
+
+
+def _assemble(
+    layers: list[xr.DataArray],
+    bands: list[Band],
+    sensor: Sensor,
+    product: str | None,
+    dtypes: list[np.dtype],
+    nodatas: list[float | None],
+    source: str,
+    crs: Any,
+    transform: Affine,
+    item: dict[str, Any] | None = None,
+) -> Scene:
+    phys = [
+        _to_physical(layer, sensor.scaling(product, band), np.issubdtype(dt, np.integer), nd)
+        for layer, band, dt, nd in zip(layers, bands, dtypes, nodatas)
+    ]
+    data = xr.concat(phys, dim="band", coords="minimal", compat="override")
+    data = data.assign_coords(band=[b.name for b in bands])
+    data = data.transpose("band", "y", "x")
+    data.attrs = {"sensor": sensor.id, "source": source}
+    return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item)
+
+
+def _check_valid_product(sensor: Sensor, product: str | None) -> None:
+    if product is not None and product not in sensor.products:
+        raise UsageError(f"sensor {sensor.id!r} has no product {product!r}; choose one of {', '.join(sensor.products)}")
+
+
+# --------------------------------------------------------------------------- (a) multi-band GeoTIFF
+
+
+def _read_multiband(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    src = _open(str(path))
+    with src:
+        count, descriptions = src.count, list(src.descriptions)
+        crs, transform = src.crs, src.transform
+        if crs is None and transform == Affine.identity():
+            warnings.warn(f"{path.name} is not georeferenced; the mask will not be either", stacklevel=3)
+        tags = src.tags()
+        dtypes = [np.dtype(d) for d in src.dtypes]
+        nodatas = [src.nodata] * count
+    sensor = resolve_sensor(sensor, registry, tags.get("CLOUDMASK_SENSOR") or path.name, str(path))
+    _check_valid_product(sensor, product)
+    chosen = _name_file_bands(path, sensor, bands, count, descriptions)
+    if resolution:
+        grid = _grid_at_resolution(src, resolution)
+        crs, transform = grid[0], grid[1]
+        layers = []
+        for i in range(1, count + 1):
+            layers.append(_lazy_band(str(path), i, chunks, grid, Resampling.average)[0])
+    else:
+        whole = _open_lazy(str(path), chunks)
+        layers = [whole.isel(band=i, drop=True) for i in range(count)]
+    _check_readable(path)
+    return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform)
+
+
+def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
+    if bands:
+        if len(bands) != count:
+            raise BandError(f"{path.name} has {count} bands but --bands names {len(bands)}")
+        return sensor.select(bands)
+    if all(descriptions):
+        try:
+            return sensor.select([d for d in descriptions if d])
+        except BandError:
+            pass
+    if count == len(sensor.bands):
+        return list(sensor.bands)
+    raise BandError(
+        f"{path.name} has {count} bands, {sensor.id} has {len(sensor.bands)}, and the file's band descriptions "
+        f"do not name them; say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:4])})"
+    )
+
+
+def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tuple[Any, Affine, int, int]:
+    left, bottom, right, top = src.bounds
+    width = max(1, int(round((right - left) / resolution)))
+    height = max(1, int(round((top - bottom) / resolution)))
+    return src.crs, Affine(resolution, 0, left, 0, -resolution, top), width, height
+
+
+def _check_readable(path: Path) -> None:
+    """Touch the last block so a truncated file fails now with a clear message, not mid-inference."""
+    try:
+        with rasterio.open(str(path)) as ds:
+            h, w = ds.height, ds.width
+            ds.read(window=((h - 1, h), (w - 1, w)))
+    except RasterioIOError as exc:
+        raise SceneError(f"{path}: file is corrupt or truncated ({_one_line(exc)})") from None
+
+
+# --------------------------------------------------------------------------- (b) folder of band files
+
+
+def band_file_key(stem: str) -> list[str]:
+    """Candidate band names encoded in a file stem: ``LC08_..._B4`` → ``B4``; ``T32_..._B8A_20m`` → ``B8A``."""
+    keys = [stem]
+    parts = re.split(r"[_.\-]", stem)
+    for part in parts:
+        if re.fullmatch(r"B\d{1,2}A?", part, re.I) or re.fullmatch(r"SR_B\d+", part, re.I):
+            keys.append(part)
+    m = re.search(r"(?:SR_|ST_)?(B\d{1,2}A?)(?:_\d+m)?$", stem, re.I)
+    if m:
+        keys.append(m.group(1))
+    return keys
+
+
+def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file())
+    item_json = next(iter(sorted(path.glob("*.json"))), None)
+    if not files:
+        if item_json is not None:
+            return _read_stac_item(str(item_json), sensor, bands, product, resolution, registry, chunks)
+        raise SceneError(f"{path}: folder holds no raster files (.tif, .jp2)")
+    item = None
+    hint = path.name + "/" + files[0].name
+    if item_json is not None:
+        try:
+            item = json.loads(item_json.read_text())
+            hint = item.get("properties", {}).get("platform") or hint
+        except (OSError, ValueError):
+            item = None
+    sensor = resolve_sensor(sensor, registry, hint, str(path))
+    _check_valid_product(sensor, product)
+    found: dict[str, Path] = {}
+    for f in files:
+        for key in band_file_key(f.stem):
+            try:
+                band = sensor.band(key)
+            except BandError:
+                continue
+            found.setdefault(band.name, f)
+            break
+    if not found:
+        raise SceneError(f"{path}: no file names a band of {sensor.id} (expected e.g. *_{sensor.band_names[0]}.tif)")
+    if bands:
+        wanted = sensor.select(bands)
+        missing = [b.name for b in wanted if b.name not in found]
+        if missing:
+            raise BandError(f"{path}: no file for band(s) {', '.join(missing)}")
+    else:
+        wanted = [b for b in sensor.bands if b.name in found]
+    return _stack_files(
+        [(str(found[b.name]), 1) for b in wanted], wanted, sensor, product, resolution, str(path), chunks, item
+    )
+
+
+def _stack_files(
+    paths: list[tuple[str, int]],
+    bands: list[Band],
+    sensor: Sensor,
+    product: str | None,
+    resolution: float | None,
+    source: str,
+    chunks: int,
+    item: dict[str, Any] | None = None,
+) -> Scene:
+    """Warp single-band files onto the grid of the target resolution and stack them."""
+    res = float(resolution or sensor.default_resolution)
+    # Reference grid: the union extent of the first file at the requested resolution.
+    with _open(paths[0][0]) as ref:
+        grid = _grid_at_resolution(ref, res) if ref.crs is not None else (None, ref.transform, ref.width, ref.height)
+    layers, dtypes, nodatas = [], [], []
+    for (p, idx), band in zip(paths, bands):
+        with _open(p) as ds:
+            coarser = abs(ds.transform.a) > res
+        resampling = Resampling.bilinear if coarser else Resampling.average
+        layer, dt, nd = _lazy_band(p, idx, chunks, grid, resampling)
+        layers.append(layer.drop_vars(["x", "y", "spatial_ref"], errors="ignore"))
+        dtypes.append(dt)
+        nodatas.append(nd)
+    crs, transform, width, height = grid
+    scene = _assemble(layers, bands, sensor, product, dtypes, nodatas, source, crs, transform, item)
+    return scene
+
+
+# --------------------------------------------------------------------------- (c) STAC item
+
+
+def load_item(source: str) -> dict[str, Any]:
+    """Read a STAC item JSON from a path or URL (plain HTTP GET; no pystac-client needed)."""
+    try:
+        if _is_url(source) and not source.startswith("file://"):
+            import urllib.request
+
+            with urllib.request.urlopen(source, timeout=30) as resp:  # noqa: S310 (user-supplied URL)
+                item = json.load(resp)
+        else:
+            item = json.loads(Path(source.removeprefix("file://")).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SceneError(f"{source}: cannot read STAC item ({_one_line(exc)})") from None
+    if not isinstance(item, dict) or item.get("type") != "Feature" or "assets" not in item:
+        raise SceneError(f"{source}: not a STAC item (expected a GeoJSON Feature with assets)")
+    return item
+
+
+def asset_for_band(item: dict[str, Any], sensor: Sensor, band: Band) -> str | None:
+    """The asset key holding ``band``: the registry's catalogue keys first, then ``eo:bands`` names."""
+    assets = item.get("assets", {})
+    for key in band.assets.values():
+        if key in assets:
+            return key
+    names = {n.lower() for n in band.names}
+    for key, asset in assets.items():
+        if key.lower() in names:
+            return key
+        for eo in asset.get("eo:bands", []) or asset.get("bands", []) or []:
+            if str(eo.get("name", "")).lower() in names or str(eo.get("common_name", "")).lower() == (band.common_name or "").lower():
+                if str(eo.get("name", "")).lower() in names:
+                    return key
+    return None
+
+
+def _read_stac_item(source: str, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    item = load_item(source)
+    platform = str(item.get("properties", {}).get("platform", ""))
+    sensor = resolve_sensor(sensor, registry, platform or item.get("id", ""), source)
+    _check_valid_product(sensor, product)
+    wanted = sensor.select(bands) if bands else list(sensor.bands)
+    paths, chosen = [], []
+    base = source if _is_url(source) else str(Path(source).resolve().parent) + "/"
+    for band in wanted:
+        key = asset_for_band(item, sensor, band)
+        if key is None:
+            if bands:
+                raise BandError(f"{source}: the item has no asset for band {band.name}")
+            continue
+        href = item["assets"][key]["href"]
+        if not _is_url(href) and not Path(href).is_absolute():
+            href = urljoin(base, href) if _is_url(base) else str(Path(base) / href)
+        paths.append((href, 1))
+        chosen.append(band)
+    if not chosen:
+        raise SceneError(f"{source}: no asset of the item matches a band of {sensor.id}")
+    return _stack_files(paths, chosen, sensor, product, resolution, source, chunks, item)
