@@ -1,0 +1,66 @@
+"""Scene readers on rasters made in tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloudmask.errors import BandError, SceneError
+from cloudmask.scene import read_scene
+from cloudmask.testing import random_reflectance, test_transform, write_raster
+
+
+def test_multiband_uint16_is_scaled_with_the_product_offset(s2_l2a_tif):
+    scene = read_scene(s2_l2a_tif, "sentinel2")
+    assert scene.data.dims == ("band", "y", "x")
+    assert list(scene.data.band.values)[:3] == ["B01", "B02", "B03"]
+    values = scene.data.values
+    assert np.isnan(values[:, :4]).all()  # nodata strip
+    refl = random_reflectance(13, 80, 96, seed=1)
+    np.testing.assert_allclose(values[:, 4:], refl[:, 4:], atol=6e-5)
+    assert scene.descriptors.shape == (13, 5)
+    assert not bool(scene.valid[:4].any()) and bool(scene.valid[4:].all())
+
+
+def test_sensor_guessed_from_file_name(s2_l2a_tif):
+    assert read_scene(s2_l2a_tif).sensor.id == "sentinel2"
+
+
+def test_bands_named_by_descriptions_in_any_order(tmp_path):
+    arr = random_reflectance(4, 32, 40)
+    path = write_raster(tmp_path / "x.tif", arr, descriptions=["nir", "red", "green", "blue"])
+    scene = read_scene(path, "sentinel2")
+    assert list(scene.data.band.values) == ["B08", "B04", "B03", "B02"]
+    np.testing.assert_allclose(scene.data.values, arr)  # float files are physical already
+
+
+def test_band_count_mismatch_is_a_clear_error(tmp_path):
+    path = write_raster(tmp_path / "x.tif", random_reflectance(5, 16, 16))
+    with pytest.raises(BandError, match="has 5 bands"):
+        read_scene(path, "sentinel2")
+    with pytest.raises(BandError, match="--bands names 2"):
+        read_scene(path, "sentinel2", bands=["red", "nir"])
+
+
+def test_band_folder_resampled_to_one_grid(tmp_path):
+    folder = tmp_path / "T32TMT_20240101T103021"
+    folder.mkdir()
+    for band, res in (("B02", 10), ("B11", 20), ("B01", 60)):
+        n = int(1200 / res)
+        dn = (random_reflectance(1, n, n) * 10000 + 1000).astype("uint16")
+        write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=test_transform(res), nodata=0)
+    scene = read_scene(folder)
+    assert scene.sensor.id == "sentinel2"
+    assert scene.shape == (60, 60)
+    assert [b.name for b in scene.bands] == ["B01", "B02", "B11"]
+    assert scene.transform.a == 20
+
+
+def test_empty_folder_and_corrupt_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SceneError, match="no raster files"):
+        read_scene(tmp_path / "empty", "sentinel2")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(SceneError, match="bad.tif"):
+        read_scene(bad, "sentinel2")
