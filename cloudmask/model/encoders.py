@@ -1,0 +1,139 @@
+"""Band encoders: a set of (band image, descriptor) pairs -> a fixed-width feature map.
+
+Two variants behind one interface (:class:`BandEncoder`), both invariant to band order and
+accepting any number of bands, including bands never seen in training:
+
+* :class:`PairwiseEncoder` – the "permutational convolution" idea (SEnSeI v1, re-derived here, not
+  copied): every ordered pair of bands (i, j) gets a 1×1 filter generated from both descriptors,
+  the pair responses are pooled over all pairs. O(n²) in bands; pairs see band *differences* and
+  ratios directly, which is what spectral indices (NDSI, NDVI, cirrus tests) are made of.
+* :class:`SetEncoder` – O(n): each band's values go through a small per-band MLP whose weights are
+  generated from its descriptor (FiLM-style conditioning), then a masked descriptor-attention
+  pooling plus a masked max pooling across bands.
+
+Both treat invalid pixels (validity 0) as absent bands, so partial nodata in one band does not
+pollute the pooled features, and an all-invalid pixel pools to zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BandEncoder(nn.Module):
+    """Interface: ``forward(v, lv, m, emb) -> (B, out_channels, h, w)``.
+
+    v, lv, m: (B, n, h, w) normalised value, log-value and validity (0/1 or a fraction);
+    emb: (n, E) descriptor embeddings.
+    """
+
+    out_channels: int
+
+    def forward(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _band_softmax_weights(logits: torch.Tensor) -> torch.Tensor:
+    """exp(logits) normalised per channel by the max over bands (stable, order-invariant)."""
+    return torch.exp(logits - logits.max(dim=0, keepdim=True).values)
+
+
+class SetEncoder(BandEncoder):
+    """O(n) set encoder: descriptor-conditioned per-band MLP + attention/max pooling."""
+
+    def __init__(self, emb_dim: int, width: int):
+        super().__init__()
+        self.width = width
+        self.gen1 = nn.Linear(emb_dim, width * 3)  # per-band weights for [v, lv] and bias
+        self.mix = nn.Parameter(torch.randn(width, width) * (2.0 / width) ** 0.5)  # shared C->C
+        self.film2 = nn.Linear(emb_dim, width * 2)  # per-band scale/shift after the shared layer
+        self.att = nn.Linear(emb_dim, width)  # per-band attention logits per channel
+        self.out_channels = 2 * width
+
+    def forward(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        n, c = emb.shape[0], self.width
+        g1 = self.gen1(emb).view(n, c, 3)
+        h = torch.relu(
+            v[:, :, None] * g1[None, :, :, 0, None, None]
+            + lv[:, :, None] * g1[None, :, :, 1, None, None]
+            + g1[None, :, :, 2, None, None]
+        )  # (B, n, C, h, w)
+        f2 = self.film2(emb).view(n, c, 2)
+        h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
+        h = torch.relu(h * (1.0 + f2[None, :, :, 0, None, None]) + f2[None, :, :, 1, None, None])
+        h = h * m[:, :, None]
+        ea = _band_softmax_weights(self.att(emb))  # (n, C)
+        num = torch.einsum("bnchw,nc->bchw", h, ea)
+        den = torch.einsum("bnhw,nc->bchw", m, ea).clamp(min=1e-6)
+        return torch.cat([num / den, h.amax(dim=1)], dim=1)
+
+
+class PairwiseEncoder(BandEncoder):
+    """O(n²) permutational encoder: a generated 1×1 filter per ordered band pair, pooled over pairs."""
+
+    def __init__(self, emb_dim: int, width: int, chunk: int = 32):
+        super().__init__()
+        self.width, self.chunk = width, chunk
+        self.pair = nn.Sequential(nn.Linear(2 * emb_dim, 2 * emb_dim), nn.ReLU(), nn.Linear(2 * emb_dim, width * 5))
+        self.out_channels = 2 * width
+
+    def forward(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        n, c = emb.shape[0], self.width
+        ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        keep = ii != jj
+        ii, jj = ii[keep], jj[keep]
+        w = self.pair(torch.cat([emb[ii], emb[jj]], dim=1)).view(-1, c, 5)  # (P, C, 5)
+        b_, _, hh, ww = v.shape
+        total = v.new_zeros(b_, c, hh, ww)
+        count = v.new_zeros(b_, 1, hh, ww)
+        peak = v.new_zeros(b_, c, hh, ww)
+        for s in range(0, len(ii), self.chunk):
+            i, j, wc = ii[s : s + self.chunk], jj[s : s + self.chunk], w[s : s + self.chunk]
+            feats = torch.stack([v[:, i], lv[:, i], v[:, j], lv[:, j]], dim=2)  # (B, P, 4, h, w)
+            h = torch.relu(torch.einsum("bpkhw,pck->bpchw", feats, wc[:, :, :4]) + wc[None, :, :, 4, None, None])
+            mij = m[:, i] * m[:, j]
+            h = h * mij[:, :, None]
+            total = total + h.sum(dim=1)
+            count = count + mij.sum(dim=1, keepdim=True)
+            peak = torch.maximum(peak, h.amax(dim=1))
+        return torch.cat([total / count.clamp(min=1e-6), peak], dim=1)
+
+
+def _mix(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(K, n) @ (B, n, h, w) -> (B, K, h, w) via BLAS (much faster than a 1×1 conv on CPU)."""
+    b, n, h, w = t.shape
+    return torch.matmul(weight, t.reshape(b, n, h * w)).view(b, weight.shape[0], h, w)
+
+
+class FineProjection(nn.Module):
+    """Full-resolution, linear-cost spectral projection: K descriptor-generated band mixtures.
+
+    Why linear: it runs on every pixel at full resolution, so it is two small matrix products with
+    generated weights (numerator over valid values, denominator over validity), i.e. a learned,
+    continuous-in-wavelength spectral index that degrades gracefully when bands are missing.
+    """
+
+    def __init__(self, emb_dim: int, width: int):
+        super().__init__()
+        self.width = width
+        self.gen = nn.Linear(emb_dim, width)
+        self.att = nn.Linear(emb_dim, width)
+
+    def weights(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, n) value weights and (K, n) validity weights; computed once per band set."""
+        ea = _band_softmax_weights(self.att(emb))  # (n, K)
+        return (ea * self.gen(emb)).T.contiguous(), ea.T.contiguous()
+
+    def forward(self, v: torch.Tensor, m: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        wv, wm = weights
+        return _mix(wv, v) / _mix(wm, m).clamp(min=1e-4)
+
+
+def make_encoder(kind: str, emb_dim: int, width: int) -> BandEncoder:
+    """Build the band encoder named in the architecture config."""
+    if kind == "set":
+        return SetEncoder(emb_dim, width)
+    if kind == "pairwise":
+        return PairwiseEncoder(emb_dim, width)
+    raise ValueError(f"unknown band encoder {kind!r} (expected 'set' or 'pairwise')")

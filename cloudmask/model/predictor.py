@@ -1,0 +1,192 @@
+"""Loading weights and running the network on numpy arrays: the model's public face.
+
+Weights are a safetensors file plus a JSON sidecar (version, sha256 of the weights file,
+architecture config). The hash is checked on every load so a truncated download or a swapped file
+is reported as a :class:`~cloudmask.errors.ModelError` instead of silently producing bad masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cloudmask.errors import BandError, ModelError
+from cloudmask.model.network import CloudNet, ModelConfig
+
+#: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_NAME = "cloudmask"
+MIN_BANDS = 3
+SIDECAR_FORMAT = 1
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Predictor:
+    """A network with its weights' identity, callable on physical numpy arrays.
+
+    ``halo`` is the overlap (pixels per side) tiled inference should use; ``stride`` the pooling
+    factor (tile origins on multiples of it reproduce whole-scene pooling exactly).
+    """
+
+    def __init__(self, net: CloudNet, version: str, sha256: str, source: str | None = None, meta: dict[str, Any] | None = None):
+        self.net = net.eval()
+        self.version = version
+        self.sha256 = sha256
+        self.source = source
+        self.meta = meta or {}
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
+    def halo(self) -> int:
+        return self.net.halo
+
+    @property
+    def stride(self) -> int:
+        return self.net.stride
+
+    @classmethod
+    def random(cls, seed: int = 0, config: ModelConfig | None = None, **overrides: Any) -> Predictor:
+        """An untrained, deterministic predictor (for tests of other modules)."""
+        cfg = config or ModelConfig(**overrides)
+        gen_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            net = CloudNet(cfg)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        return cls(net, version=f"random-{seed}", sha256="0" * 64, source=None)
+
+    # ------------------------------------------------------------------ inference
+
+    def _check(self, x: np.ndarray, descriptors: np.ndarray, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.asarray(x)
+        d = np.asarray(descriptors, dtype="float32")
+        if x.ndim != ndim:
+            raise BandError(f"expected a {ndim}-D array of bands, got shape {x.shape}")
+        n = x.shape[-3]
+        if d.shape != (n, 5):
+            raise BandError(f"descriptors must have shape ({n}, 5) for {n} bands, got {d.shape}")
+        if n < MIN_BANDS:
+            raise BandError(f"the model needs at least {MIN_BANDS} bands, got {n}")
+        if not np.isfinite(d).all():
+            raise BandError("band descriptors contain NaN or infinite values")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype="float32")), torch.from_numpy(d)
+
+    def predict_proba(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+        """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities."""
+        xt, dt = self._check(x, descriptors, 3)
+        return self.net.predict_proba(xt[None], dt)[0].numpy()
+
+    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+        """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w)."""
+        xt, dt = self._check(x, descriptors, 4)
+        return self.net.predict_proba(xt, dt).numpy()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike[str], version: str, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically; returns the weights path."""
+        return save_weights(self.net, path, version, extra)
+
+
+def save_weights(net: CloudNet, path: str | os.PathLike[str], version: str, extra: dict[str, Any] | None = None) -> Path:
+    """Save a network's weights + sidecar (version, sha256, architecture) next to each other."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arch = net.config.to_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"version": version, "architecture": json.dumps(arch)})
+        digest = sha256_file(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    sidecar = {"format": SIDECAR_FORMAT, "version": version, "sha256": digest, "file": path.name, "architecture": arch}
+    sidecar.update(extra or {})
+    side = path.with_suffix(".json")
+    tmp_side = side.with_suffix(".json.tmp")
+    tmp_side.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_side, side)
+    return path
+
+
+def bundled_weights() -> Path:
+    """Path of the bundled weights file."""
+    return WEIGHTS_DIR / f"{BUNDLED_NAME}.safetensors"
+
+
+def load_model(path: str | os.PathLike[str] | None = None) -> Predictor:
+    """Load the bundled weights, or a user's ``.safetensors`` (sidecar ``.json`` next to it, or
+    the architecture stored in the file's metadata). Raises ModelError on any problem."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path) if path is not None else bundled_weights()
+    if weights.suffix == ".json":
+        weights = weights.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise ModelError(f"model weights not found: {weights}")
+    side = weights.with_suffix(".json")
+    sidecar: dict[str, Any] = {}
+    if side.is_file():
+        try:
+            sidecar = json.loads(side.read_text(encoding="utf-8"))
+            if not isinstance(sidecar, dict):
+                raise ValueError("not an object")
+        except (ValueError, OSError) as exc:
+            raise ModelError(f"model sidecar {side} is not valid JSON ({exc})") from None
+    elif path is None:
+        raise ModelError(f"bundled model sidecar missing: {side}")
+    digest = sha256_file(weights)
+    if sidecar.get("sha256") and sidecar["sha256"] != digest:
+        raise ModelError(f"model weights {weights.name} do not match their recorded sha256 (corrupt or replaced file)")
+    try:
+        state = load_file(str(weights))
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"model weights {weights} cannot be read ({exc})") from None
+    arch = sidecar.get("architecture")
+    if arch is None and "architecture" in meta:
+        try:
+            arch = json.loads(meta["architecture"])
+        except ValueError:
+            arch = None
+    if not isinstance(arch, dict):
+        raise ModelError(f"model weights {weights.name} carry no architecture config (sidecar or metadata)")
+    try:
+        net = CloudNet(ModelConfig.from_dict(arch))
+        net.load_state_dict(state, strict=True)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model weights {weights.name} do not fit the architecture: {first}") from None
+    version = str(sidecar.get("version") or meta.get("version") or "unknown")
+    return Predictor(net, version=version, sha256=digest, source=str(weights), meta=sidecar)

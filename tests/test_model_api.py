@@ -1,0 +1,133 @@
+"""Public model API: shapes, band-order invariance, variable/unseen bands, nodata, weights I/O."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloudmask.errors import BandError, ModelError
+from cloudmask.model import Predictor, load_model
+from cloudmask.registry import get_sensor
+
+TINY = {"desc_dim": 16, "enc_width": 8, "fine_width": 4, "c4": 8, "c8": 12, "dilations": (1, 2), "up_width": 4, "head_width": 6}
+
+
+@pytest.fixture(scope="module", params=["set", "pairwise"])
+def predictor(request: pytest.FixtureRequest) -> Predictor:
+    return Predictor.random(seed=3, encoder=request.param, **TINY)
+
+
+def _scene(n: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    s2 = get_sensor("sentinel2")
+    rng = np.random.default_rng(seed)
+    bands = list(s2.bands)[:n] if n <= len(s2.bands) else list(s2.bands)
+    x = rng.uniform(0.02, 0.8, (len(bands), h, w)).astype("float32")
+    return x, s2.descriptors(bands)
+
+
+def test_shapes_odd_sizes(predictor: Predictor) -> None:
+    x, d = _scene(13, 37, 51)
+    p = predictor.predict_proba(x, d)
+    assert p.shape == (4, 37, 51) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    xb = np.stack([x, x[:, ::-1, :].copy()])
+    pb = predictor.predict_proba_batch(xb, d)
+    assert pb.shape == (2, 4, 37, 51)
+    np.testing.assert_allclose(pb[0], p, atol=1e-5)
+
+
+def test_band_order_invariance(predictor: Predictor) -> None:
+    x, d = _scene(13, 40, 48, seed=1)
+    perm = np.random.default_rng(7).permutation(13)
+    a = predictor.predict_proba(x, d)
+    b = predictor.predict_proba(x[perm], d[perm])
+    assert np.abs(a - b).max() < 1e-5
+
+
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_variable_band_count(predictor: Predictor, n: int) -> None:
+    x, d = _scene(n, 24, 24)
+    p = predictor.predict_proba(x, d)
+    assert p.shape == (4, 24, 24) and np.isfinite(p).all()
+
+
+def test_unseen_bands_and_thermal(predictor: Predictor) -> None:
+    rng = np.random.default_rng(2)
+    d = np.array(
+        [[0.41, 0.43, 0.45, 0.04, 0], [0.61, 0.63, 0.66, 0.05, 0], [1.0, 1.03, 1.06, 0.06, 0], [10.4, 10.9, 11.4, 0.9, 1]],
+        dtype="float32",
+    )
+    x = rng.uniform(0.05, 0.5, (4, 20, 28)).astype("float32")
+    x[3] = rng.uniform(250, 310, (20, 28))
+    p = predictor.predict_proba(x, d)
+    assert p.shape == (4, 20, 28) and np.isfinite(p).all()
+
+
+def test_nodata_never_leaks_and_is_clear(predictor: Predictor) -> None:
+    x, d = _scene(6, 32, 32)
+    x[:, :5, :] = np.nan  # nodata strip in every band
+    x[2, 10:20, 10:20] = np.nan  # one band missing in a patch
+    p = predictor.predict_proba(x, d)
+    assert np.isfinite(p).all()
+    np.testing.assert_array_equal(p[0, :5], 1.0)
+    np.testing.assert_array_equal(p[1:, :5], 0.0)
+    allnan = np.full((4, 16, 16), np.nan, dtype="float32")
+    q = predictor.predict_proba(allnan, d[:4])
+    assert np.isfinite(q).all() and (q[0] == 1).all()
+
+
+def test_bad_inputs_raise(predictor: Predictor) -> None:
+    x, d = _scene(2, 8, 8)
+    with pytest.raises(BandError, match="at least 3"):
+        predictor.predict_proba(x, d)
+    x, d = _scene(5, 8, 8)
+    with pytest.raises(BandError, match="descriptors"):
+        predictor.predict_proba(x, d[:4])
+
+
+def test_random_is_deterministic() -> None:
+    x, d = _scene(5, 16, 16)
+    a = Predictor.random(seed=1, **TINY).predict_proba(x, d)
+    b = Predictor.random(seed=1, **TINY).predict_proba(x, d)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_weights_roundtrip_and_hash(tmp_path: Path) -> None:
+    p = Predictor.random(seed=4, **TINY)
+    path = p.save(tmp_path / "m.safetensors", version="9.9")
+    q = load_model(path)
+    assert q.version == "9.9" and len(q.sha256) == 64
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == q.sha256
+    x, d = _scene(5, 16, 24)
+    np.testing.assert_array_equal(p.predict_proba(x, d), q.predict_proba(x, d))
+
+
+def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
+    p = Predictor.random(seed=4, **TINY)
+    path = p.save(tmp_path / "m.safetensors", version="1")
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(path)
+    path.with_suffix(".json").unlink()  # no sidecar: no hash to check, but the file itself is garbage?
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ModelError, match="cannot be read"):
+        load_model(path)
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    # weights of one architecture with a sidecar claiming another
+    other = p.save(tmp_path / "o.safetensors", version="1")
+    side = json.loads(other.with_suffix(".json").read_text())
+    side["architecture"]["c8"] = 16
+    other.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(other)
+
+
+def test_bundled_weights_load() -> None:
+    p = load_model()
+    assert p.version and len(p.sha256) == 64 and p.halo >= 32 and p.halo % p.stride == 0
