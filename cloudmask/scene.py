@@ -339,6 +339,10 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
             item = None
     sensor = resolve_sensor(sensor, registry, hint, str(path))
     _check_valid_product(sensor, product)
+    if product is None and item is not None:  # `cloudmask fetch` records the registry product it chose
+        from cloudmask.stac import item_product
+
+        product = item_product(item, sensor)
     found: dict[str, Path] = {}
     for f in files:
         for key in band_file_key(f.stem):
@@ -433,6 +437,10 @@ def _read_stac_item(source: str, sensor, bands, product, resolution, registry, c
     platform = str(item.get("properties", {}).get("platform", ""))
     sensor = resolve_sensor(sensor, registry, platform or item.get("id", ""), source)
     _check_valid_product(sensor, product)
+    if product is None:  # recorded by `cloudmask fetch`, else the Sentinel-2 processing-baseline rule
+        from cloudmask.stac import item_product
+
+        product = item_product(item, sensor)
     wanted = sensor.select(bands) if bands else list(sensor.bands)
     paths, chosen = [], []
     base = source if _is_url(source) else str(Path(source).resolve().parent) + "/"

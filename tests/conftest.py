@@ -17,3 +17,4 @@ def s2_l2a_tif(tmp_path: Path) -> Path:
     dn = np.round(refl * 10000 + 1000).astype("uint16")
     dn[:, :4, :] = 0  # a nodata strip along the top
     return write_raster(tmp_path / "S2A_MSIL2A_test.tif", dn, nodata=0)
+pytest_plugins = ["fetch_servers"]

@@ -1,0 +1,326 @@
+"""Real servers on 127.0.0.1 for the fetch tests: a Range-capable file server with fault injection,
+``rustac serve`` STAC APIs (memory backend, and pgstac on a throw-away PostgreSQL cluster).
+
+Loaded as a pytest plugin from ``tests/conftest.py``. Nothing here mocks HTTP or pystac-client.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from RangeHTTPServer import RangeRequestHandler
+
+from cloudmask.registry import load_registry
+from cloudmask.testing import random_reflectance, stac_item, test_transform, write_raster
+
+# --------------------------------------------------------------------------- file server
+
+
+@dataclass
+class FileServer:
+    """A threaded Range-capable HTTP server over ``root``; ``faults[path]`` lists actions to replay.
+
+    Actions, consumed one per GET of that path: ``"500"`` (HTTP 500), ``"drop"`` (send half the body
+    with the full Content-Length, then close the connection), ``"404"``.
+    """
+
+    root: Path
+    url: str = ""
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_fault(self, path: str) -> str | None:
+        with self.lock:
+            queue = self.faults.get(path)
+            return queue.pop(0) if queue else None
+
+    def gets(self, path: str) -> list[str | None]:
+        """The Range headers of every GET of ``path`` (None = whole file)."""
+        return [r for m, p, r in self.requests if m == "GET" and p == path]
+
+
+class _Handler(RangeRequestHandler):
+    server_state: FileServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def _record(self, method: str) -> None:
+        with self.server_state.lock:
+            self.server_state.requests.append((method, self.path.split("?")[0], self.headers.get("Range")))
+
+    def do_HEAD(self) -> None:
+        self._record("HEAD")
+        super().do_HEAD()
+
+    def do_GET(self) -> None:
+        self._record("GET")
+        path = self.path.split("?")[0]
+        fault = self.server_state.take_fault(path)
+        if fault == "500":
+            self.send_error(500, "injected failure")
+            return
+        if fault == "404":
+            self.send_error(404, "File not found")
+            return
+        if fault == "drop":
+            data = Path(self.translate_path(path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/tiff")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[FileServer]:
+    """Serve ``tmp_path/www`` on 127.0.0.1 (port 0) from a background thread."""
+    root = tmp_path / "www"
+    root.mkdir()
+    state = FileServer(root=root)
+    handler = type("Handler", (_Handler,), {"server_state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+S2_SIZE = 32  # pixels per side at 20 m; 10 m and 60 m bands scale accordingly
+
+
+def s2_raster_bands(offset: float = -0.1) -> list[dict[str, Any]]:
+    return [{"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": offset}]
+
+
+def write_s2_item(
+    server: FileServer,
+    item_id: str,
+    *,
+    cloud_cover: float = 10.0,
+    datetime: str = "2024-06-15T10:30:00Z",
+    bbox: tuple[float, float, float, float] = (9.0, 46.0, 9.1, 46.1),
+    baseline: str = "05.10",
+    raster_offset: float | None = -0.1,
+    bands: list[str] | None = None,
+    collection: str = "sentinel-2-l2a",
+    folder: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write small per-band Sentinel-2 GeoTIFFs under the server root and return a STAC item for them.
+
+    Asset keys are the registry's earth-search keys; DN = reflectance*10000 + 1000 (baseline >= 04.00),
+    or without the +1000 for older baselines, so reading back checks the scaling the registry chose.
+    """
+    s2 = load_registry()["sentinel2"]
+    sub = folder or item_id
+    (server.root / sub).mkdir(parents=True, exist_ok=True)
+    wanted = [s2.band(b) for b in bands] if bands else list(s2.bands)
+    refl = random_reflectance(len(wanted), S2_SIZE, S2_SIZE, seed=seed)
+    add = 1000 if float(baseline) >= 4.0 else 0
+    assets: dict[str, str] = {}
+    for i, band in enumerate(wanted):
+        key = band.assets["earth-search"]
+        dn = np.round(refl[i] * 10000 + add).astype("uint16")
+        dn[0, :] = 0  # one nodata row
+        write_raster(server.root / sub / f"{key}.tif", dn, nodata=0, transform=test_transform(20.0))
+        assets[key] = f"{server.url}/{sub}/{key}.tif"
+    item = stac_item(
+        item_id, assets, bbox=bbox, datetime=datetime, cloud_cover=cloud_cover, collection=collection,
+        extra_properties={"s2:processing_baseline": baseline, "proj:epsg": 32632},
+    )
+    for key in assets:
+        item["assets"][key]["file:size"] = (server.root / sub / f"{key}.tif").stat().st_size
+        if raster_offset is not None:
+            item["assets"][key]["raster:bands"] = s2_raster_bands(raster_offset)
+    item["assets"]["thumbnail"] = {"href": f"{server.url}/{sub}/thumb.jpg", "roles": ["thumbnail"], "type": "image/jpeg"}
+    return item
+
+
+def collection_json(cid: str) -> dict[str, Any]:
+    return {
+        "type": "Collection", "stac_version": "1.0.0", "id": cid, "description": f"test collection {cid}",
+        "license": "proprietary", "links": [],
+        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
+    }
+
+
+# --------------------------------------------------------------------------- rustac serve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rustac() -> str:
+    exe = shutil.which("rustac") or str(Path(sys.executable).with_name("rustac"))
+    if not Path(exe).exists():
+        pytest.fail("the `rustac` console script is missing: pip install -e '.[test]'")
+    return exe
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rustac serve exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"rustac serve did not answer {url}: {log.read_text()[-2000:]}")
+
+
+class StacServers:
+    """Starts ``rustac serve`` processes loaded with given items; stops them at teardown."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def serve(self, items: list[dict[str, Any]], pgstac: str | None = None) -> str:
+        """Write collections + items to files, serve them, return the API root URL."""
+        n = len(self.procs)
+        files = []
+        for cid in sorted({str(it.get("collection")) for it in items}):
+            p = self.tmp / f"collection-{n}-{cid}.json"
+            p.write_text(json.dumps(collection_json(cid)))
+            files.append(str(p))
+        if items:
+            p = self.tmp / f"items-{n}.json"
+            p.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+            files.append(str(p))
+        port = _free_port()
+        log = self.tmp / f"rustac-{n}.log"
+        cmd = [_rustac(), "serve", "--addr", f"127.0.0.1:{port}", *(["--pgstac", pgstac] if pgstac else []), *files]
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/", proc, log)
+        return url
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def stac_servers(tmp_path: Path) -> Iterator[StacServers]:
+    servers = StacServers(tmp_path)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+# --------------------------------------------------------------------------- pgstac
+
+
+def _pg_bin() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _postgis_available(bindir: Path) -> bool:
+    try:
+        share = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        share = str(Path("/usr/share/postgresql") / bindir.parent.name)
+    return (Path(share) / "extension" / "postgis.control").exists()
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"pgstac tier cannot run in CI: {reason}")
+    pytest.skip(f"pgstac tier skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pgstac_dsn() -> Iterator[str]:
+    """A migrated pgstac database: ``$CLOUDMASK_PGSTAC_DSN``, else a throw-away cluster started here."""
+    dsn = os.environ.get("CLOUDMASK_PGSTAC_DSN")
+    if dsn:
+        yield dsn
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        _skip_or_fail("PostgreSQL (initdb) not found; install postgresql + postgis or set CLOUDMASK_PGSTAC_DSN")
+    assert bindir is not None
+    if not _postgis_available(bindir):
+        _skip_or_fail(f"PostGIS is not installed for {bindir.parent.name}; apt-get install postgresql-*-postgis-3")
+    pypgstac = shutil.which("pypgstac") or str(Path(sys.executable).with_name("pypgstac"))
+    if not Path(pypgstac).exists():
+        _skip_or_fail("pypgstac not installed: pip install 'pypgstac[psycopg]'")
+    root = Path(tempfile.mkdtemp(prefix="cloudmask-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = root / "data"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    try:
+        run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",
+             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"])
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        _skip_or_fail(f"cannot start a PostgreSQL cluster ({(exc.stderr or exc.stdout or '').strip()[-300:]})")
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        run([pypgstac, "migrate", "--dsn", dsn])
+        # rustac's pgstac backend calls the pgstac functions unqualified
+        run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+             "ALTER DATABASE postgres SET search_path TO pgstac, public"])
+        yield dsn
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def unique_collection(prefix: str = "s2") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,180 @@
+"""STAC search against real servers on 127.0.0.1: rustac's memory backend (no query/filter: the client
+side filters) and pgstac (server-side CQL2 filter on eo:cloud_cover)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fetch_servers import unique_collection, write_s2_item
+
+from cloudmask import stac
+from cloudmask.errors import FetchError, NoResultsError, UsageError
+from cloudmask.registry import load_registry
+
+BBOX = (8.5, 45.5, 9.5, 46.5)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_bbox_accepts_and_rejects() -> None:
+    assert stac.parse_bbox(" 5.9, 45.8,10.5,47.8") == (5.9, 45.8, 10.5, 47.8)
+    for bad, word in [("1,2,3", "four numbers"), ("10,45,5,46", "west"), ("5,47,6,46", "south"),
+                      ("5,45,200,46", "±180"), ("a,b,c,d", "four numbers"), ("nan,1,2,3", "finite")]:
+        with pytest.raises(UsageError, match=word):
+            stac.parse_bbox(bad)
+
+
+def test_parse_date_forms() -> None:
+    assert stac.parse_date("2024-06-01") == "2024-06-01T00:00:00Z/2024-06-01T23:59:59Z"
+    assert stac.parse_date("2024-06-01/2024-06-30") == "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z"
+    assert stac.parse_date("2024-06-01/..") == "2024-06-01T00:00:00Z/.."
+    for bad, word in [("2024-13-01", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
+                      ("../..", "at least one")]:
+        with pytest.raises(UsageError, match=word):
+            stac.parse_date(bad)
+
+
+def test_sanitise_id_makes_one_safe_path_component() -> None:
+    for raw in ["../../etc/passwd", "a/b\\c", "x\x00y\x1b[31m", "..", "", "S2A_MSIL2A_20240615"]:
+        out = stac.sanitise_id(raw)
+        assert out and "/" not in out and "\\" not in out and ".." not in out
+        assert all(ch.isprintable() for ch in out)
+    assert stac.sanitise_id("S2A_MSIL2A_20240615") == "S2A_MSIL2A_20240615"
+
+
+def test_geojson_feature_collection(tmp_path) -> None:
+    p = tmp_path / "aoi.geojson"
+    poly = [[[9.0, 46.0], [9.2, 46.0], [9.2, 46.2], [9.0, 46.0]]]
+    p.write_text('{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon","coordinates":%s}},'
+                 '{"type":"Feature","geometry":{"type":"Polygon","coordinates":%s}}]}' % (poly, poly))
+    geom = stac.load_geojson(p)
+    assert geom["type"] == "MultiPolygon" and len(geom["coordinates"]) == 2
+    assert stac.geometry_bbox(geom) == (9.0, 46.0, 9.2, 46.2)
+    (tmp_path / "empty.json").write_text('{"type":"FeatureCollection","features":[]}')
+    with pytest.raises(UsageError, match="no geometry"):
+        stac.load_geojson(tmp_path / "empty.json")
+
+
+# --------------------------------------------------------------------------- targets and reconciliation
+
+
+def test_targets_come_from_the_registry() -> None:
+    (t,) = stac.resolve_targets(["s2"])
+    assert (t.collection, t.catalogue, t.product) == ("sentinel-2-l2a", "earth-search", "l2a")
+    assert t.url == "https://earth-search.aws.element84.com/v1"
+    (t,) = stac.resolve_targets(["sentinel2"], product="l1c")
+    assert t.collection == "sentinel-2-l1c"
+    with pytest.raises(UsageError, match="--collection"):
+        stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:1/")
+    with pytest.raises(UsageError, match="collection in catalogue 'planetary-computer'"):
+        stac.resolve_targets(["sentinel2"], catalog="planetary-computer", product="l1c")
+    with pytest.raises(UsageError, match="earth-search"):
+        stac.resolve_targets(["sentinel2"], catalog="nasa")
+    # a URL equal to a registry catalogue's gets its collections and asset keys
+    (t,) = stac.resolve_targets(["sentinel2"], catalog="https://earth-search.aws.element84.com/v1/")
+    assert (t.catalogue, t.collection) == ("earth-search", "sentinel-2-l2a")
+
+
+def test_planetary_computer_needs_its_signer() -> None:
+    pytest.importorskip("pystac_client")
+    try:
+        import planetary_computer  # noqa: F401
+    except ImportError:
+        (t,) = stac.resolve_targets(["sentinel2"], catalog="planetary-computer")
+        with pytest.raises(UsageError, match="pip install planetary-computer"):
+            stac._open_client(t)
+    else:  # pragma: no cover - depends on the environment
+        assert stac._signer("planetary-computer") is not None
+
+
+def test_registry_wins_over_raster_bands(file_server, caplog) -> None:
+    (t,) = stac.resolve_targets(["sentinel2"], catalog=file_server.url, collection="sentinel-2-l2a")
+    good = write_s2_item(file_server, "good", bands=["B04"])
+    wrong = write_s2_item(file_server, "wrong", bands=["B04"], raster_offset=0.0)
+    old = write_s2_item(file_server, "old", bands=["B04"], baseline="03.01", raster_offset=0.0)
+    with caplog.at_level(logging.INFO, logger="cloudmask.fetch"):
+        f_good, f_wrong, f_old = (stac.prepare(i, t) for i in (good, wrong, old))
+    assert f_good.product == "l2a" and f_good.notes == [] and f_good.assets == {"B04": "red"}
+    assert f_wrong.product == "l2a"
+    assert any("registry rule wins" in n and "offset -0.1" in n for n in f_wrong.notes)
+    assert f_old.product == "l2a-pre0400" and not any("registry rule wins" in n for n in f_old.notes)
+    assert "registry rule wins" in caplog.text and "l2a-pre0400" in caplog.text
+
+
+# --------------------------------------------------------------------------- rustac memory backend
+
+
+@pytest.fixture
+def memory_api(file_server, stac_servers):
+    items = [
+        write_s2_item(file_server, "S2A_clear", cloud_cover=5, datetime="2024-06-05T10:30:00Z", bands=["B04"]),
+        write_s2_item(file_server, "S2B_cloudy", cloud_cover=80, datetime="2024-06-10T10:30:00Z", bands=["B04"]),
+        write_s2_item(file_server, "S2A_half", cloud_cover=40, datetime="2024-06-20T10:30:00Z", bands=["B04"]),
+        write_s2_item(file_server, "S2A_july", cloud_cover=1, datetime="2024-07-20T10:30:00Z", bands=["B04"]),
+        write_s2_item(file_server, "S2A_far", cloud_cover=1, bbox=(20.0, 50.0, 20.1, 50.1), bands=["B04"]),
+    ]
+    return stac_servers.serve(items)
+
+
+def _ids(found) -> list[str]:
+    return [f.id for f in found]
+
+
+def test_search_bbox_date_collection(memory_api) -> None:
+    targets = stac.resolve_targets(["sentinel2"], catalog=memory_api, collection="sentinel-2-l2a")
+    june = stac.parse_date("2024-06-01/2024-06-30")
+    assert _ids(stac.search(targets, bbox=BBOX, datetime=june)) == ["S2A_clear", "S2B_cloudy", "S2A_half"]
+    assert _ids(stac.search(targets, bbox=BBOX, datetime=june, limit=2)) == ["S2A_clear", "S2B_cloudy"]
+    geom = {"type": "Polygon", "coordinates": [[[19.9, 49.9], [20.2, 49.9], [20.2, 50.2], [19.9, 49.9]]]}
+    assert _ids(stac.search(targets, intersects=geom)) == ["S2A_far"]
+
+
+def test_memory_backend_cloud_filter_falls_back_to_client_side(memory_api, caplog) -> None:
+    targets = stac.resolve_targets(["sentinel2"], catalog=memory_api, collection="sentinel-2-l2a")
+    with caplog.at_level(logging.INFO, logger="cloudmask.fetch"):
+        found = stac.search(targets, bbox=BBOX, datetime=stac.parse_date("2024-06-01/2024-07-31"), max_cloud=40)
+    assert _ids(found) == ["S2A_clear", "S2A_half", "S2A_july"]
+    assert "client side" in caplog.text
+    found = stac.search(targets, bbox=BBOX, max_cloud=40, limit=1)
+    assert len(found) == 1 and found[0].item["properties"]["eo:cloud_cover"] <= 40
+
+
+def test_empty_search_is_a_clear_error(memory_api) -> None:
+    targets = stac.resolve_targets(["sentinel2"], catalog=memory_api, collection="sentinel-2-l2a")
+    with pytest.raises(NoResultsError, match=r"no items in sentinel-2-l2a .*2023-01-01.*cloud_cover <= 1"):
+        stac.search(targets, bbox=BBOX, datetime=stac.parse_date("2023-01-01"), max_cloud=1)
+    wrong = stac.resolve_targets(["sentinel2"], catalog=memory_api, collection="nope")
+    with pytest.raises(FetchError):
+        stac.search(wrong, bbox=BBOX)
+    with pytest.raises(UsageError, match="max-cloud"):
+        stac.search(targets, bbox=BBOX, max_cloud=120)
+
+
+def test_unreachable_api_is_a_clear_error() -> None:
+    (t,) = stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:9/", collection="x")
+    with pytest.raises(FetchError, match="cannot reach the STAC API"):
+        stac.search([t], bbox=BBOX)
+
+
+# --------------------------------------------------------------------------- pgstac
+
+
+@pytest.mark.pgstac
+def test_pgstac_filters_cloud_cover_on_the_server(pgstac_dsn, file_server, stac_servers, caplog) -> None:
+    coll = unique_collection()
+    items = [
+        write_s2_item(file_server, f"{coll}_{cc}", cloud_cover=cc, collection=coll, bands=["B04"],
+                      datetime=f"2024-06-{10 + i:02d}T10:00:00Z")
+        for i, cc in enumerate((3, 30, 60, 90))
+    ]
+    url = stac_servers.serve(items, pgstac=pgstac_dsn)
+    targets = stac.resolve_targets(["sentinel2"], catalog=url, collection=coll)
+    with caplog.at_level(logging.INFO, logger="cloudmask.fetch"):
+        found = stac.search(targets, bbox=BBOX, datetime=stac.parse_date("2024-06-01/2024-06-30"), max_cloud=30)
+    assert _ids(found) == [f"{coll}_3", f"{coll}_30"]
+    assert "client side" not in caplog.text  # pgstac did the filtering
+    with pytest.raises(NoResultsError):
+        stac.search(targets, bbox=BBOX, max_cloud=1)
+    assert load_registry()["sentinel2"].id == found[0].sensor.id
