@@ -1,0 +1,520 @@
+"""Compare predicted masks with reference masks: reading, value mappings, grid checks, pairing.
+
+The numbers themselves come from :mod:`cloudmask.metrics`; this module gets two rasters onto the
+same footing first. Reference datasets encode classes differently (Landsat 8 Biome uses 0/64/128/
+192/255, SPARCS 0–6 with water and snow classes), so each input is passed through an
+:class:`Encoding` into cloudmask's codes (0 clear, 1 thick, 2 thin, 3 shadow, 255 nodata). Pixels
+whose raw value the encoding does not know are an error, not silently "clear": a wrong
+``--truth-format`` otherwise produces plausible-looking but meaningless scores.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import yaml
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.warp import reproject as _rio_reproject
+
+from cloudmask import metrics
+from cloudmask.errors import EvaluateError, SceneError, UsageError
+from cloudmask.metrics import CLEAR, NODATA, SHADOW, THICK, THIN, Labelled
+
+MASK_SUFFIXES = (".tif", ".tiff", ".png", ".jp2", ".img", ".vrt")
+
+_CODE_NAMES = {"clear": CLEAR, "thick": THICK, "cloud": THICK, "thin": THIN, "shadow": SHADOW, "nodata": NODATA}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a raster's values map to cloudmask classes, and which classes it labels at all."""
+
+    name: str
+    values: dict[int, int]  # raw value -> cloudmask code
+    labelled: Labelled = metrics.ALL
+    description: str = ""
+    # Raw value -> meaning in the source dataset, for the docs table and error messages.
+    meanings: dict[int, str] = field(default_factory=dict)
+
+
+FORMATS: dict[str, Encoding] = {
+    "cloudmask": Encoding(
+        "cloudmask",
+        {0: CLEAR, 1: THICK, 2: THIN, 3: SHADOW, 255: NODATA},
+        metrics.ALL,
+        "cloudmask's own masks",
+        {0: "clear", 1: "thick cloud", 2: "thin cloud", 3: "cloud shadow", 255: "nodata"},
+    ),
+    "cloudsen12": Encoding(
+        "cloudsen12",
+        {0: CLEAR, 1: THICK, 2: THIN, 3: SHADOW, 255: NODATA},
+        metrics.ALL,
+        "CloudSEN12 manual labels",
+        {0: "clear", 1: "thick cloud", 2: "thin cloud", 3: "cloud shadow", 255: "nodata (not in the dataset; tolerated)"},
+    ),
+    "biome": Encoding(
+        "biome",
+        {0: NODATA, 64: SHADOW, 128: CLEAR, 192: THIN, 255: THICK},
+        metrics.ALL,
+        "Landsat 8 Biome (USGS L8 CCA) *_fixedmask",
+        {0: "fill", 64: "cloud shadow", 128: "clear", 192: "thin cloud", 255: "cloud"},
+    ),
+    "sparcs": Encoding(
+        "sparcs",
+        {0: SHADOW, 1: SHADOW, 2: CLEAR, 3: CLEAR, 4: CLEAR, 5: THICK, 6: CLEAR},
+        Labelled(thin=False, shadow=True),
+        "SPARCS (Landsat 8) *_mask.png class codes",
+        {0: "shadow", 1: "shadow over water", 2: "water", 3: "snow/ice", 4: "land", 5: "cloud", 6: "flooded"},
+    ),
+}
+
+
+def load_encoding(spec: str | None) -> Encoding:
+    """A named format or a YAML mapping file (``values: {raw: class}``, optional ``classes:``)."""
+    spec = spec or "cloudmask"
+    if spec.lower() in FORMATS:
+        return FORMATS[spec.lower()]
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"unknown mask format {spec!r}; use one of {', '.join(FORMATS)} or a YAML mapping file")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read mapping ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict) or not doc["values"]:
+        raise UsageError(f"{path}: a mapping file needs a 'values:' table of raw value -> clear|thick|thin|shadow|nodata")
+    values: dict[int, int] = {}
+    for raw, target in doc["values"].items():
+        try:
+            key = int(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"{path}: raw value {raw!r} is not an integer") from None
+        if isinstance(target, str) and target.strip().lower() in _CODE_NAMES:
+            values[key] = _CODE_NAMES[target.strip().lower()]
+        elif isinstance(target, int) and target in (CLEAR, THICK, THIN, SHADOW, NODATA):
+            values[key] = target
+        else:
+            raise UsageError(f"{path}: value {raw} maps to {target!r}; use clear, thick, thin, shadow or nodata")
+    classes = doc.get("classes")
+    if classes is None:
+        mapped = set(values.values())
+        labelled = Labelled(thin=THIN in mapped, shadow=SHADOW in mapped)
+    else:
+        labelled = Labelled.parse(classes if isinstance(classes, (str, list)) else str(classes))
+    return Encoding(str(doc.get("name") or path.stem), values, labelled, f"mapping file {path.name}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Mask:
+    """A class raster in cloudmask codes, with the grid it lives on."""
+
+    data: np.ndarray  # (y, x) uint8
+    crs: Any
+    transform: Affine
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.shape[0]), int(self.data.shape[1])
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+def apply_encoding(raw: np.ndarray, encoding: Encoding, file_nodata: float | None = None, where: str = "") -> np.ndarray:
+    """Raw values → cloudmask codes; the file's own nodata value and NaN become 255."""
+    nodata_mask = np.zeros(raw.shape, bool)
+    if np.issubdtype(raw.dtype, np.floating):
+        nodata_mask |= ~np.isfinite(raw)
+    if file_nodata is not None and not (isinstance(file_nodata, float) and math.isnan(file_nodata)):
+        nodata_mask |= raw == file_nodata
+    if raw.dtype in (np.uint8, np.uint16):
+        present = np.flatnonzero(np.bincount(raw[~nodata_mask].ravel(), minlength=1))
+    else:
+        present = np.unique(raw[~nodata_mask])
+    unknown = [v for v in present.tolist() if not float(v).is_integer() or int(v) not in encoding.values]
+    if unknown:
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in unknown[:8])
+        more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
+        raise EvaluateError(
+            f"{where or 'mask'} holds value(s) {shown}{more} that the {encoding.name!r} encoding does not map "
+            f"(it knows {', '.join(str(k) for k in sorted(encoding.values))}); pick another format or pass a YAML mapping"
+        )
+    out = np.full(raw.shape, NODATA, np.uint8)
+    for value, code in encoding.values.items():
+        if code != NODATA:
+            out[(raw == value) & ~nodata_mask] = code
+    return out
+
+
+def read_mask(path: str | Path, encoding: Encoding) -> Mask:
+    """Band 1 of a class raster, mapped to cloudmask codes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                raw = ds.read(1)
+                crs, transform, nodata = ds.crs, ds.transform, ds.nodata
+    except RasterioIOError as exc:
+        raise SceneError(f"{path}: cannot read raster ({str(exc).strip().splitlines()[0]})") from None
+    return Mask(apply_encoding(raw, encoding, nodata, str(path)), crs, transform, path)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def grid_difference(pred: Mask, truth: Mask) -> str | None:
+    """``None`` when both masks share a grid, else an exact, human-readable list of the differences."""
+    diffs: list[str] = []
+    if pred.georeferenced != truth.georeferenced:
+        which = "the prediction" if truth.georeferenced else "the truth"
+        diffs.append(f"{which} has no CRS while the other has {(pred.crs or truth.crs).to_string()}")
+    elif pred.georeferenced and pred.crs != truth.crs:
+        diffs.append(f"CRS {pred.crs.to_string()} vs {truth.crs.to_string()}")
+    if pred.shape != truth.shape:
+        (ph, pw), (th, tw) = pred.shape, truth.shape
+        diffs.append(f"size {pw}×{ph} px vs {tw}×{th} px (width×height)")
+    if pred.georeferenced and truth.georeferenced:
+        p, t = pred.transform, truth.transform
+        if not (math.isclose(p.a, t.a, rel_tol=1e-9) and math.isclose(p.e, t.e, rel_tol=1e-9)):
+            diffs.append(f"pixel size {_num(p.a)}×{_num(-p.e)} vs {_num(t.a)}×{_num(-t.e)}")
+        if (p.b, p.d) != (t.b, t.d):
+            diffs.append(f"rotation terms ({_num(p.b)}, {_num(p.d)}) vs ({_num(t.b)}, {_num(t.d)})")
+        tol = 1e-6 * max(abs(t.a), abs(t.e), 1e-12)
+        if abs(p.c - t.c) > tol or abs(p.f - t.f) > tol:
+            dx, dy = p.c - t.c, p.f - t.f
+            diffs.append(
+                f"origin ({_num(p.c)}, {_num(p.f)}) vs ({_num(t.c)}, {_num(t.f)}), "
+                f"shifted by ({dx:+.6g}, {dy:+.6g}) = ({dx / t.a:+.3g}, {dy / t.e:+.3g}) truth pixels (x, y)"
+            )
+    if not diffs:
+        return None
+    return f"{pred.path.name} and {truth.path.name} are on different grids: " + "; ".join(diffs)
+
+
+def align(pred: Mask, truth: Mask) -> Mask:
+    """Resample the prediction onto the truth grid (mode when shrinking, nearest otherwise)."""
+    if not (pred.georeferenced and truth.georeferenced):
+        raise EvaluateError(
+            f"cannot reproject {pred.path.name} onto {truth.path.name}: both need a CRS and geotransform "
+            "(un-georeferenced masks must already have the same size)"
+        )
+    finer = abs(pred.transform.a) < abs(truth.transform.a) * 0.999
+    out = np.full(truth.shape, NODATA, np.uint8)
+    _rio_reproject(
+        source=pred.data,
+        destination=out,
+        src_transform=pred.transform,
+        src_crs=pred.crs,
+        dst_transform=truth.transform,
+        dst_crs=truth.crs,
+        src_nodata=NODATA,
+        dst_nodata=NODATA,
+        resampling=Resampling.mode if finer else Resampling.nearest,
+    )
+    return Mask(out, truth.crs, truth.transform, pred.path)
+
+
+# --------------------------------------------------------------------------- pairing
+
+_TAIL = re.compile(
+    r"[._\-](label|labels|mask|masks|truth|gt|reference|ref|pred|prediction|predictions|cloudmask|classes|"
+    r"fixedmask|cloud|clouds|image|img|csmask|s2cloudless|ukis)$",
+    re.I,
+)
+
+
+def scene_key(path: str | Path) -> str:
+    """The part of a file name that identifies a scene: ``patch00.label.tif`` → ``patch00``."""
+    name = Path(path).name
+    for suffix in MASK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    while True:
+        stripped = _TAIL.sub("", name)
+        if stripped == name or not stripped:
+            break
+        name = stripped
+    return name.lower()
+
+
+def list_masks(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith("."))
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in list_masks(folder):
+        key = scene_key(p)
+        if key in out:
+            raise EvaluateError(f"{folder}: {out[key].name} and {p.name} both look like scene {key!r}; keep one per scene")
+        out[key] = p
+    return out
+
+
+def pair(pred: Path, truth: Path) -> dict[str, tuple[Path, Path]]:
+    """scene key → (prediction file, truth file). Directories are paired by file name."""
+    if not pred.exists():
+        raise UsageError(f"{pred}: no such file or directory")
+    if not truth.exists():
+        raise UsageError(f"{truth}: no such file or directory")
+    if pred.is_file() and truth.is_file():
+        return {scene_key(truth): (pred, truth)}
+    if pred.is_dir() and truth.is_file():
+        raise UsageError(f"{pred} is a directory but --truth {truth} is one file; pass a truth directory too")
+    truths = _index(truth)
+    if pred.is_file():
+        key = scene_key(pred)
+        exact = truth / pred.name
+        if exact.is_file():
+            return {scene_key(exact): (pred, exact)}
+        if key not in truths:
+            raise EvaluateError(f"no truth file in {truth} matches {pred.name} (looked for a name starting {key!r})")
+        return {key: (pred, truths[key])}
+    preds = _index(pred)
+    pairs = {k: (preds[k], truths[k]) for k in sorted(preds) if k in truths}
+    if not pairs:
+        raise EvaluateError(
+            f"no file in {pred} matches a file in {truth} by name "
+            f"(e.g. {next(iter(preds), '-')} vs {next(iter(truths), '-')})"
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------- RGB for quick-looks
+
+_RGB_NAMES = {"red": ("red", "b04", "b4"), "green": ("green", "b03", "b3"), "blue": ("blue", "b02", "b2")}
+
+
+def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1) -> np.ndarray:
+    """(y, x, 3) float in [0, 1] for display: bands named red/green/blue (or B04/B03/B02), 2–98 % stretch."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                if bands is None:
+                    desc = [(d or "").strip().lower() for d in ds.descriptions]
+                    found = []
+                    for names in _RGB_NAMES.values():
+                        hit = next((i + 1 for i, d in enumerate(desc) if d in names), None)
+                        found.append(hit)
+                    if all(found):
+                        bands = found
+                    elif ds.count >= 3:
+                        bands = [1, 2, 3]
+                    else:
+                        bands = [1, 1, 1]
+                out_shape = (3, -(-ds.height // step), -(-ds.width // step))
+                data = ds.read(list(bands), out_shape=out_shape, resampling=Resampling.nearest, masked=True)
+    except RasterioIOError as exc:
+        raise SceneError(f"{path}: cannot read image ({str(exc).strip().splitlines()[0]})") from None
+    arr = data.astype("float32").filled(np.nan)
+    rgb = np.zeros(arr.shape, "float32")
+    for i in range(3):
+        band = arr[i]
+        finite = band[np.isfinite(band)]
+        if finite.size == 0:
+            continue
+        lo, hi = np.percentile(finite, [2, 98])
+        rgb[i] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        rgb[i][~np.isfinite(band)] = 0
+    return np.moveaxis(rgb, 0, -1)
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+@dataclass
+class Preview:
+    """Decimated arrays of one scene for the quick-look figure."""
+
+    scene: str
+    truth: np.ndarray
+    preds: dict[str, np.ndarray]
+    image: Path | None = None
+    step: int = 1
+
+
+@dataclass
+class Evaluation:
+    """Everything ``cloudmask evaluate`` reports: a JSON-able ``report`` plus arrays for plots."""
+
+    report: dict[str, Any]
+    windows: dict[str, metrics.Windows]
+    confusions: dict[str, np.ndarray]
+    previews: list[Preview]
+
+
+def model_names(preds: Sequence[Path], names: Sequence[str] | None) -> list[str]:
+    """Column names: ``--name`` values, else file/dir names (made unique)."""
+    if names:
+        if len(names) != len(preds):
+            raise UsageError(f"--name given {len(names)} time(s) for {len(preds)} prediction(s)")
+        out = list(names)
+    else:
+        out = [scene_key(p) if p.is_file() else p.name for p in preds]
+    if len(set(out)) != len(out):
+        out = [f"{n}#{i + 1}" if out.count(n) > 1 else n for i, n in enumerate(out)]
+    return out
+
+
+def evaluate(
+    preds: Sequence[str | Path],
+    truth: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    truth_format: str | None = None,
+    pred_format: str | None = None,
+    classes: str | None = None,
+    reproject: bool = False,
+    window: int = 128,
+    min_valid: float = 0.5,
+    image: str | Path | None = None,
+    previews: int = 0,
+    preview_px: int = 800,
+    on_scene: Callable[[str, int, int], None] | None = None,
+) -> Evaluation:
+    """Score every prediction against the truth; several predictions are compared on the same scenes."""
+    if not preds:
+        raise UsageError("give at least one prediction")
+    if window < 8:
+        raise UsageError(f"--window {window} is too small; use at least 8 px")
+    pred_paths = [Path(p) for p in preds]
+    truth_path = Path(truth)
+    t_enc, p_enc = load_encoding(truth_format), load_encoding(pred_format)
+    labelled = Labelled.parse(classes) if classes else t_enc.labelled
+    cols = model_names(pred_paths, names)
+    pairings = [pair(p, truth_path) for p in pred_paths]
+    common = sorted(set.intersection(*(set(pp) for pp in pairings)))
+    skipped = sorted(set().union(*(set(pp) for pp in pairings)) - set(common))
+    if not common:
+        raise EvaluateError("the predictions share no scene with a truth file; nothing to compare")
+    image_path = Path(image) if image else None
+    images = _index(image_path) if image_path and image_path.is_dir() else {}
+
+    per_scene: dict[str, list[dict[str, Any]]] = {c: [] for c in cols}
+    wins = {c: metrics.Windows.empty(window) for c in cols}
+    totals = {c: np.zeros((4, 4), np.int64) for c in cols}
+    shown: list[Preview] = []
+    aligned_count = 0
+    for si, key in enumerate(common):
+        if on_scene:
+            on_scene(key, si, len(common))
+        t_file = pairings[0][key][1]
+        t_mask = read_mask(t_file, t_enc)
+        step = max(1, math.ceil(max(t_mask.shape) / preview_px))
+        preview = Preview(key, t_mask.data[::step, ::step].copy(), {}, step=step) if len(shown) < previews else None
+        for col, pp in zip(cols, pairings):
+            p_file = pp[key][0]
+            p_mask = read_mask(p_file, p_enc)
+            diff = grid_difference(p_mask, t_mask)
+            if diff:
+                if not reproject:
+                    raise EvaluateError(diff + "; pass --reproject to resample the prediction onto the truth grid")
+                p_mask = align(p_mask, t_mask)
+                aligned_count += 1
+            w, cm = metrics.window_confusions(t_mask.data, p_mask.data, window, labelled, min_valid)
+            wins[col] = wins[col].extend(w, si)
+            totals[col] += cm
+            row = {"scene": key, "prediction": str(p_file), "truth": str(t_file), **metrics.summarize(cm, labelled)}
+            per_scene[col].append(row)
+            if preview is not None:
+                preview.preds[col] = p_mask.data[::step, ::step].copy()
+        if preview is not None:
+            if image_path is not None:
+                preview.image = images.get(key) if images else (image_path if len(common) == 1 else None)
+            shown.append(preview)
+
+    models = []
+    for col, src in zip(cols, pred_paths):
+        scenes = per_scene[col]
+        models.append({
+            "name": col,
+            "source": str(src),
+            "scenes_evaluated": len(scenes),
+            "pooled": metrics.summarize(totals[col], labelled),
+            "per_scene_spread": {
+                f"cloud_{m}": metrics.spread(s["cloud"][m] for s in scenes) for m in metrics.METRICS
+            },
+            "windows": {"size": window, "count": int(len(wins[col].cover)), "bins": metrics.binned(wins[col])},
+            "scenes": scenes,
+        })
+    comparisons = []
+    ref = cols[0]
+    for col in cols[1:]:
+        comparisons.append({
+            "reference": ref,
+            "model": col,
+            "pooled": metrics.difference(models[0]["pooled"], models[cols.index(col)]["pooled"]),
+            "bins": metrics.compare_windows(wins[ref], wins[col]),
+        })
+    report = {
+        "truth": str(truth_path),
+        "truth_format": t_enc.name,
+        "prediction_format": p_enc.name,
+        "labelled": {"cloud": True, "thin": labelled.thin, "shadow": labelled.shadow},
+        "scenes": common,
+        "skipped_scenes": skipped,
+        "reprojected": aligned_count,
+        "window": window,
+        "models": models,
+        "comparisons": comparisons,
+    }
+    return Evaluation(report, wins, totals, shown)
+
+
+def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Long-format rows (model, scope, subject, metric, value) covering pooled, per-scene, per-bin and differences."""
+    rows: list[dict[str, Any]] = []
+
+    def add(model: str, scope: str, subject: str, metric: str, value: Any) -> None:
+        rows.append({"model": model, "scope": scope, "subject": subject, "metric": metric, "value": "" if value is None else value})
+
+    for m in report["models"]:
+        name = m["name"]
+        for scope, res in [("pooled", m["pooled"])] + [(f"scene:{s['scene']}", s) for s in m["scenes"]]:
+            add(name, scope, "all", "pixels", res["pixels"])
+            add(name, scope, "all", "overall_accuracy", res["overall_accuracy"])
+            for k in (*metrics.METRICS, "tp", "fp", "fn", "tn"):
+                add(name, scope, "cloud", k, res["cloud"][k])
+            for cls, sc in res["classes"].items():
+                for k in metrics.METRICS:
+                    add(name, scope, cls, k, sc[k])
+        for key, sp in m["per_scene_spread"].items():
+            for stat, v in sp.items():
+                add(name, "per_scene_spread", key, stat, v)
+        for b in m["windows"]["bins"]:
+            for k in ("windows", *metrics.METRICS, "mean_window_accuracy", "mean_window_f1"):
+                add(name, f"bin:{b['bin']}", "cloud", k, b[k])
+    for c in report["comparisons"]:
+        name = f"{c['model']}-{c['reference']}"
+        for k, v in c["pooled"].items():
+            add(name, "pooled", "cloud", f"d_{k}", v)
+        for b in c["bins"]:
+            for k, v in b.items():
+                if k.startswith(("d_", "paired_")):
+                    add(name, f"bin:{b['bin']}", "cloud", k, v)
+    return rows

@@ -1,0 +1,163 @@
+"""``cloudmask evaluate``: tables, JSON, CSV, plots and error exits."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cloudmask.cli.app import app
+from cloudmask.testing import test_transform as grid_transform
+from cloudmask.testing import write_raster
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "250"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _scene(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.zeros((h, w), np.uint8)
+    t[np.sin(xx / 9 + seed) + np.cos(yy / 7) > 0.4] = 1
+    t[np.sin(xx / 9 + seed) + np.cos(yy / 7) > 1.3] = 2
+    t[np.sin(xx / 5) * np.cos(yy / 11 + seed) > 0.8] = 3
+    t[:3] = 255
+    return t
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """truth/, good/ (5 % noise), poor/ (30 % noise) and img/ for three 96×96 scenes."""
+    rng = np.random.default_rng(1)
+    for d in ("truth", "good", "poor", "img"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        t = _scene(seed=i)
+        write_raster(tmp_path / "truth" / f"scene{i}.label.tif", t, nodata=255)
+        for d, rate in (("good", 0.05), ("poor", 0.3)):
+            p = t.copy()
+            flip = rng.random(t.shape) < rate
+            p[flip] = rng.integers(0, 4, int(flip.sum()))
+            write_raster(tmp_path / d / f"scene{i}_mask.tif", p, nodata=255)
+        img = np.stack([np.where(t == 1, 0.5, 0.08) + 0.05 * b for b in range(3)]).astype("float32")
+        write_raster(tmp_path / "img" / f"scene{i}.tif", img, descriptions=["red", "green", "blue"])
+    return tmp_path
+
+
+def test_table_compares_two_models(dataset: Path) -> None:
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), str(dataset / "poor"), "--truth", str(dataset / "truth"),
+                              "--window", "32"], env=WIDE)
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "3 scene(s)" in out
+    assert "good" in out and "poor" in out
+    assert "cloud f1" in out and "shadow IoU" in out
+    assert "per-scene cloud f1" in out
+    assert "90–100%" in out and "Δacc poor" in out
+
+
+def test_json_output(dataset: Path) -> None:
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), str(dataset / "poor"), "--truth", str(dataset / "truth"),
+                              "--name", "A", "--name", "B", "--json", "--window", "32"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert [m["name"] for m in rep["models"]] == ["A", "B"]
+    a, b = rep["models"]
+    assert a["pooled"]["cloud"]["f1"] > b["pooled"]["cloud"]["f1"]
+    assert len(a["windows"]["bins"]) == 10 and a["windows"]["count"] == 27
+    assert rep["comparisons"][0]["pooled"]["f1"] < 0
+    assert len(a["scenes"]) == 3 and a["scenes"][0]["scene"] == "scene0"
+    # undefined values are JSON null, never NaN
+    assert "NaN" not in res.stdout
+
+
+def test_csv_output(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.csv"
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), "--truth", str(dataset / "truth"), "--csv", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == ""
+    rows = list(csv.DictReader(out.open()))
+    assert {"model", "scope", "subject", "metric", "value"} == set(rows[0])
+    pooled_f1 = [r for r in rows if r["scope"] == "pooled" and r["subject"] == "cloud" and r["metric"] == "f1"]
+    assert len(pooled_f1) == 1 and 0.8 < float(pooled_f1[0]["value"]) <= 1
+    assert any(r["scope"] == "scene:scene2" for r in rows)
+    assert any(r["scope"].startswith("bin:") for r in rows)
+    assert not list(tmp_path.glob(".m.csv*"))  # no temp file left behind
+
+
+def test_plots_written(dataset: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), str(dataset / "poor"), "--truth", str(dataset / "truth"),
+                              "--plots", str(plots), "--image", str(dataset / "img"), "--quicklooks", "2", "--quiet",
+                              "--window", "32"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == [
+        "confusion_good.png", "confusion_poor.png", "difference_poor_vs_good.png",
+        "metric_vs_cloud_cover.png", "quicklook_scene0.png", "quicklook_scene1.png",
+    ]
+    for p in plots.iterdir():
+        data = p.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_quicklook_without_image(dataset: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    res = runner.invoke(app, ["evaluate", str(dataset / "good" / "scene1_mask.tif"), "--truth", str(dataset / "truth"),
+                              "--plots", str(plots), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (plots / "quicklook_scene1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_grid_mismatch_exits_1_with_exact_message(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", _scene(), nodata=255)
+    write_raster(tmp_path / "p.tif", _scene(), nodata=255, transform=grid_transform(10.0))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")], env=WIDE)
+    assert res.exit_code == 1
+    assert "different grids: pixel size 10×10 vs 20×20" in res.stderr
+    assert "--reproject" in res.stderr
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"), "--reproject", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["reprojected"] == 1
+
+
+def test_truth_format_and_bad_values(tmp_path: Path) -> None:
+    biome = np.full((40, 40), 128, np.uint8)
+    biome[:20] = 255
+    write_raster(tmp_path / "t.tif", biome)
+    pred = np.zeros((40, 40), np.uint8)
+    pred[:20] = 1
+    write_raster(tmp_path / "p.tif", pred)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"),
+                              "--truth-format", "biome", "--json", "--window", "16"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["models"][0]["pooled"]["cloud"]["f1"] == 1.0
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")])
+    assert res.exit_code == 1 and "value(s) 128" in res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"), "--truth-format", "nope"])
+    assert res.exit_code == 2 and "unknown mask format" in res.stderr
+
+
+def test_all_nodata_truth_reports_na(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", np.full((32, 32), 255, np.uint8))
+    write_raster(tmp_path / "p.tif", np.zeros((32, 32), np.uint8))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")], env=WIDE)
+    assert res.exit_code == 0, res.output
+    assert "n/a" in res.stdout
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"), "--json"])
+    assert json.loads(res.stdout)["models"][0]["pooled"]["cloud"]["f1"] is None
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", np.zeros((32, 32), np.uint8))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "missing.tif"), "--truth", str(tmp_path / "t.tif")])
+    assert res.exit_code == 2 and "no such file" in res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--rgb", "1,2"])
+    assert res.exit_code == 2 and "--rgb" in res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--classes", "fog"])
+    assert res.exit_code == 2 and "fog" in res.stderr

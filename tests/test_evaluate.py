@@ -1,0 +1,227 @@
+"""Reading, encodings, grid checks, reprojection and pairing of ``cloudmask.evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasterio.crs import CRS
+
+from cloudmask import evaluate as ev
+from cloudmask.errors import EvaluateError, UsageError
+from cloudmask.testing import test_transform as grid_transform
+from cloudmask.testing import write_raster
+
+
+def _truth(h: int = 64, w: int = 64) -> np.ndarray:
+    t = np.zeros((h, w), np.uint8)
+    t[: h // 2, : w // 2] = 1
+    t[h // 2 :, w // 2 :] = 2
+    t[: h // 4, w // 2 :] = 3
+    return t
+
+
+def test_biome_encoding(tmp_path: Path) -> None:
+    raw = np.array([[0, 64, 128], [192, 255, 128]], np.uint8)
+    m = ev.read_mask(write_raster(tmp_path / "b.tif", raw, tiled=False), ev.load_encoding("biome"))
+    np.testing.assert_array_equal(m.data, [[255, 3, 0], [2, 1, 0]])
+
+
+def test_sparcs_encoding_and_labelled_classes(tmp_path: Path) -> None:
+    raw = np.array([[0, 1, 2, 3], [4, 5, 6, 5]], np.uint8)
+    enc = ev.load_encoding("sparcs")
+    m = ev.read_mask(write_raster(tmp_path / "s.tif", raw, tiled=False), enc)
+    np.testing.assert_array_equal(m.data, [[3, 3, 0, 0], [0, 1, 0, 1]])
+    assert enc.labelled.thin is False and enc.labelled.shadow is True
+
+
+def test_unknown_values_are_an_error(tmp_path: Path) -> None:
+    raw = np.array([[0, 7], [9, 1]], np.uint8)
+    with pytest.raises(EvaluateError, match=r"value\(s\) 7, 9 .*'cloudsen12'"):
+        ev.read_mask(write_raster(tmp_path / "x.tif", raw, tiled=False), ev.load_encoding("cloudsen12"))
+
+
+def test_file_nodata_is_excluded(tmp_path: Path) -> None:
+    raw = np.array([[0, 99], [1, 2]], np.uint8)
+    m = ev.read_mask(write_raster(tmp_path / "x.tif", raw, nodata=99, tiled=False), ev.load_encoding("cloudmask"))
+    assert m.data[0, 1] == 255
+
+
+def test_yaml_mapping(tmp_path: Path) -> None:
+    f = tmp_path / "map.yaml"
+    f.write_text("name: mine\nvalues:\n  10: clear\n  20: cloud\n  30: shadow\n  0: nodata\n")
+    enc = ev.load_encoding(str(f))
+    assert enc.name == "mine"
+    assert enc.values == {10: 0, 20: 1, 30: 3, 0: 255}
+    assert enc.labelled.thin is False and enc.labelled.shadow is True
+    f.write_text("values: {1: fog}\n")
+    with pytest.raises(UsageError, match="fog"):
+        ev.load_encoding(str(f))
+    f.write_text("- not a mapping\n")
+    with pytest.raises(UsageError, match="values"):
+        ev.load_encoding(str(f))
+    with pytest.raises(UsageError, match="unknown mask format 'nope'"):
+        ev.load_encoding("nope")
+
+
+def test_grid_mismatch_message_is_exact(tmp_path: Path) -> None:
+    t = write_raster(tmp_path / "t.tif", _truth(), nodata=255)
+    p = write_raster(
+        tmp_path / "p.tif", _truth(32, 64), nodata=255, transform=grid_transform(20.0, left=500040.0),
+    )
+    enc = ev.load_encoding("cloudmask")
+    msg = ev.grid_difference(ev.read_mask(p, enc), ev.read_mask(t, enc))
+    assert msg is not None
+    assert "size 64×32 px vs 64×64 px" in msg
+    assert "origin (500040, 5.2e+06) vs (500000, 5.2e+06)" in msg
+    assert "(+2, -0) truth pixels" in msg
+    q = write_raster(tmp_path / "q.tif", _truth(), nodata=255, crs=CRS.from_epsg(32633), transform=grid_transform(10.0))
+    msg = ev.grid_difference(ev.read_mask(q, enc), ev.read_mask(t, enc))
+    assert "CRS EPSG:32633 vs EPSG:32632" in msg and "pixel size 10×10 vs 20×20" in msg
+    assert ev.grid_difference(ev.read_mask(t, enc), ev.read_mask(t, enc)) is None
+
+
+def test_evaluate_refuses_mismatched_grid_without_reproject(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "p.tif", _truth(), nodata=255, transform=grid_transform(20.0, left=500020.0))
+    with pytest.raises(EvaluateError, match="different grids.*--reproject"):
+        ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif")
+
+
+def test_reproject_finer_prediction_onto_truth(tmp_path: Path) -> None:
+    truth = _truth()
+    write_raster(tmp_path / "t.tif", truth, nodata=255)
+    # the same classes at 10 m: every truth pixel becomes 2×2 prediction pixels
+    fine = np.repeat(np.repeat(truth, 2, axis=0), 2, axis=1)
+    write_raster(tmp_path / "p.tif", fine, nodata=255, transform=grid_transform(10.0))
+    res = ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", reproject=True, window=32)
+    pooled = res.report["models"][0]["pooled"]
+    assert res.report["reprojected"] == 1
+    assert pooled["overall_accuracy"] == 1.0 and pooled["pixels"] == 64 * 64
+
+
+def test_reproject_shifted_prediction_leaves_uncovered_as_nodata(tmp_path: Path) -> None:
+    truth = _truth()
+    write_raster(tmp_path / "t.tif", truth, nodata=255)
+    shifted = np.zeros_like(truth)
+    shifted[:, :-4] = truth[:, 4:]  # content moved 4 px left, grid moved 4 px right -> aligned again
+    write_raster(tmp_path / "p.tif", shifted, nodata=255, transform=grid_transform(20.0, left=500080.0))
+    res = ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", reproject=True, window=32)
+    pooled = res.report["models"][0]["pooled"]
+    assert pooled["pixels"] == 64 * 60  # the 4 truth columns the prediction does not cover are nodata
+    # the prediction's zero-filled last 4 columns fall beyond the truth's edge, so the overlap is all correct
+    assert pooled["overall_accuracy"] == 1.0
+
+
+def test_reproject_needs_georeferencing(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", _truth(), nodata=255, crs=None)
+    write_raster(tmp_path / "p.tif", _truth(32, 32), nodata=255, crs=None)
+    with pytest.raises(EvaluateError, match="cannot reproject"):
+        ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", reproject=True)
+
+
+def test_scene_key() -> None:
+    assert ev.scene_key("patch00.label.tif") == "patch00"
+    assert ev.scene_key("LC08_X_fixedmask.TIF") == "lc08_x"
+    assert ev.scene_key("s1_mask.tif") == "s1"
+    assert ev.scene_key("label.tif") == "label"
+
+
+def test_directory_pairing(tmp_path: Path) -> None:
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    for name in ("a", "b", "c"):
+        write_raster(tmp_path / "truth" / f"{name}.label.tif", _truth(), nodata=255)
+    for name in ("a", "b", "d"):
+        write_raster(tmp_path / "pred" / f"{name}_mask.tif", _truth(), nodata=255)
+    pairs = ev.pair(tmp_path / "pred", tmp_path / "truth")
+    assert sorted(pairs) == ["a", "b"]
+    assert pairs["a"][1].name == "a.label.tif"
+    single = ev.pair(tmp_path / "pred" / "b_mask.tif", tmp_path / "truth")
+    assert single["b"][1].name == "b.label.tif"
+    with pytest.raises(EvaluateError, match="no truth file"):
+        ev.pair(tmp_path / "pred" / "d_mask.tif", tmp_path / "truth")
+    with pytest.raises(UsageError, match="pass a truth directory"):
+        ev.pair(tmp_path / "pred", tmp_path / "truth" / "a.label.tif")
+    (tmp_path / "other").mkdir()
+    write_raster(tmp_path / "other" / "zz.tif", _truth(), nodata=255)
+    with pytest.raises(EvaluateError, match="no file in"):
+        ev.pair(tmp_path / "other", tmp_path / "truth")
+
+
+def test_ambiguous_names_in_a_folder(tmp_path: Path) -> None:
+    write_raster(tmp_path / "a.label.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "a_mask.tif", _truth(), nodata=255)
+    with pytest.raises(EvaluateError, match="both look like scene 'a'"):
+        ev.pair(tmp_path / "a_mask.tif", tmp_path)
+
+
+def test_two_models_on_common_scenes(tmp_path: Path) -> None:
+    for d in ("truth", "good", "bad"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        t = _truth(128, 128)
+        write_raster(tmp_path / "truth" / f"s{i}.tif", t, nodata=255)
+        write_raster(tmp_path / "good" / f"s{i}.tif", t, nodata=255)
+        bad = t.copy()
+        bad[bad == 2] = 0  # misses all thin cloud
+        write_raster(tmp_path / "bad" / f"s{i}.tif", bad, nodata=255)
+    write_raster(tmp_path / "good" / "s9.tif", _truth(), nodata=255)  # no truth: ignored
+    res = ev.evaluate([tmp_path / "good", tmp_path / "bad"], tmp_path / "truth", window=64)
+    rep = res.report
+    assert [m["name"] for m in rep["models"]] == ["good", "bad"]
+    assert rep["scenes"] == ["s0", "s1"]
+    good, bad = rep["models"]
+    assert good["pooled"]["cloud"]["f1"] == 1.0
+    # thin is one quarter of the image, thick one quarter: recall 0.5
+    assert bad["pooled"]["cloud"]["recall"] == pytest.approx(0.5)
+    assert good["per_scene_spread"]["cloud_f1"]["n"] == 2
+    assert good["windows"]["count"] == 8
+    cmp = rep["comparisons"][0]
+    assert cmp["reference"] == "good" and cmp["model"] == "bad"
+    assert cmp["pooled"]["recall"] == pytest.approx(-0.5)
+    # 100 % cover bin: the all-thick window keeps its cloud, the all-thin one loses all of it
+    assert cmp["bins"][9]["d_recall"] == pytest.approx(-0.5)
+    assert cmp["bins"][9]["paired_mean_d_f1"] == pytest.approx(-0.5)
+    assert cmp["bins"][0]["d_recall"] is None  # clear windows: nothing to recall for either model
+    rows = ev.csv_rows(rep)
+    assert {"model": "bad-good", "scope": "pooled", "subject": "cloud", "metric": "d_recall", "value": pytest.approx(-0.5)} in rows
+
+
+def test_missing_scene_in_one_model_is_skipped(tmp_path: Path) -> None:
+    for d in ("truth", "a", "b"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        write_raster(tmp_path / "truth" / f"s{i}.tif", _truth(), nodata=255)
+        write_raster(tmp_path / "a" / f"s{i}.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "b" / "s0.tif", _truth(), nodata=255)
+    rep = ev.evaluate([tmp_path / "a", tmp_path / "b"], tmp_path / "truth", names=["x", "y"]).report
+    assert rep["scenes"] == ["s0"] and rep["skipped_scenes"] == ["s1"]
+    assert [m["name"] for m in rep["models"]] == ["x", "y"]
+    with pytest.raises(UsageError, match="--name given 1"):
+        ev.evaluate([tmp_path / "a", tmp_path / "b"], tmp_path / "truth", names=["x"])
+
+
+def test_classes_override_merges_thin(tmp_path: Path) -> None:
+    t = _truth()
+    p = t.copy()
+    p[p == 2] = 1  # thin called thick
+    write_raster(tmp_path / "t.tif", t, nodata=255)
+    write_raster(tmp_path / "p.tif", p, nodata=255)
+    full = ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif").report["models"][0]["pooled"]
+    merged = ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", classes="cloud,shadow").report["models"][0]["pooled"]
+    assert full["overall_accuracy"] < 1.0 and merged["overall_accuracy"] == 1.0
+    assert merged["class_names"] == ["clear", "cloud", "shadow"]
+    assert full["cloud"]["f1"] == merged["cloud"]["f1"] == 1.0
+
+
+def test_read_rgb_by_band_name(tmp_path: Path) -> None:
+    img = np.stack([np.full((8, 8), v, np.float32) for v in (0.1, 0.2, 0.3)])
+    img[0, 0, 0] = 0.9
+    f = write_raster(tmp_path / "i.tif", img, descriptions=["blue", "green", "red"], tiled=False)
+    rgb = ev.read_rgb(f)
+    assert rgb.shape == (8, 8, 3)
+    assert rgb[0, 0, 2] > 0.5 > rgb[1, 1, 2]  # the bright blue pixel ends up in the blue channel
+    assert rgb[0, 0, 0] == rgb[1, 1, 0]
+    assert ev.read_rgb(f, step=2).shape == (4, 4, 3)
