@@ -35,7 +35,7 @@ _EMISSIVITY = {"vegetation": 0.985, "soil": 0.955, "sand": 0.93, "npv": 0.95, "b
 
 #: Options accepted by :func:`simulate_scene` and their defaults (None = drawn at random per scene).
 DEFAULTS: dict[str, Any] = {
-    "pixel_size": None,  # metres; default: finest band resolution, clipped to 10..60
+    "pixel_size": None,  # metres; default: median band resolution, clipped to 10..500
     "biome": None,  # one of BIOMES
     "sun_elevation": None,  # degrees
     "sun_azimuth": None,  # degrees clockwise from north
@@ -127,7 +127,7 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         p["water_vapour_cm"] = float(np.clip(0.15 + 4.5 * (p["air_temperature"] - 245) / 67 * wv_u, 0.1, 5.5))
     if p["pixel_size"] is None:
         res = [b.resolution for b in bands if b.kind == "reflectance"] or [b.resolution for b in bands]
-        p["pixel_size"] = float(np.clip(min(res), 10, 60))
+        p["pixel_size"] = float(np.clip(np.median(res), 10, 500))
     p["cloud_top_km"] = p["cloud_height_km"] + thickness
     p["cirrus_height_km"] = cirrus_h
     for k in ("cloud_cover", "cirrus_cover"):

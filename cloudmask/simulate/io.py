@@ -1,0 +1,133 @@
+"""Writing simulated scenes: image GeoTIFF, label GeoTIFF and a STAC-like JSON per scene.
+
+Files go to temporary names in the destination folder and are renamed when complete, so a crashed
+or interrupted run never leaves a half-written scene that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from affine import Affine
+
+from cloudmask.errors import OutputError
+from cloudmask.simulate.scene import LABEL_NAMES, NODATA, SimScene
+
+
+def fake_georeference(seed: int, pixel_size: float) -> tuple[CRS, Any]:
+    """A plausible UTM grid (zone and origin from the seed) so GIS tools place the scene somewhere."""
+    r = np.random.default_rng(seed)
+    zone = int(r.integers(1, 61))
+    north = bool(r.random() < 0.75)
+    crs = CRS.from_epsg((32600 if north else 32700) + zone)
+    x0 = float(np.round(r.uniform(200_000, 700_000), -2))
+    y0 = float(np.round(r.uniform(1_000_000, 7_000_000) if north else r.uniform(3_000_000, 9_000_000), -2))
+    return crs, Affine(pixel_size, 0.0, x0, 0.0, -pixel_size, y0)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_stem(text: str) -> str:
+    """File-name-safe version of an id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "scene"
+
+
+def write_scene(sim: SimScene, out_dir: Path, stem: str, sensor_id: str) -> dict[str, str]:
+    """Write ``<stem>_image.tif``, ``<stem>_labels.tif`` and ``<stem>.json``; return their paths."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    stem = safe_stem(stem)
+    crs, transform = fake_georeference(int(sim.meta["seed"]), float(sim.meta["pixel_size"]))
+    n, h, w = sim.data.shape
+    common = {"driver": "GTiff", "width": w, "height": h, "crs": crs, "transform": transform, "tiled": True,
+              "blockxsize": 256 if w >= 256 else 16 * max(1, w // 16), "blockysize": 256 if h >= 256 else 16 * max(1, h // 16),
+              "compress": "deflate"}
+    if w < 16 or h < 16:
+        common.pop("tiled"), common.pop("blockxsize"), common.pop("blockysize")
+    img_path, lab_path, json_path = out_dir / f"{stem}_image.tif", out_dir / f"{stem}_labels.tif", out_dir / f"{stem}.json"
+
+    def write_image(tmp: Path) -> None:
+        with rasterio.open(tmp, "w", count=n, dtype="float32", nodata=float("nan"), predictor=3, **common) as dst:
+            dst.write(sim.data)
+            for i, name in enumerate(sim.meta["bands"], start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(CLOUDMASK_SENSOR=sensor_id, CLOUDMASK_SIMULATED="yes", CLOUDMASK_SEED=str(sim.meta["seed"]))
+
+    def write_labels(tmp: Path) -> None:
+        with rasterio.open(tmp, "w", count=1, dtype="uint8", nodata=NODATA, **common) as dst:
+            dst.write(sim.labels[None])
+            dst.set_band_description(1, "label")
+            dst.update_tags(CLASSES=";".join(f"{k}={v}" for k, v in LABEL_NAMES.items()) + f";{NODATA}=nodata")
+
+    def write_json(tmp: Path) -> None:
+        tmp.write_text(json.dumps(stac_item(sim, stem, sensor_id, img_path.name, lab_path.name, crs, transform),
+                                  indent=2, default=_jsonable))
+
+    try:
+        _atomic_write(img_path, write_image)
+        _atomic_write(lab_path, write_labels)
+        _atomic_write(json_path, write_json)
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        raise OutputError(f"cannot write scene {stem} to {out_dir}: {exc}") from None
+    return {"image": str(img_path), "labels": str(lab_path), "json": str(json_path)}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def stac_item(sim: SimScene, stem: str, sensor_id: str, image: str, labels: str, crs: CRS, transform: Any) -> dict:
+    """A STAC-like item describing one simulated scene."""
+    m = sim.meta
+    h, w = sim.labels.shape
+    x0, y0 = transform.c, transform.f
+    x1, y1 = x0 + transform.a * w, y0 + transform.e * h
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": stem,
+        "bbox": [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)],
+        "geometry": None,
+        "properties": {
+            "datetime": None,
+            "cloudmask:sensor": sensor_id,
+            "cloudmask:simulated": True,
+            "proj:epsg": crs.to_epsg(),
+            "proj:shape": [h, w],
+            "proj:transform": list(transform)[:6],
+            "view:sun_elevation": m["sun_elevation"],
+            "view:sun_azimuth": m["sun_azimuth"],
+            "eo:cloud_cover": 100 * (m["class_fractions"]["thick_cloud"] + m["class_fractions"]["thin_cloud"]),
+            "sim:cloud_height_km": m["cloud_height_km"],
+            "sim:class_fractions": m["class_fractions"],
+            "sim:meta": m,
+        },
+        "assets": {
+            "image": {"href": image, "type": "image/tiff; application=geotiff", "roles": ["data"],
+                      "eo:bands": [{"name": b} for b in m["bands"]]},
+            "labels": {"href": labels, "type": "image/tiff; application=geotiff", "roles": ["labels"],
+                       "classes": {str(k): v for k, v in {**LABEL_NAMES, NODATA: "nodata"}.items()}},
+        },
+    }
