@@ -1,0 +1,252 @@
+"""Atomic Cloud-Optimised GeoTIFF output.
+
+Why a raw file first: results arrive window by window from Dask, so they are streamed into a plain
+tiled GeoTIFF next to the destination (hidden name, same folder so the final rename is atomic), then
+``rio_cogeo.cog_translate`` builds the overviews and the COG layout, the result is checked with
+``cog_validate``, and only then renamed onto the destination. A crash or a full disk at any point
+leaves the destination untouched and no temporary file behind (a SIGKILL can leave a hidden
+``.name.*.tmp.tif``, which the next run for that output removes).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from rio_cogeo.cogeo import cog_translate as _cog_translate
+from rio_cogeo.cogeo import cog_validate
+from rio_cogeo.profiles import cog_profiles
+
+from cloudmask.errors import OutputError
+
+#: Internal tile edge of the COGs (and of the raw intermediate), in pixels.
+BLOCK = 512
+
+#: Colours for the class mask (RGBA): clear, thick cloud, thin cloud, shadow, nodata.
+MASK_COLORMAP: dict[int, tuple[int, int, int, int]] = {
+    0: (40, 160, 60, 255),
+    1: (255, 255, 255, 255),
+    2: (150, 220, 255, 255),
+    3: (90, 60, 40, 255),
+    255: (0, 0, 0, 0),
+}
+BINARY_COLORMAP: dict[int, tuple[int, int, int, int]] = {
+    0: (40, 160, 60, 255),
+    1: (255, 255, 255, 255),
+    255: (0, 0, 0, 0),
+}
+
+_TMP_MARK = ".cmtmp-"
+
+
+def temp_path(dst: Path, tag: str) -> Path:
+    """A hidden temporary path beside ``dst`` (same filesystem, so ``os.replace`` is atomic)."""
+    return dst.parent / f".{dst.name}{_TMP_MARK}{tag}-{os.getpid()}-{secrets.token_hex(4)}.tif"
+
+
+def stale_temps(dst: Path) -> list[Path]:
+    """Temporaries a killed run left for ``dst`` (only safe to delete while holding its lock)."""
+    if not dst.parent.is_dir():
+        return []
+    return sorted(dst.parent.glob(f".{dst.name}{_TMP_MARK}*"))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in str(exc).lower()
+
+
+def output_error(exc: BaseException, path: Path | str) -> OutputError:
+    """One-line error for a failed write: disk full and permissions are named as such."""
+    if is_disk_full(exc):
+        return OutputError(f"{path}: disk full while writing (no space left on device)")
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"{path}: output folder is not writable")
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OutputError(f"{path}: cannot write output ({msg})")
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+
+
+class RasterSink:
+    """A raw tiled GeoTIFF that accepts ``sink[y0:y1, x0:x1] = block`` (a ``dask.array.store`` target).
+
+    Thread safety comes from the lock ``dask.array.store`` holds around each write. Statistics the
+    STAC item needs (class counts) are accumulated as blocks arrive, so the file is never re-read.
+    """
+
+    def __init__(
+        self,
+        dst: Path,
+        *,
+        width: int,
+        height: int,
+        count: int,
+        dtype: str,
+        crs: Any,
+        transform: Any,
+        nodata: float | None,
+        descriptions: Sequence[str] = (),
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+        tags: dict[str, str] | None = None,
+        count_values: bool = False,
+        tag: str = "raw",
+    ) -> None:
+        self.dst = Path(dst)
+        self.path = temp_path(self.dst, tag)
+        self.count = count
+        self.counts = np.zeros(256, dtype="int64") if count_values else None
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
+            "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+            "compress": "none", "BIGTIFF": "IF_SAFER",
+        }
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = transform
+        try:
+            self.ds = rasterio.open(self.path, "w", **profile)
+            for i, d in enumerate(descriptions, start=1):
+                self.ds.set_band_description(i, d)
+            if colormap:
+                self.ds.colorinterp = [ColorInterp.palette]
+                self.ds.write_colormap(1, colormap)
+            if scales:
+                self.ds.scales = tuple(scales)
+            if tags:
+                self.ds.update_tags(**tags)
+        except (OSError, RasterioError) as exc:
+            _remove(self.path)
+            raise output_error(exc, self.dst) from None
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        ys, xs = key[-2], key[-1]
+        window = ((ys.start or 0, ys.stop), (xs.start or 0, xs.stop))
+        arr = np.asarray(value)
+        try:
+            if arr.ndim == 2:
+                self.ds.write(arr, 1, window=window)
+            else:
+                self.ds.write(arr, window=window)
+        except (OSError, RasterioError) as exc:
+            raise output_error(exc, self.dst) from None
+        if self.counts is not None:
+            self.counts += np.bincount(arr.ravel(), minlength=256)[:256]
+
+    def close(self) -> None:
+        if not self.ds.closed:
+            try:
+                self.ds.close()
+            except (OSError, RasterioError) as exc:
+                raise output_error(exc, self.dst) from None
+
+    def discard(self) -> None:
+        """Close and delete the raw file (used on every exit path)."""
+        try:
+            if not self.ds.closed:
+                self.ds.close()
+        except Exception:  # noqa: BLE001 - already failing; the file is removed next
+            pass
+        _remove(self.path)
+
+
+def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
+    """Turn a raw tiled GeoTIFF into a validated COG at a temporary path beside ``dst``; return it.
+
+    The caller renames the result onto ``dst`` (see :func:`commit`), so outputs of one scene can be
+    published together.
+    """
+    part = temp_path(dst, "cog")
+    profile = cog_profiles.get("deflate")
+    profile.update(blockxsize=BLOCK, blockysize=BLOCK)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _cog_translate(
+                str(raw), str(part), profile, overview_resampling=overview_resampling,
+                in_memory=False, quiet=True, use_cog_driver=False,
+            )
+    except (OSError, RasterioError) as exc:
+        _remove(part)
+        raise output_error(exc, dst) from None
+    except Exception:
+        _remove(part)
+        raise
+    ok, errors, _ = cog_validate(str(part), quiet=True)
+    if not ok:
+        _remove(part)
+        raise OutputError(f"{dst}: written file is not a valid COG ({'; '.join(errors)})")
+    return part
+
+
+def commit(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Rename finished temporaries onto their destinations, in order (put the primary output last)."""
+    for tmp, dst in pairs:
+        try:
+            os.replace(tmp, dst)
+        except OSError as exc:
+            raise output_error(exc, dst) from None
+
+
+def write_cog(
+    array: np.ndarray,
+    dst: str | Path,
+    *,
+    crs: Any = None,
+    transform: Any = None,
+    nodata: float | None = None,
+    descriptions: Sequence[str] = (),
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    overview_resampling: str = "mode",
+) -> Path:
+    """Write an in-memory (y, x) or (band, y, x) array as a COG, atomically. For small outputs and tests."""
+    dst = Path(dst)
+    arr = array[None] if array.ndim == 2 else array
+    sink = RasterSink(
+        dst, width=arr.shape[2], height=arr.shape[1], count=arr.shape[0], dtype=str(arr.dtype), crs=crs,
+        transform=transform, nodata=nodata, descriptions=descriptions, colormap=colormap,
+    )
+    part = None
+    try:
+        sink[:, :] = arr
+        sink.close()
+        part = translate(sink.path, dst, overview_resampling)
+        commit([(part, dst)])
+        part = None
+    finally:
+        sink.discard()
+        _remove(part)
+    return dst
+
+
+def is_valid_cog(path: str | Path) -> bool:
+    """True when ``path`` opens and passes ``cog_validate`` (used to skip finished outputs)."""
+    try:
+        ok, _, _ = cog_validate(str(path), quiet=True)
+        return bool(ok)
+    except Exception:  # noqa: BLE001 - any failure to open means "not a finished output"
+        return False
+
+
+__all__ = [
+    "BLOCK", "MASK_COLORMAP", "BINARY_COLORMAP", "RasterSink", "translate", "commit", "write_cog",
+    "is_valid_cog", "temp_path", "stale_temps", "output_error", "cog_validate",
+]

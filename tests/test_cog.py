@@ -1,0 +1,108 @@
+"""COG writing: valid layout, colour table, overviews, and atomicity when writes fail."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+
+from cloudmask import cog
+from cloudmask.errors import OutputError
+from cloudmask import testing as cmt
+from cloudmask.testing import TEST_CRS
+
+
+def _classes(h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 4, size=(h, w), dtype="uint8")
+    arr[:, :10] = 255
+    return arr
+
+
+def test_mask_cog_is_valid_with_colour_table_overviews_and_grid(tmp_path):
+    arr = _classes(1100, 1300)
+    dst = cog.write_cog(
+        arr, tmp_path / "m.tif", crs=TEST_CRS, transform=cmt.test_transform(), nodata=255,
+        descriptions=["cloud mask"], colormap=cog.MASK_COLORMAP,
+    )
+    ok, errors, _ = cog.cog_validate(str(dst), quiet=True)
+    assert ok, errors
+    with rasterio.open(dst) as ds:
+        assert ds.crs == TEST_CRS and ds.transform == cmt.test_transform() and ds.shape == (1100, 1300)
+        assert ds.nodata == 255 and ds.descriptions == ("cloud mask",)
+        assert ds.colorinterp[0] == ColorInterp.palette and ds.colormap(1)[1] == (255, 255, 255, 255)
+        assert ds.overviews(1)[0] == 2
+        assert ds.tags()["OVERVIEW_RESAMPLING"] == "MODE"
+        assert ds.block_shapes[0] == (512, 512)
+        np.testing.assert_array_equal(ds.read(1), arr)
+    with rasterio.open(dst, overview_level=0) as ov:  # mode keeps class values (no colour averaging)
+        assert set(np.unique(ov.read(1))) <= {0, 1, 2, 3, 255}
+    assert sorted(os.listdir(tmp_path)) == ["m.tif"]  # no temporaries left
+
+
+def test_sink_accepts_windows_and_counts_values(tmp_path):
+    sink = cog.RasterSink(tmp_path / "x.tif", width=40, height=30, count=1, dtype="uint8", crs=None,
+                          transform=None, nodata=255, count_values=True)
+    try:
+        sink[0:30, 0:20] = np.zeros((30, 20), dtype="uint8")
+        sink[0:30, 20:40] = np.full((30, 20), 2, dtype="uint8")
+        sink.close()
+        assert sink.counts[0] == 600 and sink.counts[2] == 600
+        with rasterio.open(sink.path) as ds:
+            assert ds.read(1)[:, 25].tolist() == [2] * 30
+    finally:
+        sink.discard()
+    assert not sink.path.exists()
+
+
+def test_disk_full_during_translate_leaves_nothing(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cog, "_cog_translate", full)
+    (tmp_path / "m.tif").write_bytes(b"old")  # an existing output stays untouched
+    with pytest.raises(OutputError, match="disk full"):
+        cog.write_cog(_classes(64, 64), tmp_path / "m.tif", nodata=255)
+    assert sorted(os.listdir(tmp_path)) == ["m.tif"] and (tmp_path / "m.tif").read_bytes() == b"old"
+
+
+def test_failed_window_write_is_an_output_error(tmp_path, monkeypatch):
+    sink = cog.RasterSink(tmp_path / "x.tif", width=16, height=16, count=1, dtype="uint8", crs=None,
+                          transform=None, nodata=255)
+
+    class Broken:
+        closed = False
+
+        def write(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.closed = True
+
+    real, sink.ds = sink.ds, Broken()
+    with pytest.raises(OutputError, match="disk full"):
+        sink[0:16, 0:16] = np.zeros((16, 16), dtype="uint8")
+    real.close()
+    sink.discard()
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")  # a file where a folder should be: fails even for root
+    with pytest.raises(OutputError, match="cannot write output|not writable"):
+        cog.write_cog(_classes(16, 16), blocker / "m.tif", nodata=255)
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_invalid_files_are_not_taken_for_finished_outputs(tmp_path):
+    bad = tmp_path / "half.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    assert not cog.is_valid_cog(bad)
+    assert not cog.is_valid_cog(tmp_path / "missing.tif")
+    good = cog.write_cog(_classes(32, 32), tmp_path / "ok.tif", nodata=255)
+    assert cog.is_valid_cog(good)
