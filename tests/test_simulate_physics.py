@@ -11,7 +11,7 @@ from cloudmask.simulate import atmosphere as atm
 from cloudmask.simulate.shadows import project, shadow_offset_px
 from cloudmask.simulate.spectra import CLASSES, load_table, water_reflectance
 
-QUIET = {"noise": 0.0, "nodata_border_prob": 0.0, "saturation_prob": 0.0}
+QUIET = {"noise": 0.0, "nodata_border_prob": 0.0, "saturation_prob": 0.0, "haze_tau": 0.0, "relief": 0.0}
 
 
 @pytest.fixture(scope="module")

@@ -57,10 +57,11 @@ def test_virtual_and_thermal_bands() -> None:
 
 
 def test_labels_follow_cloud_cover(s2_bands: list[Band]) -> None:
-    clear = simulate_scene(s2_bands[:3], 64, rng=2, cloud_cover=0.0, cirrus_cover=0.0, nodata_border_prob=0)
+    clear = simulate_scene(s2_bands[:3], 64, rng=2, cloud_cover=0.0, cirrus_cover=0.0, haze_tau=0.0,
+                           nodata_border_prob=0)
     assert (clear.labels == 0).all()
     cloudy = simulate_scene(s2_bands[:3], 64, rng=2, cloud_cover=0.6, cirrus_cover=0.0, nodata_border_prob=0,
-                            cloud_tau_max=40)
+                            cloud_tau_max=40, haze_tau=0.0)
     frac = cloudy.meta["class_fractions"]
     assert 0.3 < frac["thick_cloud"] + frac["thin_cloud"] < 0.9
 

@@ -78,8 +78,9 @@ def atmosphere(responses: np.ndarray, grid: np.ndarray, sun_elevation: float, ae
     g = aerosol_g
     p_a = (1 - g**2) / (1 + g**2 - 2 * g * cos_scat) ** 1.5
     m = 1 / mu_s + 1 / mu_v
-    # single scattering with an attenuation term, boosted for multiple scattering of thick aerosol
-    path = (t_r * p_r + aerosol_ssa * t_a * p_a * 2.0) / (4 * mu_s * mu_v) * (1 - np.exp(-m * (t_r + t_a))) / np.maximum(
+    # single scattering with an attenuation term; the 1.35 and 2.0 factors stand in for multiple scattering
+    # (calibrated so clear water and vegetation match Landsat 8 Biome TOA blue, see docs/simulator.md)
+    path = (1.35 * t_r * p_r + aerosol_ssa * t_a * p_a * 2.0) / (4 * mu_s * mu_v) * (1 - np.exp(-m * (t_r + t_a))) / np.maximum(
         m * (t_r + t_a), 1e-6) * (1 + 0.5 * t_a)
     ext = t_r + t_a
     t_dir = np.exp(-ext / mu_s)

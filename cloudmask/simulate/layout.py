@@ -130,3 +130,22 @@ def make_layout(shape: tuple[int, int], biome: str, rng: np.random.Generator, pi
     mix = np.clip(0.5 + 0.3 * fractal_noise(shape, rng.uniform(1.5, 2.5), rng), 0, 1).astype("float32")
     brightness = (1.0 + rng.uniform(0.03, 0.10) * fractal_noise(shape, rng.uniform(1.0, 2.0), rng)).astype("float32")
     return Layout(classes=classes, parcels=parcels, mix=mix, brightness=brightness)
+
+
+def terrain_shading(shape: tuple[int, int], rng: np.random.Generator, relief: float, sun_elevation: float,
+                    sun_azimuth: float) -> np.ndarray:
+    """Illumination factor of a fractal terrain (1 = flat): sun-facing slopes brighter, far sides dark.
+
+    ``relief`` is the typical slope (rise over run); mountain shade is a natural cloud-shadow confuser.
+    """
+    if relief <= 0:
+        return np.ones(shape, "float32")
+    z = fractal_noise(shape, 3.6, rng)
+    gy, gx = np.gradient(z)
+    scale = relief / max(float(np.hypot(gx, gy).std()), 1e-6)
+    gx, gy = gx * scale, gy * scale
+    el, az = np.deg2rad(sun_elevation), np.deg2rad(sun_azimuth)
+    sx, sy, sz = np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)  # rows grow southwards
+    cos_i = (-gx * sx - gy * sy + sz) / np.sqrt(1 + gx**2 + gy**2)
+    direct = np.clip(cos_i, 0, None) / sz
+    return np.clip(0.25 + 0.75 * direct, 0.15, 2.5).astype("float32")

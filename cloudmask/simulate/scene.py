@@ -19,7 +19,7 @@ from cloudmask.errors import BandError, UsageError
 from cloudmask.registry import Band
 from cloudmask.simulate import atmosphere as atm
 from cloudmask.simulate.clouds import absorption_factor, cirrus_field, cloud_optics, conservative_reflectance, cumulus_field
-from cloudmask.simulate.layout import BIOMES, fractal_noise, make_layout
+from cloudmask.simulate.layout import BIOMES, fractal_noise, make_layout, terrain_shading
 from cloudmask.simulate.sensor import apply_sensor, degrade_resolution, nodata_border
 from cloudmask.simulate.shadows import irradiance, project
 from cloudmask.simulate.spectra import CLASSES, band_key, load_table, responses
@@ -29,7 +29,11 @@ LABEL_NAMES = {CLEAR: "clear", THICK: "thick_cloud", THIN: "thin_cloud", SHADOW:
 
 # surface temperature offset from air temperature (K) and broadband thermal emissivity per class
 _T_OFFSET = {"vegetation": -1.5, "soil": 6.0, "sand": 9.0, "npv": 4.0, "burned": 8.0, "urban": 5.0,
-             "snow": -3.0, "water": -3.0, "salt": 3.0}
+             "snow": -3.0, "water": -7.0, "salt": 3.0}
+# per-parcel brightness range per class: lab spectra (dry, ground soils; dense PROSAIL canopies; fresh
+# snow) are brighter than the same covers seen from orbit (moisture, roughness, shade, mixed pixels)
+_GAIN = {"vegetation": (0.55, 1.0), "soil": (0.45, 0.95), "sand": (0.7, 1.05), "npv": (0.6, 1.0),
+         "burned": (0.7, 1.1), "urban": (0.7, 1.1), "snow": (0.65, 1.0), "water": (0.9, 1.1), "salt": (0.8, 1.0)}
 _EMISSIVITY = {"vegetation": 0.985, "soil": 0.955, "sand": 0.93, "npv": 0.95, "burned": 0.96, "urban": 0.945,
                "snow": 0.99, "water": 0.99, "salt": 0.94}
 
@@ -44,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "cloud_height_km": None,  # cloud base
     "cirrus_cover": None,  # 0 disables cirrus
     "cirrus_tau_max": None,
+    "haze_tau": None,  # optical thickness of a smooth low haze/stratus veil (0 = none)
+    "relief": None,  # terrain slope scale (0 = flat); mountains shade the surface
     "aerosol_tau550": None,
     "angstrom": None,
     "water_vapour_cm": None,
@@ -56,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "thick_tau": 5.0,  # label thresholds on total optical thickness
     "thin_min_tau": 0.5,
     "shadow_tau": 5.0,  # min projected optical thickness for a shadow label
+    "shadow_max_sun": 0.7,  # ... and at most this fraction of the direct beam getting through
 }
 
 
@@ -105,12 +112,14 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         "aerosol_tau550": float(np.clip(np.exp(rng.normal(np.log(0.1), 0.7)), 0.01, 1.5)),
         "angstrom": float(rng.uniform(0.5, 2.0)),
         "cloud_height_km": float(rng.uniform(0.5, 4.0)),
-        "cloud_tau_max": float(np.clip(np.exp(rng.normal(np.log(25), 0.6)), 4, 120)),
-        "cirrus_tau_max": float(np.exp(rng.uniform(np.log(0.3), np.log(5.0)))),
+        "cloud_tau_max": float(np.clip(np.exp(rng.normal(np.log(15), 0.9)), 3, 120)),
+        "cirrus_tau_max": float(np.exp(rng.uniform(np.log(0.2), np.log(3.0)))),
+        "haze_tau": float(np.exp(rng.uniform(np.log(0.3), np.log(4.0)))) if rng.random() < 0.2 else 0.0,
     }
     u = rng.random()
     d["cloud_cover"] = 0.0 if u < 0.12 else 1.0 if u < 0.16 else float(rng.beta(0.9, 1.3))
-    d["cirrus_cover"] = float(rng.uniform(0.1, 0.8)) if rng.random() < 0.35 else 0.0
+    d["cirrus_cover"] = float(rng.uniform(0.1, 0.8)) if rng.random() < 0.15 else 0.0
+    relief_u, shade_leak, sky_view = rng.random(2), rng.uniform(0.45, 0.9), rng.uniform(0.5, 0.9)
     thickness = float(rng.uniform(0.2, 2.0))
     cirrus_h = float(rng.uniform(7, 12))
     t_air_u = rng.uniform(0, 1)
@@ -121,13 +130,20 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     if p["biome"] not in BIOMES:
         raise UsageError(f"unknown biome {p['biome']!r}; choose one of {', '.join(BIOMES)}")
     if p["air_temperature"] is None:
-        lo, hi = (245.0, 275.0) if p["biome"] == "snow_ice" else (275.0, 312.0)
+        lo, hi = (235.0, 275.0) if p["biome"] == "snow_ice" else (275.0, 312.0)
         p["air_temperature"] = float(lo + t_air_u * (hi - lo))
     if p["water_vapour_cm"] is None:
-        p["water_vapour_cm"] = float(np.clip(0.15 + 4.5 * (p["air_temperature"] - 245) / 67 * wv_u, 0.1, 5.5))
+        wv = 0.1 + 4.5 * max(p["air_temperature"] - 245, 0) / 67 * wv_u
+        if p["biome"] == "snow_ice":  # high, dry mountains and polar air: the 1375 nm band sees some snow
+            wv *= 0.2 + 0.8 * wv_u / 1.2
+        p["water_vapour_cm"] = float(np.clip(wv, 0.05, 5.5))
     if p["pixel_size"] is None:
         res = [b.resolution for b in bands if b.kind == "reflectance"] or [b.resolution for b in bands]
         p["pixel_size"] = float(np.clip(np.median(res), 10, 500))
+    if p["relief"] is None:
+        hi = 0.6 if p["biome"] == "snow_ice" else 0.25
+        p["relief"] = float(relief_u[1] * hi) if relief_u[0] < 0.5 else 0.0
+    p["shadow_leak"], p["sky_view"] = float(shade_leak), float(sky_view)
     p["cloud_top_km"] = p["cloud_height_km"] + thickness
     p["cirrus_height_km"] = cirrus_h
     for k in ("cloud_cover", "cirrus_cover"):
@@ -176,12 +192,18 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
 
     # ---- clouds (τ fields) and their shadows
     tau_low = cumulus_field(shape, gen, p["cloud_cover"], p["cloud_tau_max"], px)
+    if p["haze_tau"] > 0:  # a smooth veil over part of the scene: thin cloud that is hard to see
+        veil = 0.5 + 0.5 * np.tanh(1.5 * fractal_noise(shape, 3.5, gen) + gen.uniform(-1, 1.5))
+        tau_low = tau_low + (p["haze_tau"] * veil).astype("float32")
     tau_ci = cirrus_field(shape, gen, p["cirrus_cover"], p["cirrus_tau_max"], px)
     sh_low = project(tau_low, p["cloud_height_km"], p["cloud_top_km"], p["sun_elevation"], p["sun_azimuth"], px)
     sh_ci = project(tau_ci, p["cirrus_height_km"], p["cirrus_height_km"] + 0.5, p["sun_elevation"],
                     p["sun_azimuth"], px, steps=1)
     sh_tau = sh_low + sh_ci
-    sky_view = float(gen.uniform(0.35, 0.8))
+    sky_view = p["sky_view"]
+    t_sun = 1 - p["shadow_leak"] * conservative_reflectance(sh_tau, mu_s)  # cloud transmittance of the sun ray
+    shading = terrain_shading(shape, gen, p["relief"], p["sun_elevation"], p["sun_azimuth"])
+    cloud_tex = 1 + gen.uniform(0.03, 0.2) * fractal_noise(shape, 2.0, gen) * np.clip(tau_low / 10, 0, 1)
 
     data = np.empty((len(bands), h, w), dtype="float32")
     meta_sensor: dict[str, Any] = {}
@@ -190,7 +212,10 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         surf_a = lib_t[:, pick_a[combo]]
         surf_b = lib_t[:, pick_b[combo]]
         surf = surf_a + (surf_b - surf_a) * lay.mix[None]
-        surf *= lay.brightness[None]
+        g_lo = np.array([_GAIN[c][0] for c in CLASSES])
+        g_hi = np.array([_GAIN[c][1] for c in CLASSES])
+        gain = (g_lo[combo_cls] + gen.random(combo_cls.size) * (g_hi - g_lo)[combo_cls]).astype("float32")
+        surf *= (lay.brightness * gain[combo])[None]
         surf = 0.5 * surf + 0.5 * uniform_filter(surf, size=(1, 3, 3), mode="wrap")  # mixed pixels at edges
         np.clip(surf, 0.0, 1.0, out=surf)
 
@@ -198,21 +223,20 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         a = atm.atmosphere(resp, table.grid, p["sun_elevation"], p["aerosol_tau550"], p["angstrom"],
                            p["water_vapour_cm"])
         # irradiance lost in cloud shadow (direct beam through the cloud, sky partly hidden)
-        t_sun = 1 - conservative_reflectance(sh_tau, mu_s)
         e = irradiance(np.broadcast_to(t_sun[None], surf.shape), a.t_dir, a.t_dif, sky_view,
                        np.clip(sh_tau / 5.0, 0, 1))
-        rho = surf * e
+        rho = surf * e * shading[None]
         t2 = (a.t_up * (a.t_dir + a.t_dif))[:, None, None]
         s = a.s_alb[:, None, None]
         g2 = a.gas2[:, None, None]
         toa = g2 * t2 * rho / (1 - s * surf)
-        if p["cloud_cover"] > 0:
+        if p["cloud_cover"] > 0 or p["haze_tau"] > 0:
             absorb = resp @ absorption_factor(table.grid, table.k_ice, "water", float(gen.uniform(6, 16)))
             co = cloud_optics(tau_low, absorb, mu_s)
             g_c = a.gas_above(resp, table.grid, p["cloud_top_km"], mu_s, p["water_vapour_cm"], 0.3)[:, None, None]
             t_above = t2 ** np.float32(np.exp(-p["cloud_top_km"] / 8.0))
             r0 = conservative_reflectance(tau_low, mu_s)[None]
-            toa = toa * co.trans**2 / (1 - co.reflect * surf) + g_c * t_above * co.reflect
+            toa = toa * co.trans**2 / (1 - co.reflect * surf) + g_c * t_above * co.reflect * cloud_tex[None]
             toa += a.path[:, None, None] * (1 - 0.6 * r0)
         else:
             toa += a.path[:, None, None]
@@ -253,7 +277,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     labels = np.zeros(shape, dtype="uint8")
     labels[tau_tot >= p["thin_min_tau"]] = THIN
     labels[tau_tot >= p["thick_tau"]] = THICK
-    labels[(labels == CLEAR) & (sh_tau >= p["shadow_tau"])] = SHADOW
+    labels[(labels == CLEAR) & (sh_tau >= p["shadow_tau"]) & (t_sun < p["shadow_max_sun"])] = SHADOW
     border = nodata_border(shape, gen) if gen.random() < p["nodata_border_prob"] else None
     if border is not None:
         labels[border] = NODATA
@@ -290,7 +314,9 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         "nodata_fraction": float(1 - valid.mean()),
         "surface_fractions": {c: float((lay.classes[valid] == i).mean()) if valid.any() else 0.0
                               for i, c in enumerate(CLASSES)},
-        "label_thresholds": {k: p[k] for k in ("thick_tau", "thin_min_tau", "shadow_tau")},
+        "label_thresholds": {k: p[k] for k in ("thick_tau", "thin_min_tau", "shadow_tau", "shadow_max_sun")},
+        "haze_tau": p["haze_tau"],
+        "relief": p["relief"],
     }
     return SimScene(data=data, labels=labels, meta=meta, bands=bands)
 
