@@ -1,12 +1,185 @@
-"""``cloudmask mask``: placeholder until its issue lands."""
+"""``cloudmask mask``: scenes in, Cloud-Optimised GeoTIFF masks out — one scene or a whole archive."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
 from cloudmask.cli.app import app
+from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
+from cloudmask.mask import MaskOptions, MaskResult, mask_many, read_list_file, summarise
+from cloudmask.tiles import TileOptions
 
 
-@app.command("mask", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def mask_cmd() -> None:
-    """Not available yet in this build."""
-    raise UsageError("`cloudmask mask` is not implemented yet in this version")
+def _bands(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    if not names:
+        raise UsageError("--bands needs a comma-separated list of band names")
+    return names
+
+
+class _Reporter:
+    """Rich progress: one bar over scenes, one over the current scene's blocks (stderr)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress: Progress | None = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=err_console, transient=True,
+            )
+        self.scenes: Any = None
+        self.blocks: Any = None
+
+    def __enter__(self) -> _Reporter:
+        if self.progress:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.__exit__(None, None, None)
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        p = self.progress
+        if p is None:
+            return
+        if kind == "run-start":
+            self.scenes = p.add_task("scenes", total=payload["scenes"])
+        elif kind == "scene-start":
+            name = Path(str(payload["source"])).name
+            if self.blocks is not None:
+                p.remove_task(self.blocks)
+            self.blocks = p.add_task(f"  {escape(name)} ({payload['sensor']})", total=None)
+        elif kind == "blocks":
+            if self.blocks is not None:
+                p.update(self.blocks, completed=payload["done"], total=payload["total"])
+        elif kind == "scene-end":
+            r: MaskResult = payload["result"]
+            if self.blocks is not None:
+                p.remove_task(self.blocks)
+                self.blocks = None
+            if self.scenes is not None:
+                p.advance(self.scenes)
+            if r.status == "failed":
+                p.console.print(f"[red]failed:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
+
+
+def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
+    table = Table(title="cloudmask mask", show_lines=False)
+    for col in ("scene", "status", "cloud %", "Mpx", "s", "output / message"):
+        table.add_column(col, overflow="fold")
+    style = {"masked": "green", "skipped": "dim", "failed": "red"}
+    for r in results:
+        table.add_row(
+            escape(Path(r.source).name or r.source),
+            f"[{style[r.status]}]{r.status}[/]",
+            f"{r.cloud_cover:.1f}" if r.cloud_cover is not None else "-",
+            f"{r.megapixels:.1f}" if r.megapixels else "-",
+            f"{r.seconds:.1f}",
+            escape(r.message if r.status == "failed" else (r.output or "")),
+        )
+    rate = summary["megapixels_per_second"]
+    table.caption = (
+        f"{summary['masked']} masked, {summary['skipped']} skipped, {summary['failed']} failed"
+        + (f" · {summary['megapixels']:.1f} Mpx at {rate:.2f} Mpx/s" if rate else "")
+    )
+    return table
+
+
+@app.command("mask")
+def mask_cmd(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Scenes: multi-band GeoTIFFs, band folders, STAC item JSON paths or URLs, directory trees, "
+            "globs ('archive/**/*.tif'), or @list.txt (one input per line).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output folder; mirrors the input tree. Default: beside each input."),
+    ] = None,
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="Text file of inputs, one per line (same as @FILE).")
+    ] = None,
+    stac_item: Annotated[
+        list[str] | None,
+        typer.Option("--stac-item", help="A STAC item URL or path; read in place with range requests (repeatable)."),
+    ] = None,
+    sensor: Annotated[
+        str | None, typer.Option("--sensor", "-s", help="Sensor id; optional when the input names it (STAC, file name).")
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option("--bands", help="Comma-separated band names of the file's layers, in order.")
+    ] = None,
+    product: Annotated[str | None, typer.Option("--product", help="Product level (e.g. l1c, l2a) for DN scaling.")] = None,
+    resolution: Annotated[
+        float | None, typer.Option("--resolution", help="Output pixel size in metres (default: the sensor's).")
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write a 4-band probability COG (percent, uint8).")
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Cloud when P(thick)+P(thin) >= this (0-1); default: most likely class."),
+    ] = None,
+    dilate: Annotated[int, typer.Option("--dilate", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
+    binary: Annotated[bool, typer.Option("--binary", help="Write 1 = cloud (thick or thin), 0 = not cloud.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Model window edge in pixels.", min=16)] = TileOptions.tile_size,
+    overlap: Annotated[
+        int | None, typer.Option("--overlap", help="Extra pixels per window side (default: model halo + 32).", min=0)
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model call.", min=1)] = TileOptions.batch_size,
+    threads: Annotated[int | None, typer.Option("--threads", help="Local worker threads (default: all cores).", min=1)] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Run on a dask.distributed cluster, e.g. tcp://host:8786.")
+    ] = None,
+    sensors_dir: SensorsDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Mask clouds and cloud shadow; write one COG (+ STAC item) per scene.
+
+    Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
+    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request.
+    """
+    use_sensors_dirs(sensors_dir)
+    items = list(inputs or []) + list(stac_item or [])
+    if from_file is not None:
+        items += read_list_file(str(from_file))
+    if not items:
+        raise UsageError("give at least one input scene (path, folder, glob, URL, @list.txt or --from-file)")
+    options = MaskOptions(
+        sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
+        tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
+        scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
+        overwrite=overwrite,
+    )
+    with _Reporter(enabled=not (quiet or as_json)) as reporter:
+        results = mask_many(items, output, options, on_event=reporter)
+    summary = summarise(results)
+    failed = [r for r in results if r.status == "failed"]
+    if as_json:
+        print_json({"summary": summary, "scenes": [r.to_dict() for r in results]})
+    elif not quiet:
+        console.print(_table(results, summary))
+    if not failed:
+        return
+    if len(results) == 1 and isinstance(failed[0].error, Exception) and hasattr(failed[0].error, "exit_code"):
+        raise failed[0].error  # one scene: its own message and exit code
+    if quiet or as_json:
+        for r in failed:
+            err_console.print(f"[bold red]error:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {len(failed)} of {len(results)} scenes failed", highlight=False)
+    raise typer.Exit(max(r.exit_code for r in failed) or 1)

@@ -1,0 +1,762 @@
+"""Masking scenes: one scene to a COG, or a whole archive with skip/resume, locks and a summary.
+
+Why the archive logic lives in the library (not the CLI): cron jobs and notebooks need the same
+guarantees — an output exists only when complete (temp file + rename), a rerun skips finished
+scenes and resumes the rest, two runs never write the same output (lock file), and one bad scene is
+reported without stopping the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dask
+import dask.array as da
+import numpy as np
+from rasterio.errors import RasterioError
+
+from cloudmask import cog
+from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
+from cloudmask.scene import Scene, _is_url, read_scene
+from cloudmask.tiles import (
+    CLASSES,
+    NODATA,
+    TileOptions,
+    configure_torch_threads,
+    default_threads,
+    mask_graph,
+    proba_to_uint8,
+)
+
+MASK_SUFFIX = "_cloudmask.tif"
+PROBA_SUFFIX = "_cloudprob.tif"
+ITEM_SUFFIX = "_cloudmask.json"
+_OUR_SUFFIXES = (MASK_SUFFIX, PROBA_SUFFIX, ITEM_SUFFIX)
+_RASTERS = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
+
+#: Event callback: (kind, payload). Kinds: "scene-start", "blocks" (done, total), "scene-end".
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Everything that shapes one run besides inputs and outputs."""
+
+    sensor: str | None = None
+    bands: Sequence[str] | None = None
+    product: str | None = None
+    resolution: float | None = None
+    tiles: TileOptions = field(default_factory=TileOptions)
+    scheduler: str | None = None  # dask.distributed address, e.g. tcp://host:8786
+    probabilities: bool = False
+    threshold: float | None = None
+    dilate: int = 0
+    binary: bool = False
+    overwrite: bool = False
+
+    def check(self) -> None:
+        """Reject impossible values before touching any scene (exit code 2)."""
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.dilate < 0:
+            raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
+        if self.tiles.threads is not None and self.tiles.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.tiles.threads}")
+        if self.resolution is not None and self.resolution <= 0:
+            raise UsageError(f"--resolution must be positive, got {self.resolution}")
+        if self.sensor:
+            from cloudmask.registry import load_registry
+
+            load_registry().get_sensor(self.sensor)  # UnknownSensorError with suggestions
+
+
+@dataclass
+class MaskResult:
+    """What happened to one scene (also the JSON the CLI prints)."""
+
+    source: str
+    output: str | None
+    status: str  # "masked", "skipped" or "failed"
+    message: str = ""
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    sensor: str | None = None
+    cloud_cover: float | None = None
+    fractions: dict[str, float] | None = None
+    probabilities: str | None = None
+    item: str | None = None
+    exit_code: int = 0
+    error: BaseException | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "error"}
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files one scene produces, all in the same folder."""
+
+    mask: Path
+
+    @property
+    def stem(self) -> str:
+        return self.mask.name[: -len(MASK_SUFFIX)] if self.mask.name.endswith(MASK_SUFFIX) else self.mask.stem
+
+    @property
+    def proba(self) -> Path:
+        return self.mask.with_name(self.stem + PROBA_SUFFIX)
+
+    @property
+    def item(self) -> Path:
+        return self.mask.with_name(self.stem + ITEM_SUFFIX)
+
+    @property
+    def lock(self) -> Path:
+        return self.mask.with_name("." + self.mask.name + ".lock")
+
+    def complete(self, probabilities: bool) -> bool:
+        """A finished earlier run: mask and item present, COGs valid (renames happen last-to-mask)."""
+        if not (self.mask.is_file() and self.item.is_file() and cog.is_valid_cog(self.mask)):
+            return False
+        return not probabilities or cog.is_valid_cog(self.proba)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """An exclusive lock file beside an output (``O_CREAT | O_EXCL``; works on NFS v3+ too).
+
+    A lock left by a dead process on this host is taken over; a live one (or one from another host)
+    makes this run report the output as locked.
+    """
+
+    def __init__(self, path: Path, target: Path) -> None:
+        self.path = path
+        self.target = target
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    try:
+                        self.path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
+            except OSError as exc:
+                raise cog.output_error(exc, self.target) from None
+            try:
+                os.write(fd, me.encode())
+            finally:
+                os.close(fd)
+            self.held = True
+            return self
+        raise OutputError(f"{self.target}: cannot take the lock {self.path}")
+
+    def _owner(self) -> str:
+        try:
+            pid, host = self.path.read_text().split()[:2]
+            return f"pid {pid} on {host}"
+        except (OSError, ValueError):
+            return "unknown owner"
+
+    def _stale(self) -> bool:
+        try:
+            pid_s, host = self.path.read_text().split()[:2]
+            pid = int(pid_s)
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            # unreadable or half-written: stale only if old
+            try:
+                return time.time() - self.path.stat().st_mtime > 60
+            except OSError:
+                return True
+        return host == socket.gethostname() and not _pid_alive(pid)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self.held = False
+
+
+# --------------------------------------------------------------------------- inputs → outputs
+
+
+def _sanitise(name: str) -> str:
+    """A safe file name from an untrusted id (STAC ids, URLs)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return clean[:180] or "scene"
+
+
+def _scene_stem(source: str) -> str:
+    if _is_url(source):
+        name = Path(urlparse(source).path).name or urlparse(source).netloc
+    else:
+        name = Path(source).name
+    for suffix in (".json", *_RASTERS):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _sanitise(name)
+
+
+_BAND_STEM = re.compile(r"(^|[_.\-])((SR_|ST_)?B\d{1,2}A?)(_\d+m)?$", re.I)
+
+
+def _band_names() -> set[str]:
+    from cloudmask.registry import load_registry
+
+    names: set[str] = set()
+    try:
+        for sensor in load_registry().values():
+            for band in sensor.bands:
+                names.update(n.lower() for n in band.names)
+    except Exception:  # noqa: BLE001 - a broken user YAML must not break discovery
+        pass
+    return names
+
+
+def is_band_folder(path: Path, band_names: set[str] | None = None) -> bool:
+    """A folder holding one scene as per-band files (``*_B04.tif``, ``red.tif``…)."""
+    names = band_names if band_names is not None else _band_names()
+    hits = 0
+    for f in path.iterdir():
+        if f.is_file() and f.suffix.lower() in _RASTERS and not f.name.startswith(".") and not f.name.endswith(_OUR_SUFFIXES):
+            if _BAND_STEM.search(f.stem) or f.stem.lower() in names:
+                hits += 1
+    return hits >= 2
+
+
+def _is_stac_item_file(path: Path) -> bool:
+    if path.suffix.lower() != ".json" or path.name.endswith(ITEM_SUFFIX) or path.name.startswith("."):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return '"Feature"' in head and '"assets"' in head or ('"Feature"' in head and path.stat().st_size > 4096)
+
+
+def _walk(root: Path, band_names: set[str]) -> list[str]:
+    """Scenes under a directory tree: band folders (not descended), multi-band rasters, STAC items."""
+    found: list[str] = []
+    if is_band_folder(root, band_names):
+        return [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames.sort()
+        keep = []
+        for name in dirnames:
+            sub = d / name
+            if name.startswith("."):
+                continue
+            if is_band_folder(sub, band_names):
+                found.append(str(sub))
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            f = d / name
+            if name.startswith(".") or name.endswith(_OUR_SUFFIXES):
+                continue
+            if f.suffix.lower() in _RASTERS or _is_stac_item_file(f):
+                found.append(str(f))
+    return found
+
+
+def _static_prefix(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    static = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        static.append(part)
+    return Path(*static) if static else Path(".")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
+    """Inputs → (scene, root) pairs. ``root`` is the folder the output tree mirrors (None for URLs).
+
+    Accepts files, band folders, directory trees, globs (``**`` recursive), URLs and ``@list.txt``
+    files (one input per line, ``#`` comments). Loose files share their common parent as root.
+    """
+    band_names = _band_names()
+    pairs: list[tuple[str, Path | None]] = []
+    loose: list[int] = []
+    queue = list(inputs)
+    while queue:
+        item = queue.pop(0).strip()
+        if not item:
+            continue
+        if item.startswith("@"):
+            queue = read_list_file(item[1:]) + queue
+            continue
+        if _is_url(item):
+            pairs.append((item, None))
+            continue
+        if glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise UsageError(f"{item}: no file matches this pattern")
+            base = _static_prefix(item)
+            for m in matches:
+                p = Path(m)
+                if p.name.startswith(".") or p.name.endswith(_OUR_SUFFIXES):
+                    continue
+                if p.is_dir():
+                    pairs.extend((s, base) for s in _walk(p, band_names))
+                elif p.suffix.lower() in _RASTERS or p.suffix.lower() == ".json":
+                    pairs.append((str(p), base))
+            continue
+        p = Path(item)
+        if p.is_dir():
+            if is_band_folder(p, band_names):
+                pairs.append((str(p), None))
+                loose.append(len(pairs) - 1)
+            else:
+                scenes = _walk(p, band_names)
+                if not scenes:
+                    raise UsageError(f"{p}: no scenes found in this folder")
+                pairs.extend((s, p) for s in scenes)
+        else:
+            pairs.append((item, None))  # missing files are reported per scene
+            loose.append(len(pairs) - 1)
+    if loose:
+        parents = [str(Path(pairs[i][0]).resolve().parent) for i in loose]
+        try:
+            common = Path(os.path.commonpath(parents))
+        except ValueError:
+            common = None
+        for i in loose:
+            pairs[i] = (pairs[i][0], common)
+    return pairs
+
+
+def read_list_file(path: str) -> list[str]:
+    """Lines of a text file of inputs (blank lines and ``#`` comments ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the list of inputs ({exc.strerror or exc})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def output_for(source: str, root: Path | None, out_dir: Path | None) -> Path:
+    """Where the mask of ``source`` goes: ``out_dir`` mirroring ``root``, else beside the input."""
+    stem = _scene_stem(source)
+    if _is_url(source):
+        return (out_dir or Path.cwd()) / (stem + MASK_SUFFIX)
+    src = Path(source)
+    if out_dir is None:
+        return src.resolve().parent / (stem + MASK_SUFFIX)
+    rel_parent = Path(".")
+    if root is not None:
+        try:
+            rel_parent = src.resolve().parent.relative_to(Path(root).resolve())
+        except ValueError:
+            rel_parent = Path(".")
+    return Path(out_dir) / rel_parent / (stem + MASK_SUFFIX)
+
+
+# --------------------------------------------------------------------------- one scene
+
+
+def load_predictor(path: str | os.PathLike[str] | None = None) -> Any:
+    """The bundled model (or a weights file). Separate so tests and callers can swap it."""
+    from cloudmask.model import load_model
+
+    return load_model(path)
+
+
+def _store(sources: list[da.Array], targets: list[Any], options: MaskOptions, client: Any, on_event: Callback | None) -> None:
+    """Compute ``sources`` block by block and write each block into its target as it arrives."""
+    total = sum(int(np.prod(s.numblocks)) for s in sources)
+    done = [0]
+    lock = threading.Lock()
+
+    def tick() -> None:
+        done[0] += 1
+        if on_event:
+            on_event("blocks", {"done": done[0], "total": total})
+
+    if client is None:
+        class _Counting:
+            def __init__(self, target: Any) -> None:
+                self.target = target
+
+            def __setitem__(self, key: Any, value: np.ndarray) -> None:
+                self.target[key] = value
+                tick()
+
+        threads = options.tiles.threads or default_threads()
+        configure_torch_threads(threads)
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            da.store(sources, [_Counting(t) for t in targets], lock=lock)
+        return
+
+    from distributed import as_completed
+
+    jobs: dict[str, tuple[Any, tuple[slice, ...]]] = {}
+    delayeds = []
+    for src, target in zip(sources, targets):
+        offsets = [np.cumsum((0, *c)) for c in src.chunks]
+        blocks = src.to_delayed()
+        for idx in np.ndindex(*blocks.shape):
+            key = tuple(slice(int(offsets[a][i]), int(offsets[a][i + 1])) for a, i in enumerate(idx))
+            delayeds.append((blocks[idx], target, key))
+    futures = client.compute([d for d, _, _ in delayeds])
+    for fut, (_, target, key) in zip(futures, delayeds):
+        jobs[fut.key] = (target, key)
+    for fut, value in as_completed(futures, with_results=True, loop=client.loop):
+        target, key = jobs.pop(fut.key)
+        target[key] = value
+        fut.release()
+        tick()
+
+
+def _bounds_wgs84(scene: Scene) -> list[float] | None:
+    if scene.crs is None:
+        return None
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    h, w = scene.shape
+    south, west, north, east = array_bounds(h, w, scene.transform)
+    try:
+        return [float(v) for v in transform_bounds(scene.crs, "EPSG:4326", west, south, east, north)]
+    except Exception:  # noqa: BLE001 - odd CRS: the item simply carries no footprint
+        return None
+
+
+def stac_item_for_mask(
+    scene: Scene, paths: OutputPaths, counts: np.ndarray, predictor: Any, options: MaskOptions, seconds: float
+) -> dict[str, Any]:
+    """A small STAC item describing the mask: source, sensor, model, class fractions."""
+    valid = int(counts[:255].sum())
+    total = int(counts.sum())
+    names = {0: "clear", 1: "cloud"} if options.binary else CLASSES
+    fractions = {name: (float(counts[v]) / valid if valid else 0.0) for v, name in names.items()}
+    fractions["nodata"] = float(counts[NODATA]) / total if total else 1.0
+    cloudy = fractions.get("cloud", fractions.get("thick_cloud", 0.0) + fractions.get("thin_cloud", 0.0))
+    src_item = scene.item or {}
+    src_id = src_item.get("id") or _scene_stem(scene.source)
+    bbox = src_item.get("bbox") or _bounds_wgs84(scene)
+    geometry = src_item.get("geometry")
+    if geometry is None and bbox:
+        w, s, e, n = bbox[:4]
+        geometry = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    colormap = cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP
+    classes = [
+        {"value": v, "name": n, "color_hint": "{:02X}{:02X}{:02X}".format(*colormap[v][:3])} for v, n in names.items()
+    ] + [{"value": NODATA, "name": "nodata", "nodata": True}]
+    h, w = scene.shape
+    props: dict[str, Any] = {
+        "datetime": (src_item.get("properties") or {}).get("datetime") or now,
+        "created": now,
+        "platform": (src_item.get("properties") or {}).get("platform"),
+        "eo:cloud_cover": round(100.0 * cloudy, 3),
+        "cloudmask:source": scene.source,
+        "cloudmask:sensor": scene.sensor.id,
+        "cloudmask:bands": [b.name for b in scene.bands],
+        "cloudmask:model_version": getattr(predictor, "version", "unknown"),
+        "cloudmask:model_sha256": getattr(predictor, "sha256", None),
+        "cloudmask:class_fractions": {k: round(v, 6) for k, v in fractions.items()},
+        "cloudmask:options": {
+            "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
+            "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
+        },
+        "cloudmask:seconds": round(seconds, 3),
+        "proj:shape": [h, w],
+        "proj:transform": list(scene.transform)[:6],
+    }
+    if scene.crs is not None:
+        epsg = scene.crs.to_epsg()
+        if epsg:
+            props["proj:code"] = f"EPSG:{epsg}"
+        else:
+            props["proj:wkt2"] = scene.crs.to_wkt()
+    props = {k: v for k, v in props.items() if v is not None}
+    assets: dict[str, Any] = {
+        "mask": {
+            "href": paths.mask.name,
+            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "title": "Cloud mask" + (" (binary)" if options.binary else ""),
+            "roles": ["data", "cloud"],
+            "classification:classes": classes,
+        }
+    }
+    if options.probabilities:
+        assets["probabilities"] = {
+            "href": paths.proba.name,
+            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "title": "Class probabilities in percent (bands: clear, thick, thin, shadow)",
+            "roles": ["data"],
+        }
+    links = []
+    if _is_url(scene.source) or scene.item is not None:
+        links.append({"rel": "derived_from", "href": scene.source, "type": "application/json"})
+    else:
+        links.append({"rel": "derived_from", "href": Path(scene.source).resolve().as_uri()})
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+        ],
+        "id": _sanitise(f"{src_id}_cloudmask"),
+        "bbox": bbox,
+        "geometry": geometry,
+        "properties": props,
+        "assets": assets,
+        "links": links,
+    } if bbox else {
+        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": [],
+        "id": _sanitise(f"{src_id}_cloudmask"), "geometry": None, "properties": props, "assets": assets, "links": links,
+    }
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def mask_scene(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    predictor: Any = None,
+    options: MaskOptions | None = None,
+    *,
+    client: Any = None,
+    on_event: Callback | None = None,
+) -> MaskResult:
+    """Mask one scene into ``output`` (a ``*_cloudmask.tif`` path). Raises CloudmaskError on failure.
+
+    Returns a "skipped" result when a complete output exists and ``overwrite`` is off.
+    """
+    options = options or MaskOptions()
+    t0 = time.perf_counter()
+    source = str(source)
+    paths = OutputPaths(Path(output))
+    if not options.overwrite and paths.complete(options.probabilities):
+        return MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
+    try:
+        paths.mask.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cog.output_error(exc, paths.mask.parent) from None
+    if not os.access(paths.mask.parent, os.W_OK):
+        raise OutputError(f"{paths.mask.parent}: output folder is not writable")
+    with OutputLock(paths.lock, paths.mask):
+        for dst in (paths.mask, paths.proba):
+            for stale in cog.stale_temps(dst):
+                _remove(stale)
+        scene = read_scene(
+            source, sensor=options.sensor, bands=list(options.bands) if options.bands else None,
+            product=options.product, resolution=options.resolution,
+        )
+        h, w = scene.shape
+        if h == 0 or w == 0:
+            raise SceneError(f"{source}: scene has no pixels")
+        if predictor is None:
+            predictor = load_predictor()
+        if on_event:
+            on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
+        cls, proba = mask_graph(
+            scene.data, scene.descriptors, predictor, options.tiles,
+            threshold=options.threshold, dilate=options.dilate, binary=options.binary,
+        )
+        grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
+        mask_sink = cog.RasterSink(
+            paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
+            descriptions=["cloud mask: 0 clear, 1 cloud, 255 nodata" if options.binary
+                          else "cloud mask: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow, 255 nodata"],
+            colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
+            tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
+                  "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},
+            **grid,
+        )
+        sinks = [mask_sink]
+        sources = [cls]
+        parts: list[Path] = []
+        item_tmp = None
+        try:
+            if options.probabilities:
+                valid = da.isfinite(scene.data.data).all(axis=0).rechunk(proba.chunks[1:])
+                proba_u8 = da.map_blocks(proba_to_uint8, proba, valid, dtype="uint8")
+                prob_sink = cog.RasterSink(
+                    paths.proba, count=4, dtype="uint8", nodata=NODATA, tag="prob",
+                    descriptions=[f"P({name}) percent" for name in CLASSES.values()], scales=[0.01] * 4, **grid,
+                )
+                sinks.append(prob_sink)
+                sources.append(proba_u8)
+            try:
+                _store(sources, sinks, options, client, on_event)
+            except CloudmaskError:
+                raise
+            except (RasterioError, OSError) as exc:
+                raise SceneError(f"{source}: reading failed mid-scene ({cog.output_error(exc, source).args[0].split(': ', 1)[-1]})") from None
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"{source}: inference failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+            for s in sinks:
+                s.close()
+            commits: list[tuple[Path, Path]] = []
+            if options.probabilities:
+                part = cog.translate(sinks[1].path, paths.proba, "average")
+                parts.append(part)
+                commits.append((part, paths.proba))
+            mask_part = cog.translate(mask_sink.path, paths.mask, "nearest" if options.binary else "mode")
+            parts.append(mask_part)
+            seconds = time.perf_counter() - t0
+            item = stac_item_for_mask(scene, paths, mask_sink.counts, predictor, options, seconds)
+            item_tmp = paths.item.with_name(f".{paths.item.name}.cmtmp-{os.getpid()}")
+            try:
+                item_tmp.write_text(json.dumps(item, indent=1) + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise cog.output_error(exc, paths.item) from None
+            # The mask goes last: its presence (with the item) marks the scene as done.
+            cog.commit([*commits, (item_tmp, paths.item), (mask_part, paths.mask)])
+            parts.clear()
+            item_tmp = None
+        finally:
+            for s in sinks:
+                s.discard()
+            for p in parts:
+                _remove(p)
+            _remove(item_tmp)
+    props = item["properties"]
+    return MaskResult(
+        source, str(paths.mask), "masked", seconds=time.perf_counter() - t0, megapixels=h * w / 1e6,
+        sensor=scene.sensor.id, cloud_cover=props["eo:cloud_cover"], fractions=props["cloudmask:class_fractions"],
+        probabilities=str(paths.proba) if options.probabilities else None, item=str(paths.item),
+    )
+
+
+# --------------------------------------------------------------------------- many scenes
+
+
+def connect(address: str) -> Any:
+    """A dask.distributed client for ``--scheduler``; a clear error when it cannot be reached."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--scheduler needs dask.distributed: pip install 'cloudmask[distributed]'") from None
+    try:
+        return Client(address, timeout=10, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+
+
+def mask_many(
+    inputs: Sequence[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    options: MaskOptions | None = None,
+    predictor: Any = None,
+    on_event: Callback | None = None,
+) -> list[MaskResult]:
+    """Mask every scene the inputs name, mirroring the input tree under ``out_dir``.
+
+    A failing scene is recorded and the run goes on; the caller decides the exit status. The model
+    is loaded only when some scene actually needs masking, so a finished archive reruns in seconds.
+    """
+    options = options or MaskOptions()
+    options.check()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cog.output_error(exc, out) from None
+        if not os.access(out, os.W_OK):
+            raise OutputError(f"{out}: output folder is not writable")
+    pairs = expand_inputs(inputs)
+    if not pairs:
+        raise UsageError("no input scenes given")
+    if on_event:
+        on_event("run-start", {"scenes": len(pairs)})
+    client = connect(options.scheduler) if options.scheduler else None
+    results: list[MaskResult] = []
+    seen: dict[Path, str] = {}
+    try:
+        for source, root in pairs:
+            dst = output_for(source, root, out)
+            t0 = time.perf_counter()
+            try:
+                if dst.resolve() in seen:
+                    raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")
+                seen[dst.resolve()] = source
+                if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
+                    predictor = load_predictor()
+                result = mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
+            except CloudmaskError as exc:
+                result = MaskResult(source, str(dst), "failed", str(exc), seconds=time.perf_counter() - t0,
+                                    exit_code=exc.exit_code, error=exc)
+            except Exception as exc:  # noqa: BLE001 - one scene's bug must not end an archive run
+                msg = f"{source}: internal error {type(exc).__name__}: {str(exc).strip()[:200]}"
+                result = MaskResult(source, str(dst), "failed", msg, seconds=time.perf_counter() - t0, exit_code=1, error=exc)
+            results.append(result)
+            if on_event:
+                on_event("scene-end", {"result": result})
+    finally:
+        if client is not None:
+            client.close()
+    return results
+
+
+def summarise(results: Sequence[MaskResult]) -> dict[str, Any]:
+    """Counts and throughput for the run summary (table or JSON)."""
+    masked = [r for r in results if r.status == "masked"]
+    secs = sum(r.seconds for r in masked)
+    mpx = sum(r.megapixels for r in masked)
+    return {
+        "scenes": len(results),
+        "masked": len(masked),
+        "skipped": sum(r.status == "skipped" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "megapixels": round(mpx, 3),
+        "seconds": round(sum(r.seconds for r in results), 3),
+        "megapixels_per_second": round(mpx / secs, 3) if secs else None,
+    }
+
+
+__all__ = [
+    "MaskOptions", "MaskResult", "OutputPaths", "OutputLock", "mask_scene", "mask_many", "expand_inputs",
+    "output_for", "read_list_file", "summarise", "load_predictor", "stac_item_for_mask", "is_band_folder",
+]

@@ -1,0 +1,100 @@
+"""``cloudmask mask`` from the command line: exit codes, JSON, quiet mode, archives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cloudmask import mask as mask_mod
+from cloudmask.cli.app import app
+from cloudmask.model import Predictor
+from cloudmask.testing import random_reflectance, write_raster
+
+runner = CliRunner()
+FAST = ["--tile-size", "64", "--threads", "2"]
+
+
+@pytest.fixture(autouse=True)
+def random_model(monkeypatch):
+    p = Predictor.random(seed=0, dilations=(1,))
+    monkeypatch.setattr(mask_mod, "load_predictor", lambda *a: p)
+
+
+def _s2(path: Path, seed: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dn = np.round(random_reflectance(13, 64, 72, seed=seed) * 10000 + 1000).astype("uint16")
+    return write_raster(path, dn, nodata=0)
+
+
+def test_one_scene_writes_mask_and_prints_a_table(tmp_path):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), *FAST])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.tif").is_file()
+    assert "masked" in res.stdout and "1 masked" in res.stdout
+
+
+def test_json_summary_and_skip_on_rerun(tmp_path):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    args = ["mask", str(src), "-o", str(tmp_path / "out"), "--json", "--probabilities", "--dilate", "1", *FAST]
+    first = json.loads(runner.invoke(app, args).stdout)
+    assert first["summary"]["masked"] == 1 and first["scenes"][0]["probabilities"].endswith("_cloudprob.tif")
+    second = json.loads(runner.invoke(app, args).stdout)
+    assert second["summary"] == {**second["summary"], "masked": 0, "skipped": 1, "failed": 0}
+    third = json.loads(runner.invoke(app, [*args, "--overwrite"]).stdout)
+    assert third["summary"]["masked"] == 1
+
+
+def test_archive_with_a_corrupt_scene_continues_and_exits_1(tmp_path):
+    arc = tmp_path / "arc"
+    _s2(arc / "x" / "S2A_one.tif")
+    (arc / "x" / "S2A_bad.tif").write_bytes(b"II*\x00garbage")
+    _s2(arc / "y" / "S2B_three.tif", seed=3)
+    res = runner.invoke(app, ["mask", str(arc), "-o", str(tmp_path / "out"), "--json", *FAST])
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["masked"] == 2 and doc["summary"]["failed"] == 1
+    assert "S2A_bad.tif" in res.stderr and "1 of 3 scenes failed" in res.stderr
+    assert (tmp_path / "out" / "y" / "S2B_three_cloudmask.tif").is_file()
+
+
+def test_quiet_mode_prints_nothing_on_success(tmp_path):
+    src = _s2(tmp_path / "S2A_q.tif")
+    res = runner.invoke(app, ["mask", str(src), "--quiet", *FAST])
+    assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""
+    assert (tmp_path / "S2A_q_cloudmask.tif").is_file()  # default: beside the input
+
+
+def test_list_files_and_from_file(tmp_path):
+    a, b = _s2(tmp_path / "d1" / "S2A_a.tif"), _s2(tmp_path / "d2" / "S2A_b.tif", seed=2)
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"{a}\n{b}\n")
+    res = runner.invoke(app, ["mask", f"@{listing}", "-o", str(tmp_path / "o1"), "--json", *FAST])
+    assert json.loads(res.stdout)["summary"]["masked"] == 2
+    res = runner.invoke(app, ["mask", "--from-file", str(listing), "-o", str(tmp_path / "o1"), "--json", *FAST])
+    assert json.loads(res.stdout)["summary"]["skipped"] == 2
+    assert (tmp_path / "o1" / "d2" / "S2A_b_cloudmask.tif").is_file()
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path):
+    src = _s2(tmp_path / "S2A_u.tif")
+    res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel22"])
+    assert res.exit_code == 2 and "sentinel22" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(app, ["mask", str(src), "--threshold", "1.5"])
+    assert res.exit_code == 2 and "--threshold" in res.stderr
+    res = runner.invoke(app, ["mask"])
+    assert res.exit_code == 2 and "input" in res.stderr
+    odd = write_raster(tmp_path / "odd.tif", random_reflectance(3, 32, 32))
+    res = runner.invoke(app, ["mask", str(odd), "--sensor", "sentinel2"])
+    assert res.exit_code == 2 and "--bands" in res.stderr
+    res = runner.invoke(app, ["mask", str(odd), "--sensor", "sentinel2", "--bands", "red,nir,swir16", "-q", *FAST])
+    assert res.exit_code == 0, res.stderr
+
+
+def test_single_missing_scene_exits_1_with_its_message(tmp_path):
+    res = runner.invoke(app, ["mask", str(tmp_path / "gone.tif"), "--sensor", "sentinel2"])
+    assert res.exit_code == 1 and "gone.tif: no such file" in res.stderr

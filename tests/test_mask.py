@@ -1,0 +1,239 @@
+"""Masking scenes and archives: outputs, skip/resume, locks, bad input, distributed scheduler."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+
+from cloudmask import cog
+from cloudmask import mask as mask_mod
+from cloudmask.errors import OutputError, SceneError
+from cloudmask.mask import MaskOptions, OutputPaths, expand_inputs, mask_many, mask_scene, output_for
+from cloudmask.model import Predictor
+from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster
+from cloudmask.testing import test_transform as grid_transform
+from cloudmask.tiles import TileOptions
+
+SMALL = TileOptions(tile_size=64, threads=2)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.random(seed=0, dilations=(1,))
+
+
+def _s2(path: Path, h: int = 80, w: int = 96, seed: int = 1, nodata_rows: int = 4) -> Path:
+    dn = np.round(random_reflectance(13, h, w, seed=seed) * 10000 + 1000).astype("uint16")
+    dn[:, :nodata_rows, :] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_raster(path, dn, nodata=0)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_one_scene_gives_valid_cog_on_the_input_grid_and_a_stac_item(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    dst = tmp_path / "out" / "a_cloudmask.tif"
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, probabilities=True))
+    assert r.status == "masked" and r.sensor == "sentinel2"
+    assert cog.is_valid_cog(dst) and cog.is_valid_cog(OutputPaths(dst).proba)
+    with rasterio.open(src) as s, rasterio.open(dst) as m:
+        assert (m.crs, m.transform, m.shape) == (s.crs, s.transform, s.shape)
+        assert m.dtypes[0] == "uint8" and m.nodata == 255 and m.colormap(1)[0][3] == 255
+        assert "thick cloud" in m.descriptions[0]
+        cls = m.read(1)
+    assert (cls[:4] == 255).all() and set(np.unique(cls[4:])) <= {0, 1, 2, 3}
+    with rasterio.open(OutputPaths(dst).proba) as p:
+        prob = p.read()
+    assert p.count == 4 and (prob[:, :4] == 255).all()
+    np.testing.assert_allclose(prob[:, 4:].astype(int).sum(0), 100, atol=3)
+    item = json.loads(OutputPaths(dst).item.read_text())
+    pystac.Item.from_dict(item)  # parses as STAC
+    props = item["properties"]
+    assert props["cloudmask:sensor"] == "sentinel2" and props["cloudmask:model_version"] == "random-0"
+    fr = props["cloudmask:class_fractions"]
+    assert sum(fr[k] for k in ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")) == pytest.approx(1.0, abs=1e-5)
+    assert fr["nodata"] == pytest.approx(4 / 80, abs=1e-5)
+    assert item["assets"]["mask"]["href"] == "a_cloudmask.tif"
+    assert _files(tmp_path / "out") == ["a_cloudmask.json", "a_cloudmask.tif", "a_cloudprob.tif"]
+
+
+def test_mask_matches_whole_scene_prediction_away_from_edges(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_x.tif", h=200, w=230, nodata_rows=0)
+    dst = tmp_path / "x_cloudmask.tif"
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    from cloudmask.scene import read_scene
+
+    scene = read_scene(src)
+    whole = predictor.predict_proba(scene.data.values, scene.descriptors).argmax(0)
+    with rasterio.open(dst) as ds:
+        tiled = ds.read(1)
+    m = predictor.halo
+    assert (tiled == whole)[m:-m, m:-m].mean() > 0.999
+
+
+def test_all_nodata_and_non_finite_pixels_become_255(tmp_path, predictor):
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((13, 40, 50), dtype="uint16"), nodata=0)
+    r = mask_scene(empty, tmp_path / "empty_cloudmask.tif", predictor, MaskOptions(sensor="sentinel2", tiles=SMALL))
+    with rasterio.open(r.output) as ds:
+        assert (ds.read(1) == 255).all()
+    assert r.fractions["nodata"] == 1.0 and r.cloud_cover == 0.0
+    refl = random_reflectance(13, 40, 50)
+    refl[2, 5, 5] = np.nan
+    refl[7, 6, 6] = np.inf
+    refl[0, 7, 7] = -np.inf
+    f = write_raster(tmp_path / "float.tif", refl)
+    r = mask_scene(f, tmp_path / "float_cloudmask.tif", predictor, MaskOptions(sensor="sentinel2", tiles=SMALL))
+    with rasterio.open(r.output) as ds:
+        cls = ds.read(1)
+    assert cls[5, 5] == cls[6, 6] == cls[7, 7] == 255 and (cls != 255).sum() == 40 * 50 - 3
+
+
+def test_threshold_binary_and_dilate_options(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_b.tif")
+    r = mask_scene(src, tmp_path / "bin_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, binary=True, dilate=2))
+    with rasterio.open(r.output) as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1, 255}
+        assert len(ds.colormap(1)) >= 2
+    assert set(r.fractions) == {"clear", "cloud", "nodata"}
+    lo = mask_scene(src, tmp_path / "lo_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, threshold=0.05))
+    hi = mask_scene(src, tmp_path / "hi_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, threshold=0.95))
+    assert lo.cloud_cover >= hi.cloud_cover
+    assert lo.cloud_cover > 0 or hi.cloud_cover < 100
+
+
+def test_archive_mirrors_tree_skips_bad_scene_and_resumes(tmp_path, predictor):
+    arc = tmp_path / "archive"
+    _s2(arc / "2024" / "S2A_MSIL2A_one.tif", seed=1)
+    bad = arc / "2024" / "S2A_MSIL2A_two.tif"
+    _s2(bad, seed=2)
+    bad.write_bytes(bad.read_bytes()[:3000])  # truncated mid-archive
+    _s2(arc / "2025" / "deep" / "S2B_MSIL2A_three.tif", seed=3)
+    out = tmp_path / "masks"
+    results = mask_many([str(arc)], out, MaskOptions(tiles=SMALL), predictor)
+    status = {Path(r.source).name: r.status for r in results}
+    assert status == {"S2A_MSIL2A_one.tif": "masked", "S2A_MSIL2A_two.tif": "failed", "S2B_MSIL2A_three.tif": "masked"}
+    failed = next(r for r in results if r.status == "failed")
+    assert "S2A_MSIL2A_two.tif" in failed.message and failed.exit_code == 1
+    assert _files(out) == [
+        "2024/S2A_MSIL2A_one_cloudmask.json", "2024/S2A_MSIL2A_one_cloudmask.tif",
+        "2025/deep/S2B_MSIL2A_three_cloudmask.json", "2025/deep/S2B_MSIL2A_three_cloudmask.tif",
+    ]
+    before = (out / "2024" / "S2A_MSIL2A_one_cloudmask.tif").stat().st_mtime_ns
+    again = mask_many([str(arc)], out, MaskOptions(tiles=SMALL), predictor)
+    assert [r.status for r in again] == ["skipped", "failed", "skipped"]
+    assert (out / "2024" / "S2A_MSIL2A_one_cloudmask.tif").stat().st_mtime_ns == before
+    redo = mask_many([str(arc / "2024" / "S2A_MSIL2A_one.tif")], out / "2024", MaskOptions(tiles=SMALL, overwrite=True), predictor)
+    assert redo[0].status == "masked"
+
+
+def test_disk_full_leaves_nothing_and_a_rerun_completes(tmp_path, predictor, monkeypatch):
+    src = _s2(tmp_path / "in" / "S2A_c.tif")
+    out = tmp_path / "out"
+    real = cog._cog_translate
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cog, "_cog_translate", full)
+    with pytest.raises(OutputError, match="disk full"):
+        mask_scene(src, out / "c_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, probabilities=True))
+    assert _files(out) == []  # no partial mask, no temporaries, no lock
+    monkeypatch.setattr(cog, "_cog_translate", real)
+    r = mask_many([str(src)], out, MaskOptions(tiles=SMALL), predictor)
+    assert r[0].status == "masked" and _files(out) == ["S2A_c_cloudmask.json", "S2A_c_cloudmask.tif"]
+
+
+def test_killed_run_leftovers_are_cleaned_and_not_taken_for_output(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_d.tif")
+    dst = tmp_path / "out" / "d_cloudmask.tif"
+    dst.parent.mkdir()
+    leftover = cog.temp_path(dst, "mask")
+    leftover.write_bytes(b"partial")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    OutputPaths(dst).lock.write_text(f"{dead.pid} {os.uname().nodename}\n")  # stale lock of a dead run
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert r.status == "masked" and not leftover.exists() and not OutputPaths(dst).lock.exists()
+
+
+def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_e.tif")
+    dst = tmp_path / "e_cloudmask.tif"
+    OutputPaths(dst).lock.write_text(f"{os.getpid()} {os.uname().nodename}\n")
+    with pytest.raises(OutputError, match="another run"):
+        mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert not dst.exists()
+
+
+def test_unwritable_output_is_reported_per_scene(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_f.tif")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(OutputError):
+        mask_many([str(src)], blocker / "sub", MaskOptions(tiles=SMALL), predictor)
+    with pytest.raises(OutputError):
+        mask_scene(src, blocker / "f_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+
+
+def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor):
+    a = _s2(tmp_path / "a" / "S2A_one.tif")
+    b = _s2(tmp_path / "b" / "S2A_two.tif")
+    folder = tmp_path / "c" / "T32TMT_20240101T103021"
+    folder.mkdir(parents=True)
+    for band in ("B02", "B03", "B04", "B8A", "B11", "B12"):
+        dn = (random_reflectance(1, 40, 40) * 10000 + 1000).astype("uint16")
+        write_raster(folder / f"T32TMT_20240101T103021_{band}_20m.tif", dn, transform=grid_transform(20), nodata=0)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# scenes\n{a}\n\n{b}\n")
+    pairs = expand_inputs([f"@{listing}"])
+    assert [p for p, _ in pairs] == [str(a), str(b)]
+    out = tmp_path / "out"
+    assert output_for(str(a), pairs[0][1], out) == out / "a" / "S2A_one_cloudmask.tif"
+    globbed = expand_inputs([str(tmp_path / "**" / "*.tif")])
+    assert {Path(p).name for p, _ in globbed} >= {"S2A_one.tif", "S2A_two.tif"}
+    walked = expand_inputs([str(tmp_path / "c")])
+    assert walked == [(str(folder), walked[0][1])]
+    # a STAC item whose assets are local files; sensor from the item's platform
+    item = stac_item("S2A_item/../evil", {b: f"T32TMT_20240101T103021_{b}_20m.tif" for b in ("B02", "B03", "B04", "B8A", "B11", "B12")})
+    path = write_item(folder / "item.json", item)
+    r = mask_scene(path, out / "item_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    doc = json.loads(Path(r.item).read_text())
+    assert r.sensor == "sentinel2" and "/" not in doc["id"] and doc["links"][0]["rel"] == "derived_from"
+
+
+def test_distributed_scheduler_gives_the_same_mask(tmp_path, predictor):
+    distributed = pytest.importorskip("distributed")
+    src = _s2(tmp_path / "S2A_g.tif", h=150, w=170)
+    local = mask_scene(src, tmp_path / "local_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        results = mask_many([str(src)], tmp_path / "dist", MaskOptions(tiles=SMALL, scheduler=cluster.scheduler_address), predictor)
+    assert results[0].status == "masked", results[0].message
+    with rasterio.open(local.output) as a, rasterio.open(results[0].output) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_missing_scene_is_a_scene_error(tmp_path, predictor):
+    with pytest.raises(SceneError, match="no such file"):
+        mask_scene(tmp_path / "nope.tif", tmp_path / "nope_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_is_not_loaded_when_everything_is_done(tmp_path, predictor, monkeypatch):
+    src = _s2(tmp_path / "S2A_h.tif")
+    mask_many([str(src)], tmp_path / "o", MaskOptions(tiles=SMALL), predictor)
+    monkeypatch.setattr(mask_mod, "load_predictor", lambda *a: pytest.fail("model loaded for a finished archive"))
+    assert mask_many([str(src)], tmp_path / "o", MaskOptions(tiles=SMALL))[0].status == "skipped"
