@@ -264,11 +264,24 @@ def list_masks(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith("."))
 
 
-def _index(folder: Path) -> dict[str, Path]:
+_IMAGE_TOKEN = re.compile(r"[._\-](image|img)([._\-]|$)", re.I)
+
+
+def _index(folder: Path, images: bool = False) -> dict[str, Path]:
+    """scene key → file. Where images and masks share a folder (``x.image.tif`` next to ``x.label.tif``)
+    the mask wins (the image with ``images=True``); two masks for one scene are an error, not a guess."""
     out: dict[str, Path] = {}
     for p in list_masks(folder):
         key = scene_key(p)
         if key in out:
+            old_img, new_img = bool(_IMAGE_TOKEN.search(out[key].name)), bool(_IMAGE_TOKEN.search(p.name))
+            if images:
+                old_img, new_img = not old_img, not new_img
+            if old_img and not new_img:
+                out[key] = p
+                continue
+            if new_img and not old_img:
+                continue
             raise EvaluateError(f"{folder}: {out[key].name} and {p.name} both look like scene {key!r}; keep one per scene")
         out[key] = p
     return out
@@ -332,15 +345,13 @@ def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1
     except RasterioIOError as exc:
         raise SceneError(f"{path}: cannot read image ({str(exc).strip().splitlines()[0]})") from None
     arr = data.astype("float32").filled(np.nan)
-    rgb = np.zeros(arr.shape, "float32")
-    for i in range(3):
-        band = arr[i]
-        finite = band[np.isfinite(band)]
-        if finite.size == 0:
-            continue
-        lo, hi = np.percentile(finite, [2, 98])
-        rgb[i] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-        rgb[i][~np.isfinite(band)] = 0
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros((*arr.shape[1:], 3), "float32")
+    # one stretch for all three bands keeps the colours: a per-band stretch tints bright clouds
+    lo, hi = np.percentile(finite, [2, 98])
+    rgb = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    rgb[~np.isfinite(rgb)] = 0
     return np.moveaxis(rgb, 0, -1)
 
 
@@ -413,7 +424,7 @@ def evaluate(
     if not common:
         raise EvaluateError("the predictions share no scene with a truth file; nothing to compare")
     image_path = Path(image) if image else None
-    images = _index(image_path) if image_path and image_path.is_dir() else {}
+    images = _index(image_path, images=True) if image_path and image_path.is_dir() else {}
 
     per_scene: dict[str, list[dict[str, Any]]] = {c: [] for c in cols}
     wins = {c: metrics.Windows.empty(window) for c in cols}

@@ -182,8 +182,8 @@ def quicklook(preview: Preview, path: Path, rgb_bands: list[int] | None = None) 
         handles = [Patch(color=_CLASS_MAP(i), label=n) for i, n in enumerate(("clear", "thick cloud", "thin cloud", "cloud shadow"))]
     handles.append(Patch(color=(0.5, 0.5, 0.5), label="nodata"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(f"{preview.scene}" + (f" (every {preview.step}th pixel)" if preview.step > 1 else ""))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.suptitle(f"{preview.scene}" + (f" (every {preview.step}th pixel)" if preview.step > 1 else ""), y=1.0)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return _save(fig, path)
 
 

@@ -150,6 +150,15 @@ def test_directory_pairing(tmp_path: Path) -> None:
         ev.pair(tmp_path / "other", tmp_path / "truth")
 
 
+def test_images_next_to_labels_are_ignored(tmp_path: Path) -> None:
+    write_raster(tmp_path / "a.image.tif", np.zeros((3, 8, 8), np.float32), tiled=False)
+    write_raster(tmp_path / "a.label.tif", _truth(8, 8), nodata=255)
+    write_raster(tmp_path / "b.label.tif", _truth(8, 8), nodata=255)
+    write_raster(tmp_path / "b.image.tif", np.zeros((3, 8, 8), np.float32), tiled=False)
+    assert {k: v.name for k, v in ev._index(tmp_path).items()} == {"a": "a.label.tif", "b": "b.label.tif"}
+    assert {k: v.name for k, v in ev._index(tmp_path, images=True).items()} == {"a": "a.image.tif", "b": "b.image.tif"}
+
+
 def test_ambiguous_names_in_a_folder(tmp_path: Path) -> None:
     write_raster(tmp_path / "a.label.tif", _truth(), nodata=255)
     write_raster(tmp_path / "a_mask.tif", _truth(), nodata=255)

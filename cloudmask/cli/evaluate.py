@@ -47,11 +47,11 @@ def _print_tables(report: dict[str, Any]) -> None:
     models = report["models"]
     lab = report["labelled"]
     labelled = ", ".join(k for k, v in lab.items() if v)
-    title = (
-        f"cloudmask evaluate — {len(report['scenes'])} scene(s), truth {report['truth_format']} "
-        f"(labels: {labelled}), pooled pixel counts"
+    console.print(
+        f"[bold]cloudmask evaluate[/] — {len(report['scenes'])} scene(s), truth format {report['truth_format']} "
+        f"(labels: {labelled}); totals are pooled pixel counts", highlight=False,
     )
-    t = Table(title=title, title_justify="left")
+    t = Table(title="Scores", title_justify="left")
     t.add_column("metric")
     for m in models:
         t.add_column(m["name"], justify="right")
@@ -75,10 +75,7 @@ def _print_tables(report: dict[str, Any]) -> None:
             t.add_row(f"per-scene cloud {metric}", *cells)
     console.print(t)
 
-    w = Table(
-        title=f"Cloud accuracy / F1 per {report['window']}×{report['window']} px window, binned by true cloud cover",
-        title_justify="left",
-    )
+    w = Table(title=f"Cloud scores of {report['window']} px windows by true cloud cover", title_justify="left")
     w.add_column("cover")
     w.add_column("windows", justify="right")
     for m in models:
