@@ -35,12 +35,12 @@ def cumulus_field(shape: tuple[int, int], rng: np.random.Generator, cover: float
     """Water-cloud optical thickness: fractal noise above a cover-quantile threshold, soft edges."""
     if cover <= 0:
         return np.zeros(shape, "float32")
-    scale_px = rng.uniform(800, 15000) / pixel_size
-    base = fractal_noise(shape, rng.uniform(2.2, 3.4), rng, scale_px=scale_px)
-    detail = fractal_noise(shape, rng.uniform(1.4, 2.0), rng)
-    n = base + rng.uniform(0.05, 0.3) * detail
+    scale_px = np.exp(rng.uniform(np.log(1500), np.log(30000))) / pixel_size
+    base = fractal_noise(shape, rng.uniform(3.2, 4.2), rng, scale_px=scale_px)
+    detail = fractal_noise(shape, rng.uniform(1.8, 2.6), rng)
+    n = base + rng.uniform(0.02, 0.15) * detail
     thr = np.quantile(n[::4, ::4], 1 - cover)
-    soft = rng.uniform(0.15, 0.9) * n.std()
+    soft = rng.uniform(0.08, 0.6) * n.std()
     x = np.clip((n - thr) / soft, 0, None)
     # τ grows quickly inside the cloud: thin fringe of width ~soft, thick core
     tau = tau_max * (1 - np.exp(-x ** rng.uniform(1.0, 1.8)))
