@@ -70,7 +70,7 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing it adds it to ``app``.
-    from cloudmask.cli import evaluate, fetch, mask, sensors, simulate, train  # noqa: F401
+    from cloudmask.cli import evaluate, fetch, mask, sample, sensors, simulate, train  # noqa: F401
 
 
 _register()
