@@ -322,7 +322,7 @@ _RGB_NAMES = {"red": ("red", "b04", "b4"), "green": ("green", "b03", "b3"), "blu
 
 
 def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1) -> np.ndarray:
-    """(y, x, 3) float in [0, 1] for display: bands named red/green/blue (or B04/B03/B02), 2–98 % stretch."""
+    """(y, x, 3) float in [0, 1] for display: bands named red/green/blue (or B04/B03/B02), else 1, 2, 3."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -348,9 +348,10 @@ def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         return np.zeros((*arr.shape[1:], 3), "float32")
-    # one stretch for all three bands keeps the colours: a per-band stretch tints bright clouds
-    lo, hi = np.percentile(finite, [2, 98])
-    rgb = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    # One linear stretch from 0 (or the darkest value, if negative) to the 99th percentile for all three
+    # bands: per-band or 2–98 % stretches tint bright clouds and turn uniform snow fields psychedelic.
+    lo, hi = min(0.0, float(np.percentile(finite, 1))), float(np.percentile(finite, 99))
+    rgb = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0, 1).astype("float32")
     rgb[~np.isfinite(rgb)] = 0
     return np.moveaxis(rgb, 0, -1)
 
