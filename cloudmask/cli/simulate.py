@@ -33,6 +33,7 @@ def simulate_cmd(
     ] = None,
     pixel_size: Annotated[float | None, typer.Option("--pixel-size", help="Metres per pixel (default: median band resolution).", min=1)] = None,
     cloud_cover: Annotated[float | None, typer.Option("--cloud-cover", help="Fix the cloud-layer cover 0..1 (default random).", min=0, max=1)] = None,
+    level: Annotated[str, typer.Option("--level", help="toa (L1 top-of-atmosphere) or boa (L2 surface reflectance).")] = "toa",
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -48,7 +49,10 @@ def simulate_cmd(
     if output.exists() and not output.is_dir():
         raise UsageError(f"output {output} exists and is not a folder")
     base = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+    if level not in ("toa", "boa"):
+        raise UsageError(f"--level must be toa or boa, got {level!r}")
     options = {k: v for k, v in (("pixel_size", pixel_size), ("cloud_cover", cloud_cover)) if v is not None}
+    options["level"] = level
     results = []
     show = not (quiet or as_json)
     progress = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

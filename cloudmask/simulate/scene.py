@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "angstrom": None,
     "water_vapour_cm": None,
     "air_temperature": None,  # K, drives thermal bands
+    "level": "toa",  # "toa" (L1) or "boa": surface reflectance as an L2 processor with imperfect
+    #                  aerosol/water-vapour estimates would deliver it (thermal: surface temperature)
     "noise": 1.0,  # scale of sensor noise (0 = none)
     "quantise": True,
     "nodata_border_prob": 0.25,
@@ -149,6 +151,8 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     for k in ("cloud_cover", "cirrus_cover"):
         if not 0 <= p[k] <= 1:
             raise UsageError(f"{k} must be within 0..1, got {p[k]}")
+    if p["level"] not in ("toa", "boa"):
+        raise UsageError(f"level must be 'toa' or 'boa', got {p['level']!r}")
     if not 1 <= p["sun_elevation"] <= 90:
         raise UsageError(f"sun_elevation must be within 1..90 degrees, got {p['sun_elevation']}")
     return p
@@ -201,6 +205,8 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
                     p["sun_azimuth"], px, steps=1)
     sh_tau = sh_low + sh_ci
     sky_view = p["sky_view"]
+    # L2 processor's errors in aerosol and water vapour (drawn always, used only for level="boa")
+    aot_err, wv_err = float(np.exp(gen.normal(0, 0.35))), float(np.exp(gen.normal(0, 0.15)))
     t_sun = 1 - p["shadow_leak"] * conservative_reflectance(sh_tau, mu_s)  # cloud transmittance of the sun ray
     shading = terrain_shading(shape, gen, p["relief"], p["sun_elevation"], p["sun_azimuth"])
     cloud_tex = 1 + gen.uniform(0.03, 0.2) * fractal_noise(shape, 2.0, gen) * np.clip(tau_low / 10, 0, 1)
@@ -245,6 +251,11 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
             ci = cloud_optics(tau_ci, absorb, mu_s)
             g_ci = a.gas_above(resp, table.grid, p["cirrus_height_km"], mu_s, p["water_vapour_cm"], 0.3)[:, None, None]
             toa = ci.reflect * g_ci + ci.trans**2 * toa
+        if p["level"] == "boa":
+            est = atm.atmosphere(resp, table.grid, p["sun_elevation"], p["aerosol_tau550"] * aot_err, p["angstrom"],
+                                 p["water_vapour_cm"] * wv_err)
+            y = (toa - est.path[:, None, None]) / np.maximum(est.gas2 * est.t_up * (est.t_dir + est.t_dif), 0.05)[:, None, None]
+            toa = np.clip(y / (1 + est.s_alb[:, None, None] * y), -0.05, 1.6)
         data[refl] = toa
     if therm:
         t_air = p["air_temperature"]
@@ -264,6 +275,9 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
             lw = e_low * atm.planck(wl, t_cloud) + (1 - e_low) * lw
             lw = trans * lw + (1 - trans) * atm.planck(wl, t_air - 8)
             lw = e_ci * atm.planck(wl, t_cirrus) + (1 - e_ci) * lw
+            if p["level"] == "boa":  # surface-temperature product: undo the estimated atmosphere
+                trans_e = float(np.exp(-(0.05 + 0.04 * max(wl - 10.5, 0)) * p["water_vapour_cm"] * wv_err))
+                lw = (lw - (1 - trans_e) * atm.planck(wl, t_air - 8)) / trans_e
             data[i] = atm.brightness_temperature(wl, lw)
 
     # ---- sensor
@@ -295,6 +309,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         "bands": [b.name for b in bands],
         "pixel_size": px,
         "biome": p["biome"],
+        "level": p["level"],
         "sun_elevation": p["sun_elevation"],
         "sun_azimuth": p["sun_azimuth"],
         "cloud_height_km": p["cloud_height_km"],

@@ -73,3 +73,12 @@ def test_errors(tmp_path: Path) -> None:
     f.write_text("x")
     res = _run("-s", "sentinel2", "-o", str(f), "--size", "32")
     assert res.exit_code == 2
+
+
+def test_level_option(tmp_path: Path) -> None:
+    res = _run("-s", "sentinel2", "-n", "1", "--size", "32", "-o", str(tmp_path), "--level", "boa", "--json")
+    assert res.exit_code == 0, res.output
+    item = json.loads(Path(json.loads(res.stdout)["scenes"][0]["json"]).read_text())
+    assert item["properties"]["sim:meta"]["level"] == "boa"
+    bad = _run("-s", "sentinel2", "-o", str(tmp_path), "--level", "l9")
+    assert bad.exit_code == 2 and "level" in bad.output
