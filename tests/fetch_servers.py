@@ -32,26 +32,50 @@ from cloudmask.registry import load_registry
 from cloudmask.testing import random_reflectance, stac_item, test_transform, write_raster
 
 # --------------------------------------------------------------------------- file server
+#
+# The server runs in a child process: GDAL (rasterio.open on an http URL) keeps the GIL while it waits
+# for curl, so a server thread in the test process would deadlock against it. Faults and the request
+# log cross the process boundary as small files in a control folder.
+
+
+class _Faults(dict):
+    """``faults[path] = ["500", "drop", "404"]``: written through to the server's control file."""
+
+    def __init__(self, control: Path):
+        super().__init__()
+        self._file = control / "faults.json"
+
+    def __setitem__(self, key: str, value: list[str]) -> None:
+        super().__setitem__(key, list(value))
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(self)))
+        os.replace(tmp, self._file)
 
 
 @dataclass
 class FileServer:
-    """A threaded Range-capable HTTP server over ``root``; ``faults[path]`` lists actions to replay.
+    """A Range-capable HTTP server over ``root``; ``faults[path]`` lists actions to replay.
 
     Actions, consumed one per GET of that path: ``"500"`` (HTTP 500), ``"drop"`` (send half the body
     with the full Content-Length, then close the connection), ``"404"``.
     """
 
     root: Path
+    control: Path
     url: str = ""
-    faults: dict[str, list[str]] = field(default_factory=dict)
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: _Faults = field(init=False)
 
-    def take_fault(self, path: str) -> str | None:
-        with self.lock:
-            queue = self.faults.get(path)
-            return queue.pop(0) if queue else None
+    def __post_init__(self) -> None:
+        self.faults = _Faults(self.control)
+
+    @property
+    def requests(self) -> list[tuple[str, str, str | None]]:
+        """(method, path, Range header or None) of every request so far."""
+        log = self.control / "requests.log"
+        if not log.exists():
+            return []
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return [(m, p, r) for m, p, r in rows]
 
     def gets(self, path: str) -> list[str | None]:
         """The Range headers of every GET of ``path`` (None = whole file)."""
@@ -59,14 +83,28 @@ class FileServer:
 
 
 class _Handler(RangeRequestHandler):
-    server_state: FileServer
+    control: Path
+    lock = threading.Lock()
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+    def log_message(self, format: str, *args: Any) -> None:  # keep output clean
         pass
 
     def _record(self, method: str) -> None:
-        with self.server_state.lock:
-            self.server_state.requests.append((method, self.path.split("?")[0], self.headers.get("Range")))
+        with self.lock, (self.control / "requests.log").open("a") as fh:
+            fh.write(json.dumps([method, self.path.split("?")[0], self.headers.get("Range")]) + "\n")
+
+    def _take_fault(self, path: str) -> str | None:
+        f = self.control / "faults.json"
+        with self.lock:
+            if not f.exists():
+                return None
+            faults = json.loads(f.read_text())
+            queue = faults.get(path)
+            if not queue:
+                return None
+            action = queue.pop(0)
+            f.write_text(json.dumps(faults))
+            return str(action)
 
     def do_HEAD(self) -> None:
         self._record("HEAD")
@@ -75,7 +113,7 @@ class _Handler(RangeRequestHandler):
     def do_GET(self) -> None:
         self._record("GET")
         path = self.path.split("?")[0]
-        fault = self.server_state.take_fault(path)
+        fault = self._take_fault(path)
         if fault == "500":
             self.send_error(500, "injected failure")
             return
@@ -96,23 +134,30 @@ class _Handler(RangeRequestHandler):
         super().do_GET()
 
 
+def serve_files(root: str, control: str) -> None:
+    """Child-process entry point: serve ``root`` on a free port and print the port."""
+    handler = type("Handler", (_Handler,), {"control": Path(control)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever(poll_interval=0.05)
+
+
 @pytest.fixture
 def file_server(tmp_path: Path) -> Iterator[FileServer]:
-    """Serve ``tmp_path/www`` on 127.0.0.1 (port 0) from a background thread."""
-    root = tmp_path / "www"
+    """Serve ``tmp_path/www`` on 127.0.0.1 (port 0) from a child process."""
+    root, control = tmp_path / "www", tmp_path / "www-control"
     root.mkdir()
-    state = FileServer(root=root)
-    handler = type("Handler", (_Handler,), {"server_state": state})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    control.mkdir()
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fetch_servers as f; f.serve_files(sys.argv[1], sys.argv[2])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(control)], stdout=subprocess.PIPE, text=True)
     try:
-        yield state
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().strip())
+        yield FileServer(root=root, control=control, url=f"http://127.0.0.1:{port}")
     finally:
-        server.shutdown()
-        server.server_close()
+        proc.terminate()
+        proc.wait(5)
 
 
 # --------------------------------------------------------------------------- scenes
@@ -138,6 +183,7 @@ def write_s2_item(
     collection: str = "sentinel-2-l2a",
     folder: str | None = None,
     seed: int = 0,
+    size: int = S2_SIZE,
 ) -> dict[str, Any]:
     """Write small per-band Sentinel-2 GeoTIFFs under the server root and return a STAC item for them.
 
@@ -148,7 +194,7 @@ def write_s2_item(
     sub = folder or item_id
     (server.root / sub).mkdir(parents=True, exist_ok=True)
     wanted = [s2.band(b) for b in bands] if bands else list(s2.bands)
-    refl = random_reflectance(len(wanted), S2_SIZE, S2_SIZE, seed=seed)
+    refl = random_reflectance(len(wanted), size, size, seed=seed)
     add = 1000 if float(baseline) >= 4.0 else 0
     assets: dict[str, str] = {}
     for i, band in enumerate(wanted):

@@ -1,0 +1,428 @@
+"""Download what ``cloudmask mask`` needs from STAC search results, robustly.
+
+One folder per item, ``<out>/<sanitised id>/``, holding one GeoTIFF per registry band named by the
+band (``B04.tif``, ``B5.tif``: the scene reader's folder matcher reads them directly) and
+``item.json``, the item with those assets' hrefs rewritten to the local files and the registry product
+recorded (``cloudmask:product``). ``item.json`` is written last, so a folder that has it is complete.
+
+Each file is streamed to ``<name>.part`` and renamed only after its size (``Content-Length`` and
+``file:size``) and checksum (``file:checksum`` multihash) match. Transient failures (connection drops,
+timeouts, 5xx, 429) are retried with exponential backoff, resuming with an HTTP ``Range`` request from
+the bytes already on disk; a ``.part`` left by an interrupted run is resumed the same way next time.
+``clip=True`` instead reads only the bbox window of each COG through GDAL's range requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+from cloudmask.errors import FetchError, OutputError
+from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
+
+log = logging.getLogger("cloudmask.fetch")
+
+ITEM_FILE = "item.json"
+CHUNK_BYTES = 1 << 14  # small reads: a dropped connection loses at most one chunk
+
+#: Progress callback: (file key, bytes just received, total bytes or None).
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class Retry:
+    """Retry policy: ``attempts`` tries in all, sleeping ``backoff * 2**n`` (capped) between them."""
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_sleep: float = 20.0
+    timeout: float = 60.0
+
+    def sleep(self, n: int) -> None:
+        time.sleep(min(self.max_sleep, self.backoff * (2**n)))
+
+
+class _Transient(Exception):
+    """A failure worth retrying (the message says what happened)."""
+
+
+@dataclass
+class FileTask:
+    """One band file of one item."""
+
+    found: Found
+    band: str
+    asset_key: str
+    href: str
+    dest: Path
+    size: int | None = None  # file:size, when the catalogue gives it
+    checksum: str | None = None  # file:checksum multihash, hex
+
+    @property
+    def key(self) -> str:
+        return f"{self.dest.parent.name}/{self.dest.name}"
+
+
+@dataclass
+class ItemPlan:
+    """Everything to fetch for one item."""
+
+    found: Found
+    folder: Path
+    files: list[FileTask] = field(default_factory=list)
+    skipped: bool = False  # already complete on disk
+
+    def summary(self) -> dict[str, Any]:
+        props = self.found.item.get("properties", {})
+        return {
+            "id": self.found.id,
+            "collection": self.found.target.collection,
+            "sensor": self.found.sensor.id,
+            "product": self.found.product,
+            "datetime": props.get("datetime"),
+            "cloud_cover": props.get("eo:cloud_cover"),
+            "folder": str(self.folder),
+            "complete": self.skipped,
+            "notes": list(self.found.notes),
+            "files": [
+                {"band": f.band, "asset": f.asset_key, "href": f.href, "path": str(f.dest), "bytes": f.size}
+                for f in self.files
+            ],
+        }
+
+
+# --------------------------------------------------------------------------- hrefs
+
+
+def _item_base(item: dict[str, Any]) -> str | None:
+    for link in item.get("links", []) or []:
+        if isinstance(link, dict) and link.get("rel") == "self" and link.get("href"):
+            return str(link["href"])
+    return None
+
+
+def resolve_href(item: dict[str, Any], asset: dict[str, Any], what: str) -> str:
+    """An asset's downloadable http(s) URL: public S3 becomes https, requester-pays S3 is refused."""
+    candidates = [asset.get("href")]
+    alternates = asset.get("alternate") or {}
+    if isinstance(alternates, dict):
+        candidates += [a.get("href") for a in alternates.values() if isinstance(a, dict)]
+    hrefs = [str(h) for h in candidates if h]
+    if not hrefs:
+        raise FetchError(f"{what}: the asset has no href")
+    for h in hrefs:
+        if h.startswith(("http://", "https://")):
+            return h
+    href = hrefs[0]
+    scheme = urlparse(href).scheme
+    if scheme == "":
+        base = _item_base(item)
+        if base and base.startswith(("http://", "https://")):
+            return urljoin(base, href)
+        raise FetchError(f"{what}: relative href {href!r} and the item has no http(s) self link to resolve it")
+    if scheme == "s3":
+        if _requester_pays(item, asset):
+            raise FetchError(
+                f"{what}: {href} is in a requester-pays S3 bucket; cloudmask does not download it "
+                "(use a catalogue with public https hrefs, e.g. --catalog planetary-computer)"
+            )
+        u = urlparse(href)
+        return f"https://{u.netloc}.s3.amazonaws.com{u.path}"
+    raise FetchError(f"{what}: unsupported href scheme {scheme!r} ({href})")
+
+
+def _requester_pays(item: dict[str, Any], asset: dict[str, Any]) -> bool:
+    props = item.get("properties", {})
+    if asset.get("storage:requester_pays") or props.get("storage:requester_pays"):
+        return True
+    schemes = {**(props.get("storage:schemes") or {}), **(item.get("storage:schemes") or {})}
+    refs = asset.get("storage:refs") or list(schemes)
+    return any(isinstance(schemes.get(r), dict) and schemes[r].get("requester_pays") for r in refs)
+
+
+def _is_signed(url: str) -> bool:
+    q = urlparse(url).query.lower()
+    return any(k in q for k in ("sig=", "x-amz-signature", "signature=", "se="))
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan(found: Sequence[Found], out: Path, clip: bool = False) -> list[ItemPlan]:
+    """Decide folders and file names; raises before any download if an asset cannot be fetched."""
+    plans = []
+    used: set[str] = set()
+    for f in found:
+        name = sanitise_id(f.id)
+        if name in used:  # two ids that sanitise alike must not share a folder
+            name = f"{name}_{hashlib.sha1(f.id.encode()).hexdigest()[:8]}"
+        used.add(name)
+        folder = out / name
+        p = ItemPlan(found=f, folder=folder)
+        for band, key in f.assets.items():
+            asset = f.item["assets"][key]
+            href = resolve_href(f.item, asset, f"item {f.id} asset {key}")
+            size = asset.get("file:size") if not clip else None
+            checksum = asset.get("file:checksum") if not clip else None
+            p.files.append(
+                FileTask(f, band, key, href, folder / f"{band}.tif",
+                         size if isinstance(size, int) else None, checksum if isinstance(checksum, str) else None)
+            )
+        if not p.files:
+            raise FetchError(f"item {f.id}: no asset matches a band of {f.sensor.id}")
+        p.skipped = (folder / ITEM_FILE).is_file() and all(t.dest.is_file() for t in p.files)
+        plans.append(p)
+    return plans
+
+
+# --------------------------------------------------------------------------- one file
+
+
+def _multihash_check(path: Path, checksum: str, what: str) -> None:
+    """Verify a ``file:checksum`` multihash (hex). Unknown hash codes are skipped with a log line."""
+    algos = {"12": "sha256", "13": "sha512", "11": "sha1", "d501": "md5"}
+    cs = checksum.lower()
+    for code, algo in algos.items():
+        if cs.startswith(code):
+            digest_hex = cs[len(code) + 2 :]  # skip the one-byte length
+            h = hashlib.new(algo)
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != digest_hex:
+                raise FetchError(f"{what}: checksum mismatch ({algo} {h.hexdigest()[:12]}… != {digest_hex[:12]}…)")
+            return
+    log.info("%s: file:checksum %s uses an unsupported hash; only the size was checked", what, checksum[:8])
+
+
+def download_file(
+    session: Any,
+    task: FileTask,
+    retry: Retry,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Stream ``task.href`` to ``task.dest`` via ``.part`` with resume, retries and size/checksum checks."""
+    import requests
+
+    part = task.dest.with_name(task.dest.name + ".part")
+    what = f"item {task.found.id} band {task.band} ({task.href})"
+    last = ""
+    for attempt in range(retry.attempts):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with session.get(task.href, headers=headers, stream=True, timeout=retry.timeout) as resp:
+                if resp.status_code == 416 and have:
+                    # The server says our part file already covers the resource (or is bigger): start over.
+                    part.unlink(missing_ok=True)
+                    raise _Transient("HTTP 416 on resume; restarting the file")
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise _Transient(f"HTTP {resp.status_code}")
+                if resp.status_code == 403 and _is_signed(task.href):
+                    raise FetchError(f"{what}: HTTP 403 on a signed URL (expired?); run fetch again for fresh signatures")
+                if resp.status_code in (401, 403):
+                    raise FetchError(f"{what}: HTTP {resp.status_code}: access denied (private or requester-pays?)")
+                if resp.status_code >= 400:
+                    raise FetchError(f"{what}: HTTP {resp.status_code} {resp.reason}")
+                total = _expected_total(resp, have)
+                mode = "ab" if resp.status_code == 206 else "wb"
+                if mode == "wb" and have:
+                    log.info("%s: server ignored Range; downloading from the start", what)
+                    if progress:
+                        progress(task.key, -have, total)
+                    have = 0
+                elif progress and not attempt and have:
+                    progress(task.key, have, total)
+                if progress and total:
+                    progress(task.key, 0, total)
+                with part.open(mode) as fh:
+                    for chunk in resp.iter_content(CHUNK_BYTES):
+                        fh.write(chunk)
+                        if progress:
+                            progress(task.key, len(chunk), total)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            last = type(exc).__name__
+        except _Transient as exc:
+            last = str(exc)
+        else:
+            got = part.stat().st_size
+            expected = total or task.size
+            if task.size is not None and total is not None and task.size != total:
+                log.info("%s: file:size %d differs from the server's %d; trusting the server", what, task.size, total)
+            if expected is not None and got < expected:
+                last = f"short read ({got} of {expected} bytes)"
+            elif expected is not None and got > expected:
+                part.unlink(missing_ok=True)
+                last = f"file grew past its size ({got} > {expected} bytes)"
+            else:
+                if task.checksum:
+                    try:
+                        _multihash_check(part, task.checksum, what)
+                    except FetchError:
+                        part.unlink(missing_ok=True)
+                        raise
+                os.replace(part, task.dest)
+                return task.dest
+        if attempt + 1 < retry.attempts:
+            log.info("%s: %s; retrying (%d/%d)", what, last, attempt + 1, retry.attempts - 1)
+            retry.sleep(attempt)
+    kept = f"; {part.stat().st_size} bytes kept in {part.name} for the next run to resume" if part.exists() else ""
+    raise FetchError(f"{what}: failed after {retry.attempts} attempts ({last}){kept}")
+
+
+def _expected_total(resp: Any, have: int) -> int | None:
+    cr = resp.headers.get("Content-Range")
+    if resp.status_code == 206 and cr and "/" in cr:
+        tail = cr.rsplit("/", 1)[1].strip()
+        return int(tail) if tail.isdigit() else None
+    cl = resp.headers.get("Content-Length")
+    if cl and cl.isdigit() and resp.headers.get("Content-Encoding") in (None, "identity"):
+        return int(cl)
+    return None
+
+
+def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
+    """Write only the ``bbox`` (lon/lat) window of a remote COG, read with GDAL range requests."""
+    import rasterio
+    from rasterio.errors import RasterioIOError, WindowError
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window, from_bounds
+
+    part = task.dest.with_name(task.dest.name + ".part")
+    what = f"item {task.found.id} band {task.band} ({task.href})"
+    last = ""
+    env = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "0", "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
+    for attempt in range(retry.attempts):
+        try:
+            with rasterio.Env(**env), rasterio.open(task.href) as src:
+                left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *bbox, densify_pts=21) if src.crs else bbox
+                win = from_bounds(left, bottom, right, top, src.transform).round_offsets().round_lengths()
+                win = win.intersection(Window(0, 0, src.width, src.height))
+                data = src.read(window=win)
+                profile = src.profile.copy()
+                profile.update(
+                    driver="GTiff", width=int(win.width), height=int(win.height),
+                    transform=src.window_transform(win), compress="deflate",
+                )
+                if win.width >= 16 and win.height >= 16:
+                    profile.update(tiled=True, blockxsize=256 if win.width >= 256 else 16 * (int(win.width) // 16),
+                                   blockysize=256 if win.height >= 256 else 16 * (int(win.height) // 16))
+                else:
+                    for k in ("tiled", "blockxsize", "blockysize"):
+                        profile.pop(k, None)
+            with rasterio.open(part, "w", **profile) as dst:
+                dst.write(data)
+            os.replace(part, task.dest)
+            return task.dest
+        except WindowError:
+            part.unlink(missing_ok=True)
+            raise FetchError(f"{what}: the bbox does not overlap this asset") from None
+        except RasterioIOError as exc:
+            part.unlink(missing_ok=True)
+            last = str(exc).strip().splitlines()[0] if str(exc).strip() else "read error"
+            if any(code in last for code in ("404", "403", "401", "not recognized", "not a supported")):
+                raise FetchError(f"{what}: cannot read ({last})") from None
+        if attempt + 1 < retry.attempts:
+            log.info("%s: %s; retrying (%d/%d)", what, last, attempt + 1, retry.attempts - 1)
+            retry.sleep(attempt)
+    raise FetchError(f"{what}: failed after {retry.attempts} attempts ({last})")
+
+
+# --------------------------------------------------------------------------- items
+
+
+def local_item(p: ItemPlan) -> dict[str, Any]:
+    """The item as saved: band hrefs point at the local files, other hrefs made absolute, product recorded."""
+    item = json.loads(json.dumps(p.found.item))
+    base = _item_base(item)
+    for key, asset in item.get("assets", {}).items():
+        href = asset.get("href")
+        if href and base and "://" not in href and not href.startswith("/"):
+            asset["href"] = urljoin(base, href)
+    for t in p.files:
+        asset = item["assets"][t.asset_key]
+        asset["href"] = f"./{t.dest.name}"
+        asset.pop("alternate", None)
+        asset["file:size"] = t.dest.stat().st_size
+        asset.pop("file:checksum", None)
+    item["links"] = [ln for ln in item.get("links", []) if isinstance(ln, dict) and ln.get("rel") not in ("self",)]
+    props = item.setdefault("properties", {})
+    props[PRODUCT_PROPERTY] = p.found.product
+    props[SENSOR_PROPERTY] = p.found.sensor.id
+    return item
+
+
+def _write_item(p: ItemPlan) -> None:
+    dest = p.folder / ITEM_FILE
+    tmp = dest.with_name(dest.name + ".part")
+    tmp.write_text(json.dumps(local_item(p), indent=1), encoding="utf-8")
+    os.replace(tmp, dest)
+
+
+def fetch(
+    plans: Sequence[ItemPlan],
+    *,
+    clip_bbox: Sequence[float] | None = None,
+    workers: int = 4,
+    retry: Retry | None = None,
+    progress: ProgressFn | None = None,
+    on_file_done: Callable[[FileTask], None] | None = None,
+) -> list[ItemPlan]:
+    """Fetch every planned file concurrently; an item's ``item.json`` is written once all its files are in.
+
+    Files of other items keep downloading when one fails; the first failure is raised at the end.
+    """
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    retry = retry or Retry()
+    for p in plans:
+        if not p.skipped:
+            try:
+                p.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{p.folder}: cannot create folder ({exc.strerror or exc})") from None
+    tasks = [t for p in plans if not p.skipped for t in p.files if not t.dest.is_file()]
+    session = requests.Session()
+    session.headers["User-Agent"] = "cloudmask-fetch"
+    adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    errors: list[FetchError] = []
+    lock = threading.Lock()
+
+    def run(t: FileTask) -> FileTask:
+        if clip_bbox is not None:
+            clip_file(t, clip_bbox, retry)
+        else:
+            download_file(session, t, retry, progress)
+        return t
+
+    with session, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(run, t) for t in tasks]
+        for fut in as_completed(futures):
+            try:
+                t = fut.result()
+            except FetchError as exc:
+                with lock:
+                    errors.append(exc)
+                continue
+            if on_file_done:
+                on_file_done(t)
+    for p in plans:
+        if not p.skipped and all(t.dest.is_file() for t in p.files):
+            _write_item(p)
+    if errors:
+        more = f" (and {len(errors) - 1} more failures)" if len(errors) > 1 else ""
+        raise FetchError(f"{errors[0]}{more}")
+    return list(plans)

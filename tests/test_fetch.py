@@ -1,0 +1,187 @@
+"""Downloads from a real Range-capable HTTP server on 127.0.0.1, with injected faults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pytest
+import rasterio
+from fetch_servers import S2_SIZE, write_s2_item
+
+from cloudmask import fetch, stac
+from cloudmask.errors import FetchError
+from cloudmask.scene import read_scene
+
+FAST = fetch.Retry(attempts=4, backoff=0.01, timeout=10)
+
+
+def _found(server, items, catalog=None):
+    (t,) = stac.resolve_targets(["sentinel2"], catalog=catalog or server.url, collection="sentinel-2-l2a")
+    return [stac.prepare(i, t) for i in items]
+
+
+def _expected_reflectance(server, item_id: str, key: str = "red", offset: float = 1000) -> np.ndarray:
+    with rasterio.open(server.root / item_id / f"{key}.tif") as src:
+        dn = src.read(1).astype("float32")
+    out = (dn - offset) * 1e-4
+    out[dn == 0] = np.nan
+    return out
+
+
+def test_fetch_writes_a_folder_read_scene_reads(file_server, tmp_path) -> None:
+    items = [write_s2_item(file_server, "S2A_one"), write_s2_item(file_server, "S2B_two", baseline="03.01", seed=3)]
+    plans = fetch.plan(_found(file_server, items), tmp_path / "out")
+    fetch.fetch(plans, retry=FAST, workers=4)
+    one = tmp_path / "out" / "S2A_one"
+    assert sorted(p.name for p in one.iterdir()) == sorted([f"{b}.tif" for b in
+        ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]] + ["item.json"])
+    saved = json.loads((one / "item.json").read_text())
+    assert saved["assets"]["red"]["href"] == "./B04.tif"
+    assert saved["assets"]["thumbnail"]["href"].startswith("http://127.0.0.1")  # not fetched, left remote
+    assert saved["properties"]["cloudmask:product"] == "l2a"
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+    scene = read_scene(one)
+    assert scene.sensor.id == "sentinel2" and len(scene.bands) == 13 and scene.shape == (S2_SIZE, S2_SIZE)
+    red = scene.data.sel(band="B04").values
+    np.testing.assert_allclose(red, _expected_reflectance(file_server, "S2A_one"), atol=1e-6, equal_nan=True)
+    # the pre-04.00 item: registry product l2a-pre0400, no +1000 offset
+    old = read_scene(tmp_path / "out" / "S2B_two")
+    assert old.product == "l2a-pre0400"
+    np.testing.assert_allclose(old.data.sel(band="B04").values,
+                               _expected_reflectance(file_server, "S2B_two", offset=0), atol=1e-6, equal_nan=True)
+    # the saved item JSON reads the same local files
+    via_json = read_scene(one / "item.json")
+    np.testing.assert_allclose(via_json.data.sel(band="B04").values, red, equal_nan=True)
+
+    # a second run finds everything in place and downloads nothing
+    n = len(file_server.requests)
+    again = fetch.plan(_found(file_server, items), tmp_path / "out")
+    assert all(p.skipped for p in again)
+    fetch.fetch(again, retry=FAST)
+    assert len(file_server.requests) == n
+
+
+def test_read_scene_from_a_served_item_by_range_requests(file_server) -> None:
+    item = write_s2_item(file_server, "S2A_remote", bands=["B02", "B03", "B04", "B08"])
+    (file_server.root / "S2A_remote" / "item.json").write_text(json.dumps(item))
+    scene = read_scene(f"{file_server.url}/S2A_remote/item.json")
+    assert [b.name for b in scene.bands] == ["B02", "B03", "B04", "B08"]
+    red = scene.data.sel(band="B04").values
+    np.testing.assert_allclose(red, _expected_reflectance(file_server, "S2A_remote"), atol=1e-6, equal_nan=True)
+    assert any(r for _m, p, r in file_server.requests if p.endswith("/red.tif"))  # GDAL used Range
+
+
+def test_500_then_recovers(file_server, tmp_path, caplog) -> None:
+    item = write_s2_item(file_server, "S2A_flaky", bands=["B04"])
+    file_server.faults["/S2A_flaky/red.tif"] = ["500", "500"]
+    plans = fetch.plan(_found(file_server, [item]), tmp_path)
+    with caplog.at_level(logging.INFO, logger="cloudmask.fetch"):
+        fetch.fetch(plans, retry=FAST)
+    assert (tmp_path / "S2A_flaky" / "B04.tif").read_bytes() == (file_server.root / "S2A_flaky" / "red.tif").read_bytes()
+    assert len(file_server.gets("/S2A_flaky/red.tif")) == 3
+    assert "HTTP 500; retrying" in caplog.text
+
+
+def test_dropped_connection_resumes_with_range(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_drop", bands=["B04"], size=256)  # 128 KiB: several chunks
+    file_server.faults["/S2A_drop/red.tif"] = ["drop"]
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    src = (file_server.root / "S2A_drop" / "red.tif").read_bytes()
+    assert (tmp_path / "S2A_drop" / "B04.tif").read_bytes() == src
+    first, second = file_server.gets("/S2A_drop/red.tif")
+    assert first is None and second is not None
+    resumed_at = int(second.removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= len(src) // 2  # only the missing tail was asked for
+
+
+def test_interrupted_run_leaves_only_a_part_file_then_resumes(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_cut", bands=["B04", "B03"], size=256)
+    file_server.faults["/S2A_cut/red.tif"] = ["drop", "500", "500"]
+    plans = fetch.plan(_found(file_server, [item]), tmp_path)
+    with pytest.raises(FetchError, match=r"band B04 .*failed after 3 attempts \(HTTP 500\).*kept in B04.tif.part"):
+        fetch.fetch(plans, retry=fetch.Retry(attempts=3, backoff=0.01))
+    folder = tmp_path / "S2A_cut"
+    assert not (folder / "B04.tif").exists() and not (folder / "item.json").exists()
+    assert (folder / "B04.tif.part").exists() and (folder / "B03.tif").exists()
+    # next run resumes the part file
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert (folder / "B04.tif").read_bytes() == (file_server.root / "S2A_cut" / "red.tif").read_bytes()
+    assert file_server.gets("/S2A_cut/red.tif")[-1].startswith("bytes=")
+    assert (folder / "item.json").exists() and not list(folder.glob("*.part"))
+
+
+def test_404_is_a_clear_error_without_files(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_gone", bands=["B04"])
+    (file_server.root / "S2A_gone" / "red.tif").unlink()
+    with pytest.raises(FetchError, match=r"item S2A_gone band B04 .*HTTP 404"):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert list((tmp_path / "S2A_gone").iterdir()) == []
+    assert len(file_server.gets("/S2A_gone/red.tif")) == 1  # not retried
+
+
+def test_size_and_checksum_are_checked(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_sum", bands=["B04", "B03"])
+    data = (file_server.root / "S2A_sum" / "red.tif").read_bytes()
+    item["assets"]["red"]["file:checksum"] = "1220" + hashlib.sha256(data).hexdigest()
+    item["assets"]["green"]["file:checksum"] = "1220" + "00" * 32
+    with pytest.raises(FetchError, match="band B03 .*checksum mismatch"):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    folder = tmp_path / "S2A_sum"
+    assert sorted(p.name for p in folder.iterdir()) == ["B04.tif"]  # verified one kept, bad one removed
+
+
+def test_clip_reads_only_the_window(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_clip", bands=["B04", "B8A"])
+    with rasterio.open(file_server.root / "S2A_clip" / "red.tif") as src:
+        left, top = src.transform.c, src.transform.f
+    # a lon/lat box around the 8x8-pixel block starting 8 px in from the top-left corner
+    from rasterio.warp import transform_bounds
+
+    box = transform_bounds("EPSG:32632", "EPSG:4326", left + 160, top - 320, left + 320, top - 160)
+    shrink = 1e-5
+    box = (box[0] + shrink, box[1] + shrink, box[2] - shrink, box[3] - shrink)
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path, clip=True), clip_bbox=box, retry=FAST)
+    with rasterio.open(tmp_path / "S2A_clip" / "B04.tif") as out, rasterio.open(file_server.root / "S2A_clip" / "red.tif") as src:
+        assert out.width < src.width and out.height < src.height
+        row, col = src.index(out.transform.c + 1, out.transform.f - 1)
+        window = rasterio.windows.Window(col, row, out.width, out.height)
+        np.testing.assert_array_equal(out.read(1), src.read(1, window=window))
+    scene = read_scene(tmp_path / "S2A_clip")
+    assert [b.name for b in scene.bands] == ["B04", "B8A"]
+    far = (20.0, 50.0, 20.1, 50.1)
+    with pytest.raises(FetchError, match="does not overlap"):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path / "far", clip=True), clip_bbox=far, retry=FAST)
+
+
+def test_hrefs_s3_and_requester_pays(file_server) -> None:
+    item = write_s2_item(file_server, "S2A_s3", bands=["B04"])
+    asset = item["assets"]["red"]
+    asset["href"] = "s3://sentinel-cogs/tiles/32/T/MT/red.tif"
+    assert fetch.resolve_href(item, asset, "x") == "https://sentinel-cogs.s3.amazonaws.com/tiles/32/T/MT/red.tif"
+    asset["alternate"] = {"https": {"href": "https://example.invalid/red.tif"}}
+    assert fetch.resolve_href(item, asset, "x") == "https://example.invalid/red.tif"
+    del asset["alternate"]
+    asset["href"] = "s3://usgs-landsat/collection02/x_SR_B4.TIF"
+    item["properties"]["storage:schemes"] = {"aws": {"platform": "https://{bucket}.s3.amazonaws.com", "requester_pays": True}}
+    asset["storage:refs"] = ["aws"]
+    with pytest.raises(FetchError, match="requester-pays"):
+        fetch.resolve_href(item, asset, "item x asset red")
+    with pytest.raises(FetchError, match="requester-pays"):
+        fetch.plan(_found(file_server, [item]), file_server.root)
+    asset["href"] = "ftp://host/red.tif"
+    with pytest.raises(FetchError, match="unsupported href scheme"):
+        fetch.resolve_href(item, asset, "x")
+
+
+def test_hostile_ids_stay_inside_the_output_folder(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "../../escape", bands=["B04"], folder="escape")
+    twin = write_s2_item(file_server, "..//escape", bands=["B04"], folder="escape2")
+    plans = fetch.plan(_found(file_server, [item, twin]), tmp_path / "out")
+    fetch.fetch(plans, retry=FAST)
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(folders) == 2 and all(p.folder.parent == tmp_path / "out" for p in plans)
+    assert not (tmp_path / "escape").exists()
