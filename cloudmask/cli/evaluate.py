@@ -34,6 +34,9 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
             writer = csv.DictWriter(fh, fieldnames=["model", "scope", "subject", "metric", "value"])
             writer.writeheader()
             writer.writerows(rows)
+        current = os.umask(0)
+        os.umask(current)
+        os.chmod(tmp, 0o666 & ~current)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write CSV ({exc.strerror or exc})") from None
