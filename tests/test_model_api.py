@@ -12,7 +12,7 @@ from cloudmask.errors import BandError, ModelError
 from cloudmask.model import Predictor, load_model
 from cloudmask.registry import get_sensor
 
-TINY = {"desc_dim": 16, "enc_width": 8, "fine_width": 4, "c4": 8, "c8": 12, "dilations": (1, 2), "up_width": 4, "head_width": 6}
+TINY = {"desc_dim": 16, "enc_width": 8, "lin4_width": 4, "c4": 8, "c8": 12, "dilations": (1, 2), "head_width": 6}
 
 
 @pytest.fixture(scope="module", params=["set", "pairwise"])
@@ -131,3 +131,31 @@ def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
 def test_bundled_weights_load() -> None:
     p = load_model()
     assert p.version and len(p.sha256) == 64 and p.halo >= 32 and p.halo % p.stride == 0
+
+
+def test_fast_path_matches_masked_path_and_training_forward() -> None:
+    import torch
+
+    p = Predictor.random(seed=5, **TINY)
+    x, d = _scene(6, 40, 56, seed=4)
+    d[5, 4] = 1.0  # make one band thermal
+    x[5] = 290.0 + 10 * x[5]
+    fast = p.predict_proba(x, d)
+    with torch.no_grad():
+        ref = torch.softmax(p.net(torch.from_numpy(x[None]), torch.from_numpy(d)), 1)[0].numpy()
+    assert np.abs(fast - ref).max() < 1e-5
+    x2 = x.copy()
+    x2[1, 0, 0] = np.nan  # forces the masked path in that chunk; elsewhere unchanged maths
+    slow = p.predict_proba(x2, d)
+    assert np.abs(slow[:, 20:] - fast[:, 20:]).max() < 1e-4
+
+
+def test_tiles_with_halo_match_whole_scene() -> None:
+    p = Predictor.random(seed=6, **TINY)
+    x, d = _scene(5, 96, 200, seed=5)
+    whole = p.predict_proba(x, d)
+    halo = p.halo
+    a, b = 64, 136  # a window whose origin is a multiple of the stride
+    lo, hi = max(a - halo, 0), min(b + halo, x.shape[2])
+    part = p.predict_proba(x[:, :, lo:hi], d)
+    assert np.abs(part[:, 16:80, a - lo : b - lo] - whole[:, 16:80, a:b]).max() < 1e-4

@@ -1,12 +1,73 @@
-"""``cloudmask train``: placeholder until its issue lands."""
+"""``cloudmask train``: train the sensor-independent model from a YAML config plus overrides."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
 from cloudmask.cli.app import app
-from cloudmask.errors import UsageError
+from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 
 
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train_cmd() -> None:
-    """Not available yet in this build."""
-    raise UsageError("`cloudmask train` is not implemented yet in this version")
+def _val_text(val: dict[str, Any]) -> str:
+    parts = []
+    for name, s in val.items():
+        sh = f"/{s['shadow_f1']:.0f}" if "shadow_f1" in s else ""
+        parts.append(f"{name.replace('real_', 'r:').replace('sim_', 's:')} {s['cloud_f1']:.0f}{sh}")
+    return " ".join(parts)
+
+
+@app.command("train")
+def train_cmd(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Config overrides as key.sub=value (YAML values), e.g. train.steps=500 data.tile=96."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML training config (defaults apply for missing keys).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>/last.pt (same config).")] = False,
+    sensors_dir: SensorsDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the model on simulated scenes (plus optional real tiles); writes checkpoints and best weights.
+
+    Shows loss and validation metrics (cloud F1 / shadow F1 per validation set) while it runs.
+    """
+    use_sensors_dirs(sensors_dir)
+    from cloudmask.model.train import load_config, train
+
+    extra = list(overrides or [])
+    if out is not None:
+        extra.append(f"out={out}")
+    cfg = load_config(config, extra)
+    show = not (quiet or as_json)
+    progress = Progress(
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err_console, disable=not show,
+    )
+    with progress:
+        task = progress.add_task("train", total=int(cfg["train"]["steps"]), loss="-", val="")
+
+        def report(done: int, total: int, info: dict[str, Any]) -> None:
+            progress.update(task, completed=done, loss=f"{info['loss']:.3f}", val=_val_text(info.get("val") or {}))
+
+        summary = train(cfg, resume=resume, progress=report)
+    if as_json:
+        print_json(summary)
+        return
+    if quiet:
+        return
+    table = Table(title=f"best checkpoint: {summary['out']}/best.safetensors")
+    for col in ("set", "cloud F1", "precision", "recall", "accuracy", "shadow F1"):
+        table.add_column(col, justify="right" if col != "set" else "left")
+    for name, s in (summary["best_metrics"] or {}).items():
+        sh = f"{s['shadow_f1']:.1f}" if "shadow_f1" in s else "-"
+        table.add_row(name, f"{s['cloud_f1']:.1f}", f"{s['cloud_precision']:.1f}", f"{s['cloud_recall']:.1f}", f"{s['cloud_acc']:.1f}", sh)
+    console.print(table)
+    console.print(f"{summary['steps']} steps in {summary['elapsed_s']:.0f} s")

@@ -10,7 +10,7 @@ Public API::
 from __future__ import annotations
 
 from cloudmask.errors import ModelError
-from cloudmask.model.network import CloudNet, ModelConfig, count_flops_per_pixel
+from cloudmask.model.network import CloudNet, ModelConfig, count_flops_per_pixel, fold_batchnorm
 from cloudmask.model.predictor import Predictor, bundled_weights, load_model, save_weights
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Predictor",
     "bundled_weights",
     "count_flops_per_pixel",
+    "fold_batchnorm",
     "load_model",
     "save_weights",
 ]

@@ -63,9 +63,9 @@ def normalise_inputs(x: torch.Tensor, desc: torch.Tensor) -> tuple[torch.Tensor,
     thermal = (desc[:, 4] > 0.5).view(1, -1, 1, 1)
     valid = torch.isfinite(x) & (~thermal | (x > 100.0))
     scale, offset = band_affine(desc)
-    v = (torch.where(valid, x, 0.0) * scale.view(1, -1, 1, 1) + offset.view(1, -1, 1, 1)).clamp_(-4.0, 4.0)
+    v = torch.where(valid, x * scale.view(1, -1, 1, 1) + offset.view(1, -1, 1, 1), 0.0)
     m = valid.to(x.dtype)
-    return v.mul_(m), m
+    return v, m
 
 
 def log_feature(v: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:

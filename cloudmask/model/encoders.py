@@ -53,16 +53,17 @@ class SetEncoder(BandEncoder):
 
     def forward(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         n, c = emb.shape[0], self.width
-        g1 = self.gen1(emb).view(n, c, 3)
-        h = torch.relu(
-            v[:, :, None] * g1[None, :, :, 0, None, None]
-            + lv[:, :, None] * g1[None, :, :, 1, None, None]
-            + g1[None, :, :, 2, None, None]
-        )  # (B, n, C, h, w)
-        f2 = self.film2(emb).view(n, c, 2)
-        h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
-        h = torch.relu(h * (1.0 + f2[None, :, :, 0, None, None]) + f2[None, :, :, 1, None, None])
-        h = h * m[:, :, None]
+        g1 = self.gen1(emb).view(1, n, c, 3, 1, 1)
+        f2 = self.film2(emb).view(1, n, c, 2, 1, 1)
+        h = torch.addcmul(g1[:, :, :, 2], v[:, :, None], g1[:, :, :, 0])  # (B, n, C, h, w)
+        if torch.is_grad_enabled():
+            h = torch.relu(torch.addcmul(h, lv[:, :, None], g1[:, :, :, 1]))
+            h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
+            h = torch.relu(torch.addcmul(f2[:, :, :, 1], h, 1.0 + f2[:, :, :, 0])) * m[:, :, None]
+        else:  # inference: same maths, in place
+            h = h.addcmul_(lv[:, :, None], g1[:, :, :, 1]).relu_()
+            h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
+            h = h.mul_(1.0 + f2[:, :, :, 0]).add_(f2[:, :, :, 1]).relu_().mul_(m[:, :, None])
         ea = _band_softmax_weights(self.att(emb))  # (n, C)
         num = torch.einsum("bnchw,nc->bchw", h, ea)
         den = torch.einsum("bnhw,nc->bchw", m, ea).clamp(min=1e-6)
@@ -107,26 +108,30 @@ def _mix(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class FineProjection(nn.Module):
-    """Full-resolution, linear-cost spectral projection: K descriptor-generated band mixtures.
+    """Linear-cost spectral projection: K descriptor-generated band mixtures (learned indices).
 
-    Why linear: it runs on every pixel at full resolution, so it is two small matrix products with
-    generated weights (numerator over valid values, denominator over validity), i.e. a learned,
-    continuous-in-wavelength spectral index that degrades gracefully when bands are missing.
+    out_k = sum_b W_kb v_b / sum_b a_b m_b, where a_b > 0 are descriptor attention weights and
+    W_kb = a_b g_k(desc_b). The single shared denominator renormalises when bands are missing at a
+    pixel, and when every band is valid it is a constant that folds into the weights, so at full
+    resolution this is one small matrix product per pixel.
     """
 
     def __init__(self, emb_dim: int, width: int):
         super().__init__()
         self.width = width
         self.gen = nn.Linear(emb_dim, width)
-        self.att = nn.Linear(emb_dim, width)
+        self.att = nn.Linear(emb_dim, 1)
 
     def weights(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, n) value weights and (K, n) validity weights; computed once per band set."""
-        ea = _band_softmax_weights(self.att(emb))  # (n, K)
+        """(K, n) value weights and (1, n) validity weights; computed once per band set."""
+        ea = _band_softmax_weights(self.att(emb))  # (n, 1)
         return (ea * self.gen(emb)).T.contiguous(), ea.T.contiguous()
 
-    def forward(self, v: torch.Tensor, m: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, m: torch.Tensor | None, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """v: (B, n, h, w) normalised values (0 where invalid); m: validity or None if all valid."""
         wv, wm = weights
+        if m is None:
+            return _mix(wv / wm.sum(), v)
         return _mix(wv, v) / _mix(wm, m).clamp(min=1e-4)
 
 

@@ -1,11 +1,14 @@
-"""The segmentation network: band encoder -> context at 1/4 and 1/8 resolution -> light full-res head.
+"""The segmentation network: spectral encoding -> context at 1/4 and 1/8 resolution -> light full-res head.
 
 Why this shape: clouds and shadows are large objects, so almost all compute runs at reduced
-resolution (the band set is average-pooled 4×4 with validity weights, encoded, then refined by
-depthwise-separable dilated blocks at 1/8); the full-resolution path is only a linear spectral
-projection and two 1×1 convolutions that sharpen edges. No global pooling and no normalisation
-that depends on the tile (BatchNorm is a per-channel affine at inference), so tiled inference with
-``halo`` pixels of overlap reproduces whole-scene inference.
+resolution. The band set is average-pooled 4×4 (validity-weighted) into a linear spectral
+projection at 1/4 and, pooled again, into the non-linear band encoder (set or pairwise) at 1/8,
+where depthwise-separable dilated blocks gather context. The full-resolution path is one
+descriptor-generated band mixture plus the upsampled context, a ReLU and a 1×1 layer: CPU
+inference is bound by memory traffic at full resolution, not by FLOPs, so it is kept to a handful
+of passes and run in row chunks that stay in cache. No global pooling and no tile-dependent
+normalisation (BatchNorm is a per-channel affine at inference), so tiles overlapping by ``halo``
+reproduce whole-scene inference.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cloudmask.model.descriptors import N_DESCRIPTOR_FEATURES, descriptor_features, log_feature, normalise_inputs
-from cloudmask.model.encoders import FineProjection, make_encoder
+from cloudmask.model.descriptors import N_DESCRIPTOR_FEATURES, band_affine, descriptor_features, log_feature, normalise_inputs
+from cloudmask.model.encoders import FineProjection, _mix, make_encoder
 
 N_CLASSES = 4
 
@@ -28,14 +31,13 @@ N_CLASSES = 4
 class ModelConfig:
     """Architecture hyper-parameters; stored next to the weights so a file always rebuilds its net."""
 
-    encoder: str = "set"  # "set" (O(n)) or "pairwise" (O(n²))
+    encoder: str = "set"  # "set" (O(n)) or "pairwise" (O(n²)) band encoder at 1/8
     desc_dim: int = 48
     enc_width: int = 24
-    fine_width: int = 8
+    lin4_width: int = 16
     c4: int = 32
     c8: int = 64
     dilations: tuple[int, ...] = field(default=(1, 2, 4, 8))
-    up_width: int = 8
     head_width: int = 12
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,7 +54,21 @@ class ModelConfig:
         kw = dict(d)
         if "dilations" in kw:
             kw["dilations"] = tuple(int(x) for x in kw["dilations"])
-        return cls(**kw)
+        cfg = cls(**kw)
+        if cfg.encoder not in ("set", "pairwise"):
+            raise ValueError(f"unknown band encoder {cfg.encoder!r} (expected 'set' or 'pairwise')")
+        return cfg
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1×1 convolution computed as a matrix product (several times faster than mkldnn on CPU)."""
+
+    def __init__(self, c_in: int, c_out: int, bias: bool = True):
+        super().__init__(c_in, c_out, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _mix(self.weight.view(self.out_channels, self.in_channels), x)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
 
 class DSBlock(nn.Module):
@@ -62,7 +78,7 @@ class DSBlock(nn.Module):
         super().__init__()
         self.dw = nn.Conv2d(c_in, c_in, 3, padding=dilation, dilation=dilation, groups=c_in, bias=False)
         self.bn1 = nn.BatchNorm2d(c_in)
-        self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.pw = Conv1x1(c_in, c_out, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.residual = c_in == c_out
 
@@ -72,7 +88,13 @@ class DSBlock(nn.Module):
 
 
 def _conv1(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(Conv1x1(c_in, c_out, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+def _wpool(v: torch.Tensor, m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validity-weighted k×k mean of ``v`` (already zero where invalid) and the valid fraction."""
+    mk = F.avg_pool2d(m, k)
+    return F.avg_pool2d(v, k) / mk.clamp(min=1e-6), mk
 
 
 class CloudNet(nn.Module):
@@ -88,17 +110,17 @@ class CloudNet(nn.Module):
         self.desc_mlp = nn.Sequential(
             nn.Linear(N_DESCRIPTOR_FEATURES, e), nn.ReLU(), nn.Linear(e, e), nn.ReLU(), nn.Linear(e, e)
         )
+        half = max(1, cfg.lin4_width // 2)
+        self.lin4 = FineProjection(e, half)
+        self.lin4_log = FineProjection(e, cfg.lin4_width - half)
+        self.stem4 = nn.Sequential(_conv1(cfg.lin4_width + 1, cfg.c4), DSBlock(cfg.c4, cfg.c4))
         self.encoder = make_encoder(cfg.encoder, e, cfg.enc_width)
-        self.fine = FineProjection(e, cfg.fine_width)
-        self.stem4 = nn.Sequential(_conv1(self.encoder.out_channels + 1, cfg.c4), DSBlock(cfg.c4, cfg.c4))
-        self.down8 = _conv1(cfg.c4, cfg.c8)
+        self.down8 = _conv1(cfg.c4 + self.encoder.out_channels + 1, cfg.c8)
         self.ctx8 = nn.Sequential(*[DSBlock(cfg.c8, cfg.c8, d) for d in cfg.dilations])
-        self.fuse4 = nn.Sequential(_conv1(cfg.c8 + cfg.c4, cfg.c4), DSBlock(cfg.c4, cfg.c4), _conv1(cfg.c4, cfg.up_width))
-        self.head = nn.Sequential(
-            nn.Conv2d(cfg.up_width + cfg.fine_width + 1, cfg.head_width, 1),
-            nn.ReLU(),
-            nn.Conv2d(cfg.head_width, N_CLASSES, 1),
-        )
+        self.lift8 = nn.Sequential(Conv1x1(cfg.c8, cfg.c4, bias=False), nn.BatchNorm2d(cfg.c4))
+        self.fuse4 = nn.Sequential(DSBlock(cfg.c4, cfg.c4), Conv1x1(cfg.c4, cfg.head_width))
+        self.fine = FineProjection(e, cfg.head_width)
+        self.out = Conv1x1(cfg.head_width, N_CLASSES)
 
     @property
     def halo(self) -> int:
@@ -111,6 +133,8 @@ class CloudNet(nn.Module):
         radius = 4 + 4 + 4 + 8 * sum(self.config.dilations) + 4 + 4 + 4
         return int(math.ceil(radius / self.stride) * self.stride)
 
+    # ------------------------------------------------------------------ stages
+
     def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
@@ -118,42 +142,73 @@ class CloudNet(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), value=float("nan"))  # padding is nodata, excluded everywhere
         return x, h, w
 
-    def _pool(self, x: torch.Tensor, desc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-pixel stage A: validity-weighted 4×4 band means and valid fractions."""
+    @staticmethod
+    def _all_valid(x: torch.Tensor, desc: torch.Tensor) -> bool:
+        """True when no pixel needs masking: one reduction pass (a NaN/inf makes the sum non-finite)."""
+        if not bool(torch.isfinite(x.sum())):
+            return False
+        th = torch.nonzero(desc[:, 4] > 0.5).flatten()
+        return th.numel() == 0 or bool((x[:, th] > 100.0).all())
+
+    def _pool(self, x: torch.Tensor, desc: torch.Tensor, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage A (per pixel): 4×4 sums of normalised values (zero where invalid) and valid fractions."""
+        if fast:
+            scale, offset = band_affine(desc)
+            v4 = F.avg_pool2d(x, 4) * scale.view(1, -1, 1, 1) + offset.view(1, -1, 1, 1)
+            return v4, torch.ones_like(v4)
         v, m = normalise_inputs(x, desc)
         return F.avg_pool2d(v, 4), F.avg_pool2d(m, 4)
 
-    def _context(self, v4: torch.Tensor, m4: torch.Tensor, desc: torch.Tensor, emb: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Stage B at 1/4 and 1/8 resolution: band encoder, context blocks, decoder -> (B, up, h/4, w/4)."""
-        v4 = v4 / m4.clamp(min=1e-6)
+    def _context(self, v4: torch.Tensor, m4: torch.Tensor, desc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Stage B at 1/4 and 1/8: -> (B, head_width, h/4, w/4), the head's upsampled input."""
+        v4n = (v4 / m4.clamp(min=1e-6)).clamp(-4.0, 4.0)
         mask4 = (m4 > 0).to(v4.dtype)
-        lv4 = log_feature(v4, desc)
-        rows = v4.shape[-2]
-        step = max(1, chunk // 4) if chunk else rows
-        enc = torch.cat(
-            [self.encoder(v4[..., r : r + step, :], lv4[..., r : r + step, :], mask4[..., r : r + step, :], emb)
-             for r in range(0, rows, step)],
-            dim=-2,
-        )
-        f4 = self.stem4(torch.cat([enc, m4.amax(dim=1, keepdim=True)], dim=1))
-        f8 = self.ctx8(self.down8(F.avg_pool2d(f4, 2)))
-        up8 = F.interpolate(f8, size=f4.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse4(torch.cat([up8, f4], dim=1))
+        v4n = v4n * mask4
+        lv4 = log_feature(v4n, desc) * mask4
+        lin = torch.cat([self.lin4(v4n, mask4, self.lin4.weights(emb)), self.lin4_log(lv4, mask4, self.lin4_log.weights(emb))], 1)
+        any4 = m4.amax(dim=1, keepdim=True)
+        f4 = self.stem4(torch.cat([lin, any4], dim=1))
+        v8, m8 = _wpool(v4n * mask4, mask4, 2)
+        mask8 = (m8 > 0).to(v8.dtype)
+        v8 = v8 * mask8
+        enc = self.encoder(v8, log_feature(v8, desc) * mask8, mask8, emb)
+        f8 = self.down8(torch.cat([F.avg_pool2d(f4, 2), enc, F.avg_pool2d(any4, 2)], dim=1))
+        f8 = self.ctx8(f8)
+        # project to c4 at 1/8 *before* upsampling (linear ops commute), then add: no wide concat at 1/4
+        up8 = F.interpolate(self.lift8(f8), size=f4.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse4(torch.relu(up8 + f4))
 
-    def _head(self, x: torch.Tensor, desc: torch.Tensor, u4: torch.Tensor, fw: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Per-pixel stage C at full resolution for rows matching ``u4`` exactly (x rows = 4 × u4 rows)."""
-        v, m = normalise_inputs(x, desc)
-        fine = self.fine(v, m, fw)
-        up = F.interpolate(u4, scale_factor=4, mode="bilinear", align_corners=False)
-        return self.head(torch.cat([up, fine, m.amax(dim=1, keepdim=True)], dim=1))
+    def _head(self, x: torch.Tensor, desc: torch.Tensor, a4: torch.Tensor, fw: tuple[torch.Tensor, torch.Tensor],
+              fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage C (per pixel, full resolution) for rows matching ``a4`` (x rows = 4 × a4 rows).
+
+        Returns logits and, when some pixel needed masking, the any-band-valid map.
+        """
+        if fast:  # no invalid pixel: fold the thermal affine and the constant denominator into the weights
+            scale, offset = band_affine(desc)
+            wv, wm = fw
+            wv = wv / wm.sum()
+            fine = _mix(wv * scale.view(1, -1), x) + (wv @ offset).view(1, -1, 1, 1)
+            valid = None
+        else:
+            v, m = normalise_inputs(x, desc)
+            fine = self.fine(v, m, fw)
+            valid = m.amax(dim=1)
+        pre = F.interpolate(a4, scale_factor=4, mode="bilinear", align_corners=False).add_(fine) if not self.training else (
+            F.interpolate(a4, scale_factor=4, mode="bilinear", align_corners=False) + fine
+        )
+        return self.out(torch.relu(pre)), valid
+
+    # ------------------------------------------------------------------ entry points
 
     def forward(self, x: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 4, h, w), unchunked (used for training)."""
+        """Logits (B, 4, h, w), unchunked, with the general masking path (used for training)."""
         x, h, w = self._prepare(x)
         emb = self.desc_mlp(descriptor_features(desc))
-        v4, m4 = self._pool(x, desc)
-        u4 = self._context(v4, m4, desc, emb, 0)
-        return self._head(x, desc, u4, self.fine.weights(emb))[:, :, :h, :w]
+        v4, m4 = self._pool(x, desc, fast=False)
+        a4 = self._context(v4, m4, desc, emb)
+        logits, _ = self._head(x, desc, a4, self.fine.weights(emb), fast=False)
+        return logits[:, :, :h, :w]
 
     @torch.inference_mode()
     def predict_proba(self, x: torch.Tensor, desc: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -166,41 +221,74 @@ class CloudNet(nn.Module):
         chunk = max(self.stride, chunk // self.stride * self.stride)
         emb = self.desc_mlp(descriptor_features(desc))
         rows = x.shape[-2]
-        pooled = [self._pool(x[..., r : r + chunk, :], desc) for r in range(0, rows, chunk)]
+        pooled = []
+        for r in range(0, rows, chunk):
+            xs = x[..., r : r + chunk, :]
+            pooled.append(self._pool(xs, desc, self._all_valid(xs, desc)))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         m4 = torch.cat([p[1] for p in pooled], dim=-2)
         del pooled
-        u4 = self._context(v4, m4, desc, emb, chunk)
+        a4 = self._context(v4, m4, desc, emb)
         fw = self.fine.weights(emb)
         out = x.new_empty(x.shape[0], N_CLASSES, h, w)
-        q = chunk // 4
-        for r in range(0, min(rows, h), chunk):
-            lo, hi = max(r // 4 - 1, 0), min((r + chunk) // 4 + 1, u4.shape[-2])
-            xs = x[..., max(lo * 4, 0) : hi * 4, :]
-            logits = self._head(xs, desc, u4[..., lo:hi, :], fw)
+        for r in range(0, h, chunk):
+            lo, hi = max(r // 4 - 1, 0), min((r + chunk) // 4 + 1, a4.shape[-2])
+            xs = x[..., lo * 4 : hi * 4, :]
+            logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, self._all_valid(xs, desc))
             off = r - lo * 4
-            logits = logits[:, :, off : off + min(chunk, h - r), :w]
-            prob = torch.softmax(logits, dim=1)
-            xr = x[..., r : r + logits.shape[-2], :w]
-            nodata = ~torch.isfinite(xr).any(dim=1)
-            if nodata.any():
+            n_rows = min(chunk, h - r)
+            prob = torch.softmax(logits[:, :, off : off + n_rows, :w], dim=1)
+            if valid is not None:
+                nodata = valid[:, off : off + n_rows, :w] == 0
                 prob[:, 0].masked_fill_(nodata, 1.0)
                 prob[:, 1:].masked_fill_(nodata[:, None], 0.0)
-            out[:, :, r : r + logits.shape[-2]] = prob
-        del q
+            out[:, :, r : r + n_rows] = prob
         return out
 
 
-def count_flops_per_pixel(net: CloudNet, n_bands: int = 13, size: int = 256) -> float:
-    """Multiply-add FLOPs (2 per MAC) per input pixel, counted by torch's FLOP counter.
+def fold_batchnorm(net: CloudNet) -> CloudNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (inference only: fewer passes
+    over the feature maps, identical outputs up to float rounding). Returns the same module."""
+    net.eval()
 
-    Only matmul/conv/einsum FLOPs are counted (elementwise ops are memory-bound and cheap in FLOPs).
-    """
+    def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        with torch.no_grad():
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            if conv.bias is None:
+                conv.bias = nn.Parameter(shift.clone())
+            else:
+                conv.bias.add_(shift)
+
+    def visit(seq: nn.Module) -> None:
+        for name, mod in list(seq.named_children()):
+            if isinstance(mod, DSBlock):
+                fold(mod.dw, mod.bn1)
+                fold(mod.pw, mod.bn2)
+                mod.bn1, mod.bn2 = nn.Identity(), nn.Identity()  # type: ignore[assignment]
+            elif isinstance(mod, nn.Sequential):
+                children = list(mod.children())
+                for i, c in enumerate(children[:-1]):
+                    if isinstance(c, nn.Conv2d) and isinstance(children[i + 1], nn.BatchNorm2d):
+                        fold(c, children[i + 1])
+                        mod[i + 1] = nn.Identity()
+                visit(mod)
+            else:
+                visit(mod)
+
+    visit(net)
+    return net
+
+
+def count_flops_per_pixel(net: CloudNet, n_bands: int = 13, size: int = 256) -> float:
+    """Multiply-add FLOPs (2 per MAC) per input pixel of :meth:`CloudNet.predict_proba`,
+    counted by torch's FLOP counter (matmul/conv/einsum only; elementwise ops are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(1, n_bands, size, size)
     desc = torch.tensor([[0.4 + 0.1 * i, 0.45 + 0.1 * i, 0.5 + 0.1 * i, 0.05, 0.0] for i in range(n_bands)])
     net.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:
         net.predict_proba(x, desc)
     return counter.get_total_flops() / (size * size)

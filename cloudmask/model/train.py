@@ -1,0 +1,362 @@
+"""The training loop behind ``cloudmask train``: config + overrides, seeded, checkpointed, resumable.
+
+CPU-first: a few thousand small batches of simulated scenes (plus optional real tiles) train the
+compact network in about an hour on two cores; a GPU is used when present but never required.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from cloudmask.errors import UsageError
+from cloudmask.model.data import Batch, RealSource, RealTile, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
+from cloudmask.model.network import CloudNet, ModelConfig
+from cloudmask.model.predictor import save_weights
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "out": "runs/default",
+    "version": "0.1.0",
+    "model": ModelConfig().to_dict(),
+    "data": {
+        "simulator": "simulator",
+        "sensors": ["sentinel2", "landsat8", "landsat9", "landsat7", "landsat5", "superdove"],
+        "virtual_prob": 0.3,
+        "min_bands": 4,
+        "subset_prob": 0.6,
+        "tile": 128,
+        "batch": 8,
+        "jitter": {"gain": 0.05, "brightness": 0.08, "thermal_k": 2.0, "wavelength": 0.015},
+    },
+    "real": {
+        "root": None,
+        "train": ["l8biome/train_*"],
+        "val": ["l8biome/val_*", "ukis/*", "cloudsen12/*"],
+        "prob": 0.2,
+        "fix_band_order": True,
+    },
+    "train": {
+        "steps": 2000,
+        "lr": 0.003,
+        "weight_decay": 0.0001,
+        "warmup": 100,
+        "class_weights": [1.0, 1.0, 1.0, 1.5],
+        "val_every": 200,
+        "ckpt_every": 200,
+        "threads": 2,
+        "select": "score",  # checkpoint selection: mean of sim and l8biome-val cloud F1 (+ shadow F1)
+        "max_minutes": None,
+    },
+    "val": {"sensors": ["sentinel2", "landsat8"], "scenes": 6, "size": 192, "seed": 12345},
+}
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        key = f"{where}{k}"
+        if k not in out:
+            raise UsageError(f"unknown config key {key!r}")
+        if isinstance(out[k], dict) and k != "model":
+            if not isinstance(v, dict):
+                raise UsageError(f"config key {key!r} must be a mapping")
+            out[k] = _merge(out[k], v, key + ".")
+        elif k == "model":
+            if not isinstance(v, dict):
+                raise UsageError("config key 'model' must be a mapping")
+            merged = {**out[k], **v}
+            try:
+                ModelConfig.from_dict(merged)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"bad model config: {exc}") from None
+            out[k] = merged
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b=value`` -> {"a": {"b": value}} with the value parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise UsageError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated against the known keys."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"config {p} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"config {p} must be a mapping at the top level")
+        cfg = _merge(cfg, raw)
+    for o in overrides:
+        cfg = _merge(cfg, parse_override(o))
+    return cfg
+
+
+# --------------------------------------------------------------------------- loss and metrics
+
+
+def partial_cross_entropy(logits: torch.Tensor, y: torch.Tensor, thin_lab: torch.Tensor, shadow_lab: torch.Tensor,
+                          class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy with ignore 255 where a label may stand for a *set* of classes.
+
+    Why: a dataset that does not label shadow leaves shadow inside "clear", and one that does not
+    separate thin cloud calls it all "cloud"; for those pixels the loss is -log of the summed
+    probability of the classes the label may hide (SEnSeIv2's idea of ambiguous labels).
+    """
+    b, c, h, w = logits.shape
+    valid = y != 255
+    yc = torch.where(valid, y, torch.zeros_like(y)).long()
+    allowed = F.one_hot(yc, c).permute(0, 3, 1, 2).bool()  # (B, C, h, w)
+    no_shadow = (~shadow_lab).view(b, 1, 1)
+    no_thin = (~thin_lab).view(b, 1, 1)
+    allowed[:, 3] |= (yc == 0) & no_shadow
+    allowed[:, 2] |= (yc == 1) & no_thin
+    logp = torch.log_softmax(logits, dim=1)
+    ll = torch.logsumexp(logp.masked_fill(~allowed, -1e4), dim=1)  # (B, h, w)
+    wts = valid.float()
+    if class_weights is not None:
+        wts = wts * class_weights[yc]
+    return -(ll * wts).sum() / wts.sum().clamp(min=1.0)
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """4×4 confusion counts (rows truth, cols prediction), pixels labelled 255 excluded."""
+    ok = truth != 255
+    return np.bincount(truth[ok].astype(int) * 4 + pred[ok].astype(int), minlength=16).reshape(4, 4)
+
+
+def scores(cm: np.ndarray, shadow: bool = True) -> dict[str, float]:
+    """Cloud (thick+thin) vs not-cloud accuracy/precision/recall/F1 in percent, and shadow F1."""
+    cloud = [1, 2]
+    tp = cm[np.ix_(cloud, cloud)].sum()
+    fp = cm[np.ix_([0, 3], cloud)].sum()
+    fn = cm[np.ix_(cloud, [0, 3])].sum()
+    tot = cm.sum()
+    tn = tot - tp - fp - fn
+    out = {
+        "cloud_acc": 100 * (tp + tn) / max(tot, 1),
+        "cloud_precision": 100 * tp / max(tp + fp, 1),
+        "cloud_recall": 100 * tp / max(tp + fn, 1),
+        "cloud_f1": 100 * 2 * tp / max(2 * tp + fp + fn, 1),
+        "pixels": int(tot),
+    }
+    if shadow:
+        stp, sfp, sfn = cm[3, 3], cm[:, 3].sum() - cm[3, 3], cm[3, :].sum() - cm[3, 3]
+        out["shadow_f1"] = 100 * 2 * stp / max(2 * stp + sfp + sfn, 1)
+        out["shadow_support"] = int(cm[3, :].sum())
+    return out
+
+
+def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]) -> dict[str, dict[str, float]]:
+    """Pooled scores per named set of (x, y, desc, shadow_labelled) tiles."""
+    net.eval()
+    out = {}
+    for name, tiles in sets.items():
+        cm = np.zeros((4, 4), np.int64)
+        cm_sh = np.zeros((4, 4), np.int64)
+        any_sh = False
+        for x, y, d, sh in tiles:
+            prob = net.predict_proba(torch.from_numpy(x[None]), torch.from_numpy(d))[0].numpy()
+            pred = prob.argmax(0)
+            c = confusion(pred, y)
+            cm += c
+            if sh:
+                cm_sh += c
+                any_sh = True
+        s = scores(cm, shadow=False)
+        if any_sh:
+            sh_scores = scores(cm_sh, shadow=True)
+            s["shadow_f1"], s["shadow_support"] = sh_scores["shadow_f1"], sh_scores["shadow_support"]
+        out[name] = {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in s.items()}
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def sim_val_sets(cfg: dict[str, Any]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
+    """Fixed simulated validation scenes per sensor (seeded apart from training)."""
+    vcfg = cfg["val"]
+    sim = get_simulator(cfg["data"]["simulator"])
+    sets = {}
+    for i, s in enumerate(vcfg["sensors"]):
+        bands = sensor_bands(s)
+        rng = np.random.default_rng(int(vcfg["seed"]) + 1000 * i)
+        d = np.stack([b.descriptor() for b in bands])
+        sets[f"sim_{s}"] = [(*sim(bands, int(vcfg["size"]), rng), d, True) for _ in range(int(vcfg["scenes"]))]
+        sets[f"sim_{s}"] = [(x.astype("float32"), y, dd, sh) for x, y, dd, sh in sets[f"sim_{s}"]]
+    return sets
+
+
+def real_val_sets(tiles: list[RealTile]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
+    sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]] = {}
+    for t in tiles:
+        key = "real_" + t.name.split("/")[0]
+        sets.setdefault(key, []).append((t.x, t.y, t.desc, t.shadow))
+    return sets
+
+
+def _selection_score(metrics: dict[str, dict[str, float]]) -> float:
+    """Checkpoint selection: simulated sets and the l8biome val split (not the other held-out sets)."""
+    keys = [k for k in metrics if k.startswith("sim_") or k == "real_l8biome"]
+    vals = [metrics[k]["cloud_f1"] + 0.5 * metrics[k].get("shadow_f1", 0.0) for k in keys]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run training as configured; returns a summary (best metrics, paths). Writes into cfg['out']:
+    ``config.yaml``, ``log.jsonl``, ``last.pt`` (resumable checkpoint), ``best.safetensors`` (+ .json)."""
+    tcfg, dcfg, rcfg = cfg["train"], cfg["data"], cfg["real"]
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(tcfg.get("threads") or 2))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    rng_sim = np.random.default_rng(seed)
+    rng_real = np.random.default_rng(seed + 1)
+    rng_aug = np.random.default_rng(seed + 2)
+
+    net = CloudNet(ModelConfig.from_dict(cfg["model"])).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    steps, warm = int(tcfg["steps"]), int(tcfg["warmup"])
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sim_src = SimSource(dcfg, rng_sim)
+    real_src = None
+    val_sets = sim_val_sets(cfg)
+    if rcfg.get("root"):
+        train_tiles = load_real_tiles(rcfg["root"], rcfg["train"], fix_band_order=bool(rcfg["fix_band_order"]))
+        real_src = RealSource(train_tiles, dcfg, rng_real)
+        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"]))))
+        overlap = {t.name for t in train_tiles} & {n for n in rcfg["val"]}
+        if overlap:
+            raise UsageError(f"validation tiles also in training: {sorted(overlap)}")
+
+    start, best, best_metrics = 0, -1.0, {}
+    ckpt = out / "last.pt"
+    if resume:
+        if not ckpt.is_file():
+            raise UsageError(f"--resume: no checkpoint at {ckpt}")
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, best = int(state["step"]), float(state["best"])
+        best_metrics = json.loads(state["best_metrics"])
+        rng_sim.bit_generator.state = state["rng_sim"]
+        rng_real.bit_generator.state = state["rng_real"]
+        rng_aug.bit_generator.state = state["rng_aug"]
+        torch.set_rng_state(state["torch_rng"])
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
+    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    t0 = time.time()
+    max_min = tcfg.get("max_minutes")
+    loss_avg = None
+    last_metrics: dict[str, Any] = {}
+    step = start
+    try:
+        for step in range(start, steps):
+            net.train()
+            use_real = real_src is not None and rng_aug.random() < float(rcfg["prob"])
+            batch: Batch = (real_src if use_real else sim_src).batch(int(dcfg["batch"]), int(dcfg["tile"]))  # type: ignore[union-attr]
+            x, d = jitter(batch.x, batch.desc, rng_aug, dcfg.get("jitter", {}))
+            xt = torch.from_numpy(x).to(device)
+            logits = net(xt, torch.from_numpy(d).to(device))
+            loss = partial_cross_entropy(
+                logits, torch.from_numpy(batch.y).to(device),
+                torch.from_numpy(batch.thin_labelled).to(device), torch.from_numpy(batch.shadow_labelled).to(device), cw,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
+            opt.step()
+            sched.step()
+            lv = float(loss.detach())
+            loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
+            done = step + 1
+            timed_out = max_min is not None and (time.time() - t0) / 60 > float(max_min)
+            record: dict[str, Any] = {"step": done, "loss": round(lv, 4), "source": batch.source, "n_bands": int(d.shape[0]),
+                                      "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1)}
+            if done % int(tcfg["val_every"]) == 0 or done == steps or timed_out:
+                metrics = evaluate_sets(net, val_sets)
+                score = _selection_score(metrics)
+                record["val"] = metrics
+                record["score"] = score
+                last_metrics = {k: {m: round(v, 2) for m, v in s.items()} for k, s in metrics.items()}
+                if score > best:
+                    best, best_metrics = score, metrics
+                    save_weights(net.cpu(), out / "best.safetensors", str(cfg["version"]),
+                                 {"step": done, "metrics": metrics, "config": cfg})
+                    net.to(device)
+            if done % int(tcfg["ckpt_every"]) == 0 or done == steps or timed_out:
+                _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if progress:
+                progress(done, steps, {"loss": loss_avg, "val": last_metrics})
+            if timed_out:
+                break
+    finally:
+        log.close()
+    return {"steps": step + 1, "best_score": best, "best_metrics": best_metrics, "out": str(out),
+            "elapsed_s": round(time.time() - t0, 1)}
+
+
+def _save_ckpt(path: Path, net: CloudNet, opt: torch.optim.Optimizer, sched: Any, step: int, best: float,
+               best_metrics: dict[str, Any], rng_sim: np.random.Generator, rng_real: np.random.Generator,
+               rng_aug: np.random.Generator) -> None:
+    """A resumable checkpoint of plain tensors/containers (loadable with weights_only=True), atomically."""
+    state = {
+        "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+        "best": best, "best_metrics": json.dumps(best_metrics), "rng_sim": _rng_state(rng_sim),
+        "rng_real": _rng_state(rng_real), "rng_aug": _rng_state(rng_aug), "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
