@@ -499,7 +499,11 @@ def evaluate(
 
 
 def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Long-format rows (model, scope, subject, metric, value) covering pooled, per-scene, per-bin and differences."""
+    """Long-format rows (model, scope, subject, metric, value) covering pooled, per-scene, per-bin and differences.
+
+    ``subject`` is ``cloud`` for the binary cloud/not-cloud scores, ``class:<name>`` for one-vs-rest
+    per-class scores, ``all`` for pixel counts and the per-class overall accuracy.
+    """
     rows: list[dict[str, Any]] = []
 
     def add(model: str, scope: str, subject: str, metric: str, value: Any) -> None:
@@ -514,7 +518,7 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 add(name, scope, "cloud", k, res["cloud"][k])
             for cls, sc in res["classes"].items():
                 for k in metrics.METRICS:
-                    add(name, scope, cls, k, sc[k])
+                    add(name, scope, f"class:{cls}", k, sc[k])
         for key, sp in m["per_scene_spread"].items():
             for stat, v in sp.items():
                 add(name, "per_scene_spread", key, stat, v)

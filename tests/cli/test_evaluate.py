@@ -85,6 +85,7 @@ def test_csv_output(dataset: Path, tmp_path: Path) -> None:
     pooled_f1 = [r for r in rows if r["scope"] == "pooled" and r["subject"] == "cloud" and r["metric"] == "f1"]
     assert len(pooled_f1) == 1 and 0.8 < float(pooled_f1[0]["value"]) <= 1
     assert any(r["scope"] == "scene:scene2" for r in rows)
+    assert any(r["subject"] == "class:shadow" and r["metric"] == "iou" for r in rows)
     assert any(r["scope"].startswith("bin:") for r in rows)
     assert not list(tmp_path.glob(".m.csv*"))  # no temp file left behind
 
