@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import zoom
 from scipy.spatial import cKDTree
 
 from cloudmask.simulate.spectra import CLASSES
@@ -46,10 +45,18 @@ def fractal_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator,
     else:
         k2 = kx**2 + ky**2
     k0 = 1.0 / scale_px if scale_px else 1.0 / max(h, w)
-    amp = (k2 + k0**2) ** (-beta / 4.0)
+    amp = ((k2 + k0**2) ** (-beta / 4.0)).astype("float32")
     amp[0, 0] = 0.0
-    spec = (rng.standard_normal((h, w // 2 + 1)) + 1j * rng.standard_normal((h, w // 2 + 1))) * amp
-    field = np.fft.irfft2(spec, s=(h, w)).astype("float32")
+    # band-limit: frequencies whose amplitude is < 0.2 % of the largest scale's cannot be seen after
+    # normalisation, so no random numbers are spent on them (smooth fields cost a fraction of rough ones)
+    ref = (1.0 / max(h, w) ** 2 + k0**2) ** (-beta / 4.0)
+    keep = amp > 2e-3 * ref
+    rows = np.flatnonzero(keep.any(1))
+    ncols = int(np.flatnonzero(keep.any(0)).max()) + 1 if rows.size else 1
+    spec = np.zeros((h, w // 2 + 1), dtype="complex64")
+    white = rng.standard_normal((rows.size, 2 * ncols), dtype="float32").view("complex64")
+    spec[rows, :ncols] = white * amp[rows, :ncols]
+    field = np.fft.irfft2(spec, s=(h, w)).astype("float32", copy=False)
     field -= field.mean()
     std = field.std()
     return field / std if std > 0 else field
@@ -72,14 +79,6 @@ def voronoi(shape: tuple[int, int], cell_px: float, rng: np.random.Generator, wa
     return ids
 
 
-def upsampled_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator, factor: int = 4) -> np.ndarray:
-    """Smooth noise made at 1/``factor`` resolution and zoomed (cheap large-scale fields)."""
-    h, w = shape
-    small = fractal_noise((max(8, -(-h // factor)), max(8, -(-w // factor))), beta, rng)
-    big = zoom(small, (h / small.shape[0], w / small.shape[1]), order=1)
-    return big[:h, :w].astype("float32")
-
-
 @dataclass
 class Layout:
     """Per-pixel land-cover class (index into CLASSES), parcel ids and texture fields."""
@@ -99,7 +98,7 @@ def make_layout(shape: tuple[int, int], biome: str, rng: np.random.Generator, pi
     # macro regions: argmax of noise + log weight; scale of regions ~ 1-5 km
     region_px = float(np.clip(rng.uniform(1000, 6000) / pixel_size, 8, 4 * max(h, w)))
     scores = np.stack([
-        upsampled_noise(shape, 3.0, rng, factor=4) * 0.9
+        fractal_noise(shape, 3.0, rng) * 0.9
         + np.log(weights[n]) * 0.8
         + 0.25 * fractal_noise(shape, 2.0, rng, scale_px=region_px)
         for n in names

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
 from cloudmask.errors import BandError, UsageError
 from cloudmask.registry import Band
@@ -217,12 +216,23 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         lib_t = np.ascontiguousarray(table.library_bands(rbands).T)  # (nb, n_spectra)
         surf_a = lib_t[:, pick_a[combo]]
         surf_b = lib_t[:, pick_b[combo]]
-        surf = surf_a + (surf_b - surf_a) * lay.mix[None]
+        surf_b -= surf_a
+        surf_b *= lay.mix[None]
+        surf = surf_a
+        surf += surf_b
+        del surf_b
         g_lo = np.array([_GAIN[c][0] for c in CLASSES])
         g_hi = np.array([_GAIN[c][1] for c in CLASSES])
         gain = (g_lo[combo_cls] + gen.random(combo_cls.size) * (g_hi - g_lo)[combo_cls]).astype("float32")
         surf *= (lay.brightness * gain[combo])[None]
-        surf = 0.5 * surf + 0.5 * uniform_filter(surf, size=(1, 3, 3), mode="wrap")  # mixed pixels at edges
+        # mixed pixels at edges: each pixel shares a third of its signal with its upper and left neighbours
+        blend = surf.copy()
+        blend[:, 1:, :] += surf[:, :-1, :]
+        blend[:, 0, :] += surf[:, 0, :]  # the border has no upper/left neighbour: count itself twice
+        blend[:, :, 1:] += surf[:, :, :-1]
+        blend[:, :, 0] += surf[:, :, 0]
+        blend *= np.float32(1 / 3)
+        surf = blend
         np.clip(surf, 0.0, 1.0, out=surf)
 
         resp = responses(rbands, table)
@@ -231,7 +241,9 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         # irradiance lost in cloud shadow (direct beam through the cloud, sky partly hidden)
         e = irradiance(np.broadcast_to(t_sun[None], surf.shape), a.t_dir, a.t_dif, sky_view,
                        np.clip(sh_tau / 5.0, 0, 1))
-        rho = surf * e * shading[None]
+        rho = surf * shading[None]
+        rho *= e
+        del e
         t2 = (a.t_up * (a.t_dir + a.t_dif))[:, None, None]
         s = a.s_alb[:, None, None]
         g2 = a.gas2[:, None, None]

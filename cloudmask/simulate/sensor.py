@@ -27,13 +27,22 @@ def apply_sensor(data: np.ndarray, bands: Sequence[Band], rng: np.random.Generat
 
     Returns the jitter applied, for the metadata."""
     gains, offsets = [], []
+    h, w = data.shape[1:]
+    # one white-noise draw; each band reads it at its own random offset (independent-looking, cheap)
+    pool = rng.standard_normal(h * w + 4099, dtype="float32") if noise else None
+
+    def white(i: int) -> np.ndarray:
+        start = int(rng.integers(0, 4099))
+        flat = pool[start:start + h * w]
+        return flat.reshape(h, w) if i % 2 == 0 else flat[::-1].reshape(h, w)
+
     for i, b in enumerate(bands):
         band = data[i]
         if b.kind == "thermal":
             off = rng.normal(0, 0.4)
             band += np.float32(off)
             if noise:
-                band += (rng.standard_normal(band.shape, dtype="float32") * np.float32(noise * rng.uniform(0.05, 0.3)))
+                band += white(i) * np.float32(noise * rng.uniform(0.05, 0.3))
             if quantise:
                 np.round(band, 2, out=band)
             gains.append(1.0)
@@ -45,7 +54,7 @@ def apply_sensor(data: np.ndarray, bands: Sequence[Band], rng: np.random.Generat
         if noise:
             a, c = rng.uniform(0.0005, 0.003), rng.uniform(0.002, 0.01)
             sigma = np.float32(noise) * np.sqrt(np.float32(a**2) + np.float32(c**2) * np.abs(band))
-            band += rng.standard_normal(band.shape, dtype="float32") * sigma
+            band += white(i) * sigma
         if quantise:
             np.round(band, 4, out=band)  # 1e-4 reflectance steps, like 12-16 bit L1/L2 products
         if saturation is not None:
