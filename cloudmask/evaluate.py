@@ -206,7 +206,8 @@ def grid_difference(pred: Mask, truth: Mask) -> str | None:
             dx, dy = p.c - t.c, p.f - t.f
             diffs.append(
                 f"origin ({_num(p.c)}, {_num(p.f)}) vs ({_num(t.c)}, {_num(t.f)}), "
-                f"shifted by ({dx:+.6g}, {dy:+.6g}) = ({dx / t.a:+.3g}, {dy / t.e:+.3g}) truth pixels (x, y)"
+                f"shifted by ({dx + 0.0:+.6g}, {dy + 0.0:+.6g}) = ({dx / t.a + 0.0:+.3g}, {dy / t.e + 0.0:+.3g}) "
+                "truth pixels (x, y)"
             )
     if not diffs:
         return None

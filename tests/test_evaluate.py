@@ -75,7 +75,7 @@ def test_grid_mismatch_message_is_exact(tmp_path: Path) -> None:
     assert msg is not None
     assert "size 64×32 px vs 64×64 px" in msg
     assert "origin (500040, 5.2e+06) vs (500000, 5.2e+06)" in msg
-    assert "(+2, -0) truth pixels" in msg
+    assert "(+2, +0) truth pixels" in msg
     q = write_raster(tmp_path / "q.tif", _truth(), nodata=255, crs=CRS.from_epsg(32633), transform=grid_transform(10.0))
     msg = ev.grid_difference(ev.read_mask(q, enc), ev.read_mask(t, enc))
     assert "CRS EPSG:32633 vs EPSG:32632" in msg and "pixel size 10×10 vs 20×20" in msg
