@@ -203,9 +203,13 @@ def resolve_targets(
             raise UsageError(f"sensor {sensor.id!r} has no product {prod!r}; choose one of {', '.join(sensor.products)}")
         if is_url:
             known = next((k for k, c in sensor.stac.items() if c.url and c.url.rstrip("/") == catalog.rstrip("/")), None)
-            coll = collection or (sensor.stac[known].collections.get(prod) if known else None)
+            # Unknown API: --collection, else the default catalogue's id (mirrors usually keep those names).
+            source = sensor.stac.get(known) if known else sensor.stac.get(DEFAULT_CATALOGUE)
+            coll = collection or (source.collections.get(prod) if source else None)
             if not coll:
-                raise UsageError(f"--catalog {catalog}: also give --collection NAME (the registry has no collection for it)")
+                raise UsageError(
+                    f"--catalog {catalog}: give --collection NAME (the registry has no {sensor.id} {prod} collection)"
+                )
             targets.append(Target(sensor, prod, coll, catalog.rstrip("/"), known))
             continue
         cat = sensor.stac.get(catalog)

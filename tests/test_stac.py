@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 from fetch_servers import unique_collection, write_s2_item
 
@@ -66,8 +67,10 @@ def test_targets_come_from_the_registry() -> None:
     assert t.url == "https://earth-search.aws.element84.com/v1"
     (t,) = stac.resolve_targets(["sentinel2"], product="l1c")
     assert t.collection == "sentinel-2-l1c"
+    (t,) = stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:1/")  # a mirror: earth-search ids
+    assert (t.collection, t.catalogue, t.url) == ("sentinel-2-l2a", None, "http://127.0.0.1:1")
     with pytest.raises(UsageError, match="--collection"):
-        stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:1/")
+        stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:1/", product="l2a-pre0400")
     with pytest.raises(UsageError, match="collection in catalogue 'planetary-computer'"):
         stac.resolve_targets(["sentinel2"], catalog="planetary-computer", product="l1c")
     with pytest.raises(UsageError, match="earth-search"):
@@ -178,3 +181,31 @@ def test_pgstac_filters_cloud_cover_on_the_server(pgstac_dsn, file_server, stac_
     with pytest.raises(NoResultsError):
         stac.search(targets, bbox=BBOX, max_cloud=1)
     assert load_registry()["sentinel2"].id == found[0].sensor.id
+
+
+def test_landsat_and_sentinel2_in_one_search(file_server, stac_servers) -> None:
+    """Two sensors, two collections, one API; asset keys and products from each sensor's registry entry."""
+    reg = load_registry()
+    if "landsat8" not in reg:
+        pytest.skip("sensors/landsat8.yaml not in this checkout yet")
+    from cloudmask.testing import stac_item, write_raster
+
+    l8 = reg["landsat8"]
+    (file_server.root / "LC08").mkdir()
+    assets = {}
+    for band in l8.bands:
+        key = band.assets.get("earth-search")
+        if key:
+            write_raster(file_server.root / "LC08" / f"{key}.tif", np.full((16, 16), 9000, "uint16"))
+            assets[key] = f"{file_server.url}/LC08/{key}.tif"
+    lc = stac_item("LC08_L2SP_195028_20240612_02_T1", assets, platform="landsat-8", collection="landsat-c2-l2",
+                   datetime="2024-06-12T10:00:00Z", cloud_cover=12)
+    s2 = write_s2_item(file_server, "S2A_l8pair", bands=["B04"], datetime="2024-06-11T10:00:00Z")
+    url = stac_servers.serve([lc, s2])
+    targets = stac.resolve_targets(["sentinel2", "landsat8"], catalog=url)
+    assert [t.collection for t in targets] == ["sentinel-2-l2a", "landsat-c2-l2"]
+    found = stac.search(targets, bbox=BBOX, max_cloud=20)
+    assert _ids(found) == ["S2A_l8pair", "LC08_L2SP_195028_20240612_02_T1"]
+    lf = found[1]
+    assert lf.sensor.id == "landsat8" and lf.product == l8.default_product
+    assert set(lf.assets) == {b.name for b in l8.bands if b.assets.get("earth-search")}
