@@ -88,8 +88,11 @@ def test_bad_requests_are_one_clear_line(api, tmp_path, extra, code, message) ->
 def test_usage_errors_without_servers(tmp_path) -> None:
     res = runner.invoke(app, ["fetch", "--date", "2024-06-01", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "--bbox" in res.stderr
-    res = runner.invoke(app, ["fetch", "--bbox", BBOX, "--catalog", "http://127.0.0.1:9", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["fetch", "--bbox", BBOX, "--catalog", "http://127.0.0.1:9", "--product", "l2a-pre0400",
+                              "-o", str(tmp_path)])
     assert res.exit_code == 2 and "--collection" in res.stderr
+    res = runner.invoke(app, ["fetch", "--bbox", BBOX, "--catalog", "http://127.0.0.1:9", "-o", str(tmp_path)])
+    assert res.exit_code == 1 and "cannot reach the STAC API" in res.stderr
     res = runner.invoke(app, ["fetch", "--bbox", BBOX, "--sensor", "sentinel3000", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "unknown sensor" in res.stderr
     try:
