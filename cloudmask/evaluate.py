@@ -135,25 +135,42 @@ class Mask:
         return self.crs is not None
 
 
+def _unknown_values_error(unknown: list[Any], encoding: Encoding, where: str) -> EvaluateError:
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in unknown[:8])
+    more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
+    return EvaluateError(
+        f"{where or 'mask'} holds value(s) {shown}{more} that the {encoding.name!r} encoding does not map "
+        f"(it knows {', '.join(str(k) for k in sorted(encoding.values))}); pick another format or pass a YAML mapping"
+    )
+
+
 def apply_encoding(raw: np.ndarray, encoding: Encoding, file_nodata: float | None = None, where: str = "") -> np.ndarray:
     """Raw values → cloudmask codes; the file's own nodata value and NaN become 255."""
+    has_nodata = file_nodata is not None and not (isinstance(file_nodata, float) and math.isnan(file_nodata))
+    if raw.dtype in (np.uint8, np.uint16):
+        # One lookup-table pass: class masks are usually byte rasters of 100+ Mpx.
+        size = 256 if raw.dtype == np.uint8 else 65536
+        counts = np.bincount(raw.ravel(), minlength=size)
+        lut = np.full(size, NODATA, np.uint8)
+        for value, code in encoding.values.items():
+            if 0 <= value < size:
+                lut[value] = code
+        nodata_value = int(file_nodata) if has_nodata and float(file_nodata).is_integer() and 0 <= file_nodata < size else None
+        if nodata_value is not None:
+            lut[nodata_value] = NODATA
+        unknown = [v for v in np.flatnonzero(counts).tolist() if v != nodata_value and v not in encoding.values]
+        if unknown:
+            raise _unknown_values_error(unknown, encoding, where)
+        return lut[raw]
     nodata_mask = np.zeros(raw.shape, bool)
     if np.issubdtype(raw.dtype, np.floating):
         nodata_mask |= ~np.isfinite(raw)
-    if file_nodata is not None and not (isinstance(file_nodata, float) and math.isnan(file_nodata)):
+    if has_nodata:
         nodata_mask |= raw == file_nodata
-    if raw.dtype in (np.uint8, np.uint16):
-        present = np.flatnonzero(np.bincount(raw[~nodata_mask].ravel(), minlength=1))
-    else:
-        present = np.unique(raw[~nodata_mask])
+    present = np.unique(raw[~nodata_mask])
     unknown = [v for v in present.tolist() if not float(v).is_integer() or int(v) not in encoding.values]
     if unknown:
-        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in unknown[:8])
-        more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
-        raise EvaluateError(
-            f"{where or 'mask'} holds value(s) {shown}{more} that the {encoding.name!r} encoding does not map "
-            f"(it knows {', '.join(str(k) for k in sorted(encoding.values))}); pick another format or pass a YAML mapping"
-        )
+        raise _unknown_values_error(unknown, encoding, where)
     out = np.full(raw.shape, NODATA, np.uint8)
     for value, code in encoding.values.items():
         if code != NODATA:

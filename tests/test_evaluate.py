@@ -234,3 +234,17 @@ def test_read_rgb_by_band_name(tmp_path: Path) -> None:
     assert rgb[0, 0, 2] > 0.5 > rgb[1, 1, 2]  # the bright blue pixel ends up in the blue channel
     assert rgb[0, 0, 0] == rgb[1, 1, 0]
     assert ev.read_rgb(f, step=2).shape == (4, 4, 3)
+
+
+def test_encoding_of_float_and_wide_integer_rasters(tmp_path: Path) -> None:
+    enc = ev.load_encoding("biome")
+    f = np.array([[np.nan, 64.0], [128.0, 255.0]], np.float32)
+    m = ev.read_mask(write_raster(tmp_path / "f.tif", f, tiled=False), enc)
+    np.testing.assert_array_equal(m.data, [[255, 3], [0, 1]])
+    with pytest.raises(EvaluateError, match=r"value\(s\) 64.5"):
+        ev.apply_encoding(np.array([64.5], np.float32), enc)
+    u = np.array([[0, 3], [9999, 1]], np.uint16)
+    out = ev.apply_encoding(u, ev.load_encoding("cloudmask"), file_nodata=9999)
+    np.testing.assert_array_equal(out, [[0, 3], [255, 1]])
+    i = np.array([[-1, 2]], np.int16)
+    np.testing.assert_array_equal(ev.apply_encoding(i, ev.load_encoding("cloudmask"), file_nodata=-1), [[255, 2]])
