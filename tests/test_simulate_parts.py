@@ -120,3 +120,26 @@ def test_write_scene(tmp_path: Path) -> None:
     assert item["properties"]["sim:meta"]["seed"] == sim.meta["seed"]
     crs, transform = fake_georeference(9, 30.0)
     assert crs.is_projected and transform.a == 30.0
+
+
+def test_virtual_bands_simulate() -> None:
+    from cloudmask.simulate import virtual_bands
+
+    bands = virtual_bands(4, 8, thermal_prob=1.0)
+    assert len(bands) == 9 and bands[-1].kind == "thermal"
+    centres = [b.wavelength_center for b in bands]
+    assert centres == sorted(centres) and 0.4 <= centres[0] and centres[-2] <= 2.4
+    for b in bands:
+        assert b.wavelength_min < b.wavelength_center < b.wavelength_max and b.fwhm > 0
+    assert [b.wavelength_center for b in virtual_bands(4, 8, thermal_prob=1.0)] == centres  # seeded
+    sim = simulate_scene(bands, 32, rng=0)
+    assert sim.data.shape == (9, 32, 32)
+
+
+def test_sun_glint_brightens_water() -> None:
+    bands = get_sensor("sentinel2").select(["B03", "B8A"])
+    kw = dict(biome="water", cloud_cover=0, cirrus_cover=0, haze_tau=0, **QUIET)
+    calm = simulate_scene(bands, 64, rng=6, glint_prob=0.0, **kw)
+    glint = simulate_scene(bands, 64, rng=6, glint_prob=1.0, **kw)
+    assert glint.meta["glint"] > 0 and np.nanmean(glint.data[1]) > np.nanmean(calm.data[1])
+    assert (glint.labels == 0).all()  # glint is a confuser, not cloud

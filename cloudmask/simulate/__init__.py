@@ -4,6 +4,7 @@
 >>> sim = simulate_scene(bands, size=256, rng=0)   # sim.data, sim.labels, sim.meta
 """
 
+from cloudmask.simulate.bands import virtual_bands
 from cloudmask.simulate.scene import DEFAULTS, LABEL_NAMES, SimScene, simulate_scene
 
-__all__ = ["DEFAULTS", "LABEL_NAMES", "SimScene", "simulate_scene"]
+__all__ = ["DEFAULTS", "LABEL_NAMES", "SimScene", "simulate_scene", "virtual_bands"]

@@ -32,7 +32,7 @@ _T_OFFSET = {"vegetation": -1.5, "soil": 6.0, "sand": 9.0, "npv": 4.0, "burned":
 # per-parcel brightness range per class: lab spectra (dry, ground soils; dense PROSAIL canopies; fresh
 # snow) are brighter than the same covers seen from orbit (moisture, roughness, shade, mixed pixels)
 _GAIN = {"vegetation": (0.55, 1.0), "soil": (0.45, 0.95), "sand": (0.7, 1.05), "npv": (0.6, 1.0),
-         "burned": (0.7, 1.1), "urban": (0.7, 1.1), "snow": (0.65, 1.0), "water": (0.9, 1.1), "salt": (0.8, 1.0)}
+         "burned": (0.7, 1.1), "urban": (0.7, 1.1), "snow": (0.6, 1.05), "water": (0.9, 1.1), "salt": (0.8, 1.0)}
 _EMISSIVITY = {"vegetation": 0.985, "soil": 0.955, "sand": 0.93, "npv": 0.95, "burned": 0.96, "urban": 0.945,
                "snow": 0.99, "water": 0.99, "salt": 0.94}
 
@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "cirrus_tau_max": None,
     "haze_tau": None,  # optical thickness of a smooth low haze/stratus veil (0 = none)
     "relief": None,  # terrain slope scale (0 = flat); mountains shade the surface
+    "glint_prob": 0.08,  # probability of sun glint on water bodies
     "aerosol_tau550": None,
     "angstrom": None,
     "water_vapour_cm": None,
@@ -142,8 +143,8 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         res = [b.resolution for b in bands if b.kind == "reflectance"] or [b.resolution for b in bands]
         p["pixel_size"] = float(np.clip(np.median(res), 10, 500))
     if p["relief"] is None:
-        hi = 0.6 if p["biome"] == "snow_ice" else 0.25
-        p["relief"] = float(relief_u[1] * hi) if relief_u[0] < 0.5 else 0.0
+        hi = 0.8 if p["biome"] == "snow_ice" else 0.25
+        p["relief"] = float(relief_u[1] * hi) if relief_u[0] < (0.8 if p["biome"] == "snow_ice" else 0.5) else 0.0
     p["shadow_leak"], p["sky_view"] = float(shade_leak), float(sky_view)
     p["cloud_top_km"] = p["cloud_height_km"] + thickness
     p["cirrus_height_km"] = cirrus_h
@@ -208,7 +209,10 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     aot_err, wv_err = float(np.exp(gen.normal(0, 0.35))), float(np.exp(gen.normal(0, 0.15)))
     t_sun = 1 - p["shadow_leak"] * conservative_reflectance(sh_tau, mu_s)  # cloud transmittance of the sun ray
     shading = terrain_shading(shape, gen, p["relief"], p["sun_elevation"], p["sun_azimuth"])
-    cloud_tex = 1 + gen.uniform(0.03, 0.2) * fractal_noise(shape, 2.0, gen) * np.clip(tau_low / 10, 0, 1)
+    # cloud-top relief and 3-D illumination: a per-scene brightness (cloud type, sun-facing sides) and texture
+    cloud_tex = gen.uniform(0.8, 1.15) * (1 + gen.uniform(0.05, 0.3) * fractal_noise(shape, 2.2, gen)
+                                           * np.clip(tau_low / 10, 0, 1))
+    glint = float(gen.uniform(0.02, 0.25)) if gen.random() < p["glint_prob"] else 0.0
 
     data = np.empty((len(bands), h, w), dtype="float32")
     meta_sensor: dict[str, Any] = {}
@@ -233,6 +237,11 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         blend[:, :, 0] += surf[:, :, 0]
         blend *= np.float32(1 / 3)
         surf = blend
+        if glint > 0:  # specular sun glint on water: spectrally flat, patchy (wind), a cloud confuser
+            water = lay.classes == CLASSES.index("water")
+            if water.any():
+                patch = np.clip(0.5 + 0.5 * fractal_noise(shape, 3.0, gen), 0, 1)
+                surf[:, water] += np.float32(glint) * patch[water]
         np.clip(surf, 0.0, 1.0, out=surf)
 
         resp = responses(rbands, table)
@@ -344,6 +353,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         "label_thresholds": {k: p[k] for k in ("thick_tau", "thin_min_tau", "shadow_tau", "shadow_max_sun")},
         "haze_tau": p["haze_tau"],
         "relief": p["relief"],
+        "glint": glint,
     }
     return SimScene(data=data, labels=labels, meta=meta, bands=bands)
 
