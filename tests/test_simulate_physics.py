@@ -118,5 +118,8 @@ def test_atmosphere_terms() -> None:
     assert atm.rayleigh_tau(np.array([450.0]))[0] == pytest.approx(0.21, abs=0.02)
     tau = atm.gas_tau(grid, 2.0)
     assert tau[np.searchsorted(grid, 1375)] > 3 and tau[np.searchsorted(grid, 1600)] < 0.1
+    # the SWIR windows stay clear up to their edges (a broad Landsat 5 band reaches 1.75 µm)
+    assert tau[np.searchsorted(grid, 1750)] < 0.1 and tau[np.searchsorted(grid, 2200)] < 0.1
+    assert tau[np.searchsorted(grid, 1880)] > 3
     wr = water_reflectance(grid)
     assert wr[np.searchsorted(grid, 450)] > wr[np.searchsorted(grid, 865)]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 #: (centre nm, sigma nm, optical depth per cm precipitable water, vertical) of water-vapour bands.
-_WV_BANDS = ((720, 10, 0.015), (820, 12, 0.02), (940, 22, 0.12), (1135, 30, 0.16), (1375, 45, 3.0),
-             (1870, 70, 3.5), (2500, 60, 0.6))
+_WV_BANDS = ((720, 10, 0.015), (820, 12, 0.02), (940, 22, 0.12), (1135, 30, 0.16), (1390, 25, 3.0),
+             (1880, 30, 4.0), (2500, 60, 0.6))
 #: (centre nm, sigma nm, vertical optical depth) of well-mixed gases (O2, CO2, CH4) and ozone.
 _MIXED_BANDS = ((687, 4, 0.05), (762, 5, 0.5), (1268, 6, 0.05), (1575, 8, 0.02), (1605, 8, 0.02),
                 (2010, 10, 0.22), (2060, 10, 0.22), (2320, 40, 0.03))

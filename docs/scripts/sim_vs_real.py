@@ -153,6 +153,43 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "sim_vs_real.png", dpi=90)
     print(f"wrote {args.out / 'sim_vs_real.png'}")
+    landsat5_table(args.real, max(10, args.n // 3))
+
+
+L5_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
+
+
+def landsat5_table(root: Path, n: int) -> None:
+    """Second check on the Landsat 5 tile (cloud = thick and thin together, shadow labelled)."""
+    import rasterio
+
+    from cloudmask.registry import get_sensor
+    from cloudmask.simulate import simulate_scene
+
+    entry = next(e for e in json.loads((root / "manifest.json").read_text()) if e["sensor"] == "landsat5")
+    with rasterio.open(root / entry["image"]) as src:
+        arr = src.read().astype("float32")
+    with rasterio.open(root / entry["label"]) as src:
+        lab = src.read(1)
+    real = {b: arr[entry["bands"].index(b)] for b in L5_BANDS}
+    l5 = get_sensor("landsat5")
+    bands = [l5.band(b) for b in L5_BANDS]
+    sims = [simulate_scene(bands, 256, rng=1000 + i, pixel_size=30.0) for i in range(n)]
+
+    def masks(labels: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.isfinite(np.stack(list(data.values()))).all(0)
+        return {"clear": (labels == 0) & ok, "cloud": ((labels == 1) | (labels == 2)) & ok, "shadow": (labels == 3) & ok}
+
+    print(f"\nLandsat 5 tile {entry['image']} vs {n} simulated Landsat 5 scenes\n")
+    print("| class | source | " + " | ".join(L5_BANDS) + " |")
+    print("|---|---|" + "---|" * len(L5_BANDS))
+    for c in ("clear", "cloud", "shadow"):
+        m = masks(lab, real)[c]
+        cells = [f"{real[b][m].mean():.3f}±{real[b][m].std():.3f}" for b in L5_BANDS]
+        print(f"| {c} | real | " + " | ".join(cells) + " |")
+        vals = [np.concatenate([s.data[j][masks(s.labels, {b: s.data[k] for k, b in enumerate(L5_BANDS)})[c]]
+                                for s in sims]) for j in range(len(L5_BANDS))]
+        print(f"| {c} | sim | " + " | ".join(f"{v.mean():.3f}±{v.std():.3f}" for v in vals) + " |")
 
 
 if __name__ == "__main__":
