@@ -57,7 +57,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "ckpt_every": 200,
         "threads": 2,
         "select": "score",  # checkpoint selection: mean of sim and l8biome-val cloud F1 (+ shadow F1)
-        "max_minutes": None,
+        "max_minutes": None,  # wall-clock budget: stop (with a final validation) when it is spent
+        "schedule": "steps",  # "steps": cosine over train.steps; "time": cosine over max(step, time) progress
     },
     "val": {"sensors": ["sentinel2", "landsat8"], "scenes": 6, "size": 192, "seed": 12345},
 }
@@ -260,10 +261,20 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     steps, warm = int(tcfg["steps"]), int(tcfg["warmup"])
 
+    max_min = tcfg.get("max_minutes")
+    time_sched = tcfg.get("schedule", "steps") == "time" and max_min is not None
+    clock = {"t0": time.time(), "before": 0.0}  # elapsed seconds carried over a resume
+
+    def elapsed() -> float:
+        return clock["before"] + time.time() - clock["t0"]
+
     def lr_at(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+        frac = (step - warm) / max(1, steps - warm)
+        if time_sched:  # anneal by whichever budget runs out first, so a slow machine still anneals
+            frac = max(frac, elapsed() / (60.0 * float(max_min)))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     sim_src = SimSource(dcfg, rng_sim)
@@ -292,11 +303,10 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         rng_real.bit_generator.state = state["rng_real"]
         rng_aug.bit_generator.state = state["rng_aug"]
         torch.set_rng_state(state["torch_rng"])
+        clock["before"] = float(state.get("elapsed", 0.0))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
     log = open(out / "log.jsonl", "a", encoding="utf-8")
-    t0 = time.time()
-    max_min = tcfg.get("max_minutes")
     loss_avg = None
     last_metrics: dict[str, Any] = {}
     step = start
@@ -320,9 +330,9 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             lv = float(loss.detach())
             loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
             done = step + 1
-            timed_out = max_min is not None and (time.time() - t0) / 60 > float(max_min)
+            timed_out = max_min is not None and elapsed() / 60 > float(max_min)
             record: dict[str, Any] = {"step": done, "loss": round(lv, 4), "source": batch.source, "n_bands": int(d.shape[0]),
-                                      "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1)}
+                                      "lr": sched.get_last_lr()[0], "elapsed_s": round(elapsed(), 1)}
             if done % int(tcfg["val_every"]) == 0 or done == steps or timed_out:
                 metrics = evaluate_sets(net, val_sets)
                 score = _selection_score(metrics)
@@ -335,7 +345,7 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
                                  {"step": done, "metrics": metrics, "config": cfg})
                     net.to(device)
             if done % int(tcfg["ckpt_every"]) == 0 or done == steps or timed_out:
-                _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug)
+                _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug, elapsed())
             log.write(json.dumps(record) + "\n")
             log.flush()
             if progress:
@@ -345,17 +355,17 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     finally:
         log.close()
     return {"steps": step + 1, "best_score": best, "best_metrics": best_metrics, "out": str(out),
-            "elapsed_s": round(time.time() - t0, 1)}
+            "elapsed_s": round(elapsed(), 1)}
 
 
 def _save_ckpt(path: Path, net: CloudNet, opt: torch.optim.Optimizer, sched: Any, step: int, best: float,
                best_metrics: dict[str, Any], rng_sim: np.random.Generator, rng_real: np.random.Generator,
-               rng_aug: np.random.Generator) -> None:
+               rng_aug: np.random.Generator, elapsed: float) -> None:
     """A resumable checkpoint of plain tensors/containers (loadable with weights_only=True), atomically."""
     state = {
         "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
         "best": best, "best_metrics": json.dumps(best_metrics), "rng_sim": _rng_state(rng_sim),
-        "rng_real": _rng_state(rng_real), "rng_aug": _rng_state(rng_aug), "torch_rng": torch.get_rng_state(),
+        "rng_real": _rng_state(rng_real), "rng_aug": _rng_state(rng_aug), "torch_rng": torch.get_rng_state(), "elapsed": elapsed,
     }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)

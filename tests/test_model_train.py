@@ -1,0 +1,106 @@
+"""Training pieces: partial-label loss, label mappings, config handling, data sources, real tiles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cloudmask.errors import UsageError
+from cloudmask.model.data import (
+    LABEL_MAPPINGS, RealSource, SimSource, jitter, load_real_tiles, map_labels, pick_subset, virtual_bands,
+)
+from cloudmask.model.train import confusion, load_config, partial_cross_entropy, scores
+from cloudmask.registry import get_sensor
+from cloudmask.testing import write_raster
+
+
+def test_partial_cross_entropy_sets() -> None:
+    logits = torch.zeros(1, 4, 1, 2)
+    logits[0, 3, 0, 0] = 5.0  # confident shadow at a pixel labelled clear
+    y = torch.tensor([[[0, 255]]], dtype=torch.uint8)
+    full = partial_cross_entropy(logits, y, torch.tensor([True]), torch.tensor([True]))
+    partial = partial_cross_entropy(logits, y, torch.tensor([True]), torch.tensor([False]))
+    assert full > 4.0  # shadow predicted where clear is labelled: penalised
+    assert partial < 0.05  # the dataset does not label shadow: "clear" may hide shadow
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([[[0, 255]]]), ignore_index=255)
+    assert torch.isclose(full, ce)
+
+
+def test_label_mappings() -> None:
+    raw = np.array([[0, 64, 128], [192, 255, 7]], dtype=np.uint8)
+    np.testing.assert_array_equal(map_labels(raw, "l8biome"), [[255, 3, 0], [2, 1, 255]])
+    np.testing.assert_array_equal(map_labels(np.array([0, 1, 2, 3, 4, 5, 6]), "sparcs"), [3, 3, 0, 0, 0, 1, 0])
+    assert LABEL_MAPPINGS["sparcs"]["thin"] is False
+    with pytest.raises(UsageError, match="unknown label mapping"):
+        map_labels(raw, "nope")
+
+
+def test_scores_cloud_vs_not() -> None:
+    truth = np.array([0, 1, 2, 3, 1, 255])
+    pred = np.array([0, 2, 1, 0, 0, 1])
+    s = scores(confusion(pred, truth))
+    assert s["pixels"] == 5
+    assert s["cloud_precision"] == 100.0 and round(s["cloud_recall"], 1) == 66.7
+    assert s["shadow_f1"] == 0.0
+
+
+def test_config_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.steps=7", "data.sensors=[sentinel2]", "model.c8=16"])
+    assert cfg["train"]["steps"] == 7 and cfg["data"]["sensors"] == ["sentinel2"] and cfg["model"]["c8"] == 16
+    with pytest.raises(UsageError, match="unknown config key"):
+        load_config(None, ["train.stepz=1"])
+    with pytest.raises(UsageError, match="key.sub=value"):
+        load_config(None, ["train.steps"])
+    with pytest.raises(UsageError, match="bad model config"):
+        load_config(None, ["model.encoder=nope"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_band_subsets_virtual_bands_and_jitter() -> None:
+    rng = np.random.default_rng(0)
+    bands = virtual_bands(rng, n=6)
+    assert len(bands) >= 6 and all(b.wavelength_min < b.wavelength_center < b.wavelength_max for b in bands)
+    sizes = {len(pick_subset(bands, rng, 4, 1.0)) for _ in range(30)}
+    assert min(sizes) >= 4 and len(sizes) > 1
+    x = np.full((2, 3, 4, 4), 0.3, "float32")
+    d = get_sensor("sentinel2").descriptors()[:3]
+    xj, dj = jitter(x, d, rng, {})
+    assert xj.shape == x.shape and not np.allclose(xj, x)
+    assert (dj[:, 0] < dj[:, 1]).all() and (dj[:, 1] < dj[:, 2]).all() and np.allclose(dj[:, 1], d[:, 1], rtol=0.02)
+
+
+def test_sim_source_standin_shapes() -> None:
+    src = SimSource({"simulator": "standin", "sensors": ["sentinel2"], "virtual_prob": 0.5}, np.random.default_rng(1))
+    for _ in range(4):
+        b = src.batch(2, 32)
+        assert b.x.shape[0] == 2 and b.x.shape[2:] == (32, 32) and b.x.shape[1] == b.desc.shape[0] >= 4
+        assert b.y.shape == (2, 32, 32) and set(np.unique(b.y)) <= {0, 1, 2, 3}
+
+
+def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "l8biome").mkdir()
+    x = rng.uniform(0.05, 0.5, (4, 40, 40)).astype("float32")
+    write_raster(tmp_path / "l8biome/train_a.image.tif", x, crs=None)
+    write_raster(tmp_path / "l8biome/train_a.label.tif", (rng.random((40, 40)) * 4).astype("uint8"), crs=None)
+    manifest = [{"image": "l8biome/train_a.image.tif", "label": "l8biome/train_a.label.tif", "sensor": "landsat8",
+                 "bands": ["red", "green", "blue", "nir08"], "labelled": {"cloud": True, "thin": False, "shadow": True}}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    tiles = load_real_tiles(tmp_path, ["l8biome/train_*"])
+    assert len(tiles) == 1 and tiles[0].thin is False
+    # the known l8biome band-order fix swaps red and blue
+    assert [b.common_name for b in tiles[0].bands] == ["blue", "green", "red", "nir08"]
+    assert load_real_tiles(tmp_path, ["l8biome/train_*"], fix_band_order=False)[0].bands[0].common_name == "red"
+    src = RealSource(tiles, {"min_bands": 3, "subset_prob": 0.0}, np.random.default_rng(2))
+    b = src.batch(3, 48)  # larger than the tile: padded with nodata / ignore
+    assert b.x.shape == (3, 4, 48, 48) and np.isnan(b.x[:, :, 45:, :]).all() and (b.y[:, 45:, :] == 255).all()
+    assert not b.thin_labelled.any() and b.shadow_labelled.all()
+    with pytest.raises(UsageError, match="manifest not found"):
+        load_real_tiles(tmp_path / "nope", ["*"])
