@@ -142,6 +142,24 @@ def guess_sensor(hint: str, registry: Registry) -> Sensor | None:
     return None
 
 
+_PRODUCT_PATTERNS = [
+    (re.compile(r"_L2SP_|_L2SR_", re.I), "l2"),
+    (re.compile(r"_L1(TP|GT|GS)_", re.I), "l1"),
+    (re.compile(r"MSIL2A", re.I), "l2a"),
+    (re.compile(r"MSIL1C", re.I), "l1c"),
+]
+
+
+def guess_product(sensor: Sensor, tag: str, name: str) -> str | None:
+    """The product a file says it is: a ``CLOUDMASK_PRODUCT`` tag, else standard Landsat/S2 naming."""
+    if tag in sensor.products:
+        return tag
+    for pattern, product in _PRODUCT_PATTERNS:
+        if pattern.search(name) and product in sensor.products:
+            return product
+    return None
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -257,6 +275,7 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
         nodatas = [src.nodata] * count
     sensor = resolve_sensor(sensor, registry, tags.get("CLOUDMASK_SENSOR") or path.name, str(path))
     _check_valid_product(sensor, product)
+    product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), path.name)
     chosen = _name_file_bands(path, sensor, bands, count, descriptions)
     if resolution:
         grid = _grid_at_resolution(src, resolution)

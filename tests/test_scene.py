@@ -64,3 +64,14 @@ def test_empty_folder_and_corrupt_file(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(SceneError, match="bad.tif"):
         read_scene(bad, "sentinel2")
+
+
+def test_product_from_tag_and_landsat_name(tmp_path):
+    dn = np.full((7, 16, 16), 20000, dtype="uint16")
+    l1 = write_raster(tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1.tif", dn, nodata=0)
+    scene = read_scene(l1, bands=["B1", "B2", "B3", "B4", "B5", "B6", "B7"])
+    assert scene.sensor.id == "landsat8" and scene.product == "l1"
+    np.testing.assert_allclose(scene.data.values, 20000 * 2e-5 - 0.1, rtol=1e-5)
+    l2 = write_raster(tmp_path / "x.tif", dn, nodata=0, tags={"CLOUDMASK_SENSOR": "landsat8", "CLOUDMASK_PRODUCT": "l2"})
+    scene = read_scene(l2, bands=["B1", "B2", "B3", "B4", "B5", "B6", "B7"])
+    np.testing.assert_allclose(scene.data.values, 20000 * 2.75e-5 - 0.2, rtol=1e-5)
