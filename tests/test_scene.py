@@ -75,3 +75,18 @@ def test_product_from_tag_and_landsat_name(tmp_path):
     l2 = write_raster(tmp_path / "x.tif", dn, nodata=0, tags={"CLOUDMASK_SENSOR": "landsat8", "CLOUDMASK_PRODUCT": "l2"})
     scene = read_scene(l2, bands=["B1", "B2", "B3", "B4", "B5", "B6", "B7"])
     np.testing.assert_allclose(scene.data.values, 20000 * 2.75e-5 - 0.2, rtol=1e-5)
+
+
+def test_truncated_file_is_reported_when_opened(tmp_path):
+    path = write_raster(tmp_path / "t.tif", random_reflectance(4, 128, 128), descriptions=["red", "green", "blue", "nir"])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SceneError, match="t.tif"):
+        read_scene(path, "sentinel2")
+
+
+def test_not_georeferenced_file_is_read_with_a_warning(tmp_path):
+    path = write_raster(tmp_path / "plain.tif", random_reflectance(4, 16, 16), crs=None, descriptions=["red", "green", "blue", "nir"])
+    with pytest.warns(UserWarning, match="not georeferenced"):
+        scene = read_scene(path, "sentinel2")
+    assert scene.crs is None and scene.shape == (16, 16)
