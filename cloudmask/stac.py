@@ -357,7 +357,8 @@ def search(
             if max_cloud is not None:
                 log.info("%s %s: %s; filtering eo:cloud_cover on the client side", target.url, target.collection, reason)
             items = []
-            for n, it in enumerate(_iter_items(client, target, params, None, None)):
+            unfiltered = {**params, "limit": 100} if max_cloud is not None else params  # full pages to scan
+            for n, it in enumerate(_iter_items(client, target, unfiltered, None, None)):
                 if n >= CLIENT_FILTER_SCAN_LIMIT:
                     log.warning("client-side filter stopped after %d items; narrow --bbox/--date", n)
                     break
