@@ -348,7 +348,8 @@ def pgstac_dsn() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
     data = root / "data"
-    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    # cwd: the postgres user may not be allowed into the checkout (initdb fails on getcwd there)
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, cwd=root)
     try:
         run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
         run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",
@@ -364,7 +365,7 @@ def pgstac_dsn() -> Iterator[str]:
              "ALTER DATABASE postgres SET search_path TO pgstac, public"])
         yield dsn
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, cwd=root)
         shutil.rmtree(root, ignore_errors=True)
 
 
