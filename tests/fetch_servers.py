@@ -176,7 +176,7 @@ def write_s2_item(
     *,
     cloud_cover: float = 10.0,
     datetime: str = "2024-06-15T10:30:00Z",
-    bbox: tuple[float, float, float, float] = (9.0, 46.0, 9.1, 46.1),
+    bbox: tuple[float, float, float, float] | None = None,
     baseline: str = "05.10",
     raster_offset: float | None = -0.1,
     bands: list[str] | None = None,
@@ -187,7 +187,7 @@ def write_s2_item(
 ) -> dict[str, Any]:
     """Write small per-band Sentinel-2 GeoTIFFs under the server root and return a STAC item for them.
 
-    Asset keys are the registry's earth-search keys; DN = reflectance*10000 + 1000 (baseline >= 04.00),
+    The footprint is the rasters' (near 9.0 E, 46.95 N). Asset keys are the registry's earth-search keys; DN = reflectance*10000 + 1000 (baseline >= 04.00),
     or without the +1000 for older baselines, so reading back checks the scaling the registry chose.
     """
     s2 = load_registry()["sentinel2"]
@@ -203,8 +203,13 @@ def write_s2_item(
         dn[0, :] = 0  # one nodata row
         write_raster(server.root / sub / f"{key}.tif", dn, nodata=0, transform=test_transform(20.0))
         assets[key] = f"{server.url}/{sub}/{key}.tif"
+    if bbox is None:  # the rasters' real footprint, so --clip and footprint searches agree
+        from rasterio.warp import transform_bounds
+
+        t = test_transform(20.0)
+        bbox = transform_bounds("EPSG:32632", "EPSG:4326", t.c, t.f - 20.0 * size, t.c + 20.0 * size, t.f)
     item = stac_item(
-        item_id, assets, bbox=bbox, datetime=datetime, cloud_cover=cloud_cover, collection=collection,
+        item_id, assets, bbox=tuple(round(v, 6) for v in bbox), datetime=datetime, cloud_cover=cloud_cover, collection=collection,
         extra_properties={"s2:processing_baseline": baseline, "proj:epsg": 32632},
     )
     for key in assets:

@@ -13,7 +13,7 @@ from cloudmask import stac
 from cloudmask.errors import FetchError, NoResultsError, UsageError
 from cloudmask.registry import load_registry
 
-BBOX = (8.5, 45.5, 9.5, 46.5)
+BBOX = (8.5, 46.5, 9.5, 47.5)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -198,7 +198,7 @@ def test_landsat_and_sentinel2_in_one_search(file_server, stac_servers) -> None:
         if key:
             write_raster(file_server.root / "LC08" / f"{key}.tif", np.full((16, 16), 9000, "uint16"))
             assets[key] = f"{file_server.url}/LC08/{key}.tif"
-    lc = stac_item("LC08_L2SP_195028_20240612_02_T1", assets, platform="landsat-8", collection="landsat-c2-l2",
+    lc = stac_item("LC08_L2SP_195028_20240612_02_T1", assets, platform="landsat-8", collection="landsat-c2-l2", bbox=(8.9, 46.9, 9.1, 47.0),
                    datetime="2024-06-12T10:00:00Z", cloud_cover=12)
     s2 = write_s2_item(file_server, "S2A_l8pair", bands=["B04"], datetime="2024-06-11T10:00:00Z")
     url = stac_servers.serve([lc, s2])

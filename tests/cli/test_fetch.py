@@ -12,7 +12,7 @@ from cloudmask.cli.app import app
 from cloudmask.scene import read_scene
 
 runner = CliRunner()
-BBOX = "8.5,45.5,9.5,46.5"
+BBOX = "8.5,46.5,9.5,47.5"
 
 
 @pytest.fixture
@@ -111,3 +111,23 @@ def test_404_asset_fails_run_without_partial_files(api, tmp_path) -> None:
     folder = out / "S2A_MSIL2A_20240605"
     assert not (folder / "item.json").exists() and not (folder / "B08.tif").exists()
     assert (out / "S2B_MSIL2A_20240610" / "item.json").exists()  # the other item still completed
+
+
+def test_clip_with_geojson(api, tmp_path) -> None:
+    url, server = api
+    import rasterio
+
+    with rasterio.open(server.root / "S2A_MSIL2A_20240605" / "red.tif") as src:
+        from rasterio.warp import transform_bounds
+
+        b = src.bounds
+        w, s, e, n = transform_bounds(src.crs, "EPSG:4326", b.left + 100, b.bottom + 100, b.left + 300, b.bottom + 300)
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}}))
+    out = tmp_path / "clipped"
+    args = [a for a in _args(url, "--clip", "--limit", "1", "-o", str(out)) if a not in ("--bbox", BBOX)]
+    res = runner.invoke(app, [*args, "--geojson", str(aoi)])
+    assert res.exit_code == 0, res.output
+    scene = read_scene(out / "S2A_MSIL2A_20240605")
+    assert 0 < scene.shape[0] < 32 and 0 < scene.shape[1] < 32
