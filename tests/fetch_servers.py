@@ -57,7 +57,7 @@ class FileServer:
     """A Range-capable HTTP server over ``root``; ``faults[path]`` lists actions to replay.
 
     Actions, consumed one per GET of that path: ``"500"`` (HTTP 500), ``"drop"`` (send half the body
-    with the full Content-Length, then close the connection), ``"404"``.
+    with the full Content-Length, then close the connection), ``"403"``, ``"404"``.
     """
 
     root: Path
@@ -117,8 +117,8 @@ class _Handler(RangeRequestHandler):
         if fault == "500":
             self.send_error(500, "injected failure")
             return
-        if fault == "404":
-            self.send_error(404, "File not found")
+        if fault in ("403", "404"):
+            self.send_error(int(fault))
             return
         if fault == "drop":
             data = Path(self.translate_path(path)).read_bytes()

@@ -185,3 +185,25 @@ def test_hostile_ids_stay_inside_the_output_folder(file_server, tmp_path) -> Non
     folders = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(folders) == 2 and all(p.folder.parent == tmp_path / "out" for p in plans)
     assert not (tmp_path / "escape").exists()
+
+
+def test_expired_signed_url_says_so(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_signed", bands=["B04"])
+    item["assets"]["red"]["href"] += "?se=2024-01-01T00%3A00Z&sig=abc"
+    file_server.faults["/S2A_signed/red.tif"] = ["403"]
+    with pytest.raises(FetchError, match="403 on a signed URL"):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert not (tmp_path / "S2A_signed" / "B04.tif").exists()
+
+
+def test_relative_hrefs_resolve_against_the_self_link(file_server, tmp_path) -> None:
+    item = write_s2_item(file_server, "S2A_rel", bands=["B04"])
+    item["assets"]["red"]["href"] = "red.tif"
+    item["assets"]["thumbnail"]["href"] = "thumb.jpg"
+    item["links"] = [{"rel": "self", "href": f"{file_server.url}/S2A_rel/item.json"}]
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    saved = json.loads((tmp_path / "S2A_rel" / "item.json").read_text())
+    assert saved["assets"]["red"]["href"] == "./B04.tif"
+    assert saved["assets"]["thumbnail"]["href"] == f"{file_server.url}/S2A_rel/thumb.jpg"
+    assert not any(ln["rel"] == "self" for ln in saved["links"])
+    assert read_scene(tmp_path / "S2A_rel" / "item.json").bands[0].name == "B04"
