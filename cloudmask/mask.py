@@ -718,12 +718,12 @@ def mask_many(
         for source, root in pairs:
             dst = output_for(source, root, out)
             t0 = time.perf_counter()
+            if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
+                predictor = load_predictor()  # a broken model stops the run: no scene could succeed
             try:
                 if dst.resolve() in seen:
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")
                 seen[dst.resolve()] = source
-                if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
-                    predictor = load_predictor()
                 result = mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
             except CloudmaskError as exc:
                 result = MaskResult(source, str(dst), "failed", str(exc), seconds=time.perf_counter() - t0,

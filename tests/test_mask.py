@@ -237,3 +237,44 @@ def test_model_is_not_loaded_when_everything_is_done(tmp_path, predictor, monkey
     mask_many([str(src)], tmp_path / "o", MaskOptions(tiles=SMALL), predictor)
     monkeypatch.setattr(mask_mod, "load_predictor", lambda *a: pytest.fail("model loaded for a finished archive"))
     assert mask_many([str(src)], tmp_path / "o", MaskOptions(tiles=SMALL))[0].status == "skipped"
+
+
+def test_stac_item_url_is_read_in_place_with_range_requests(tmp_path, predictor):
+    """A real Range-capable server in a subprocess (GDAL holds the GIL while it waits on HTTP)."""
+    import socket
+    import time
+
+    www = tmp_path / "www"
+    www.mkdir()
+    bands = ("B02", "B03", "B04", "B8A", "B11", "B12")
+    for b in bands:
+        dn = (random_reflectance(1, 96, 96) * 10000 + 1000).astype("uint16")
+        write_raster(www / f"{b}.tif", dn, transform=grid_transform(20), nodata=0)
+    write_item(www / "item.json", stac_item("S2B_T32TMT_x", {b: f"{b}.tif" for b in bands}, platform="sentinel-2b"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "server.log"
+    with open(log, "w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "RangeHTTPServer", str(port), "--bind", "127.0.0.1"],
+            cwd=www, stdout=subprocess.DEVNULL, stderr=err,
+        )
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            url = f"http://127.0.0.1:{port}/item.json"
+            results = mask_many([url], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    r = results[0]
+    assert r.status == "masked", r.message
+    assert Path(r.output) == tmp_path / "out" / "item_cloudmask.tif" and r.sensor == "sentinel2"
+    served = log.read_text()
+    assert '"GET /B04.tif HTTP/1.1" 206' in served  # partial content: read with Range requests
+    assert _files(tmp_path / "out") == ["item_cloudmask.json", "item_cloudmask.tif"]  # nothing downloaded
