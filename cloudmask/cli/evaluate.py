@@ -107,7 +107,7 @@ def _print_tables(report: dict[str, Any]) -> None:
 
 @app.command("evaluate", help=_HELP)
 def evaluate_cmd(
-    preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False)],
+    preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False, metavar="PRED")],
     truth: Annotated[Path, typer.Option("--truth", "-t", help="Reference mask file or folder (paired by file name).")],
     truth_format: Annotated[
         str, typer.Option("--truth-format", help="cloudmask | cloudsen12 | biome | sparcs, or a YAML mapping file.")
@@ -126,7 +126,7 @@ def evaluate_cmd(
     reproject: Annotated[
         bool, typer.Option("--reproject", help="Resample predictions onto the truth grid when grids differ.")
     ] = False,
-    window: Annotated[int, typer.Option("--window", help="Window edge in pixels for the cloud-cover analysis.")] = 128,
+    window: Annotated[int, typer.Option("--window", min=8, help="Window edge in pixels for the cloud-cover analysis.")] = 128,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write all numbers as long-format CSV.")] = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures to this folder.")] = None,
     image: Annotated[
@@ -136,7 +136,7 @@ def evaluate_cmd(
     rgb: Annotated[
         str | None, typer.Option("--rgb", help="1-based band numbers for red,green,blue of --image (default: by band name).")
     ] = None,
-    quicklooks: Annotated[int, typer.Option("--quicklooks", help="How many scenes get a quick-look figure.")] = 6,
+    quicklooks: Annotated[int, typer.Option("--quicklooks", min=0, help="How many scenes get a quick-look figure.")] = 6,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
