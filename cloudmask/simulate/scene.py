@@ -162,9 +162,9 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
                    rng: np.random.Generator | int | None = None, **options: Any) -> SimScene:
     """Simulate one labelled scene for ``bands`` (any :class:`Band`, real or virtual).
 
-    Values are physical (TOA reflectance; kelvin for thermal bands), NaN where nodata. Options are
-    listed in :data:`DEFAULTS`; anything left at None is drawn at random. Equal ``rng`` seeds give
-    identical scenes.
+    Values are physical (TOA reflectance, or surface reflectance with level="boa"; kelvin for thermal
+    bands), NaN where nodata. Options are listed in :data:`DEFAULTS`; anything left at None is drawn
+    at random. Equal ``rng`` seeds give identical scenes.
     """
     bands = tuple(bands)
     if not bands:
