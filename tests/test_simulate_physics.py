@@ -123,3 +123,14 @@ def test_atmosphere_terms() -> None:
     assert tau[np.searchsorted(grid, 1880)] > 3
     wr = water_reflectance(grid)
     assert wr[np.searchsorted(grid, 450)] > wr[np.searchsorted(grid, 865)]
+
+
+def test_second_cloud_deck_is_higher_and_colder() -> None:
+    tir = Band(name="tir", kind="thermal", wavelength_min=10.6, wavelength_center=10.9, wavelength_max=11.2,
+               fwhm=0.6, resolution=30)
+    kw = dict(cloud_cover=0.6, cirrus_cover=0, air_temperature=290.0, cloud_height_km=1.0, cloud_tau_max=40, **QUIET)
+    one = simulate_scene([tir], 96, rng=4, second_layer_km=0, **kw)
+    two = simulate_scene([tir], 96, rng=4, second_layer_km=6.0, **kw)
+    assert one.meta["second_layer_km"] is None and two.meta["second_layer_km"] == 6.0
+    thick = (one.labels == 1) & (two.labels == 1)
+    assert np.nanmin(two.data[0, thick]) < np.nanmin(one.data[0, thick]) - 20  # the high deck is colder

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "cloud_cover": None,  # target fraction of the low/mid cloud layer (0..1)
     "cloud_tau_max": None,  # optical thickness of cloud cores
     "cloud_height_km": None,  # cloud base
+    "second_layer_km": None,  # base of a second cloud deck over part of the scene (0 = none)
     "cirrus_cover": None,  # 0 disables cirrus
     "cirrus_tau_max": None,
     "haze_tau": None,  # optical thickness of a smooth low haze/stratus veil (0 = none)
@@ -124,6 +125,7 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     relief_u, shade_leak, sky_view = rng.random(2), rng.uniform(0.45, 0.9), rng.uniform(0.5, 0.9)
     thickness = float(rng.uniform(0.2, 2.0))
     cirrus_h = float(rng.uniform(7, 12))
+    second = float(rng.uniform(0.5, 6.0)) if rng.random() < 0.35 else None  # a second water-cloud deck
     t_air_u = rng.uniform(0, 1)
     wv_u = rng.uniform(0.5, 1.2)
     for k, v in d.items():
@@ -147,6 +149,7 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         p["relief"] = float(relief_u[1] * hi) if relief_u[0] < (0.8 if p["biome"] == "snow_ice" else 0.5) else 0.0
     p["shadow_leak"], p["sky_view"] = float(shade_leak), float(sky_view)
     p["cloud_top_km"] = p["cloud_height_km"] + thickness
+    p["second_layer_km"] = second if p["second_layer_km"] is None else (p["second_layer_km"] or None)
     p["cirrus_height_km"] = cirrus_h
     for k in ("cloud_cover", "cirrus_cover"):
         if not 0 <= p[k] <= 1:
@@ -200,7 +203,19 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         veil = 0.5 + 0.5 * np.tanh(1.5 * fractal_noise(shape, 3.5, gen) + gen.uniform(-1, 1.5))
         tau_low = tau_low + (p["haze_tau"] * veil).astype("float32")
     tau_ci = cirrus_field(shape, gen, p["cirrus_cover"], p["cirrus_tau_max"], px)
-    sh_low = project(tau_low, p["cloud_height_km"], p["cloud_top_km"], p["sun_elevation"], p["sun_azimuth"], px)
+    thick_km = p["cloud_top_km"] - p["cloud_height_km"]
+    top_km = np.full(shape, p["cloud_top_km"], dtype="float32")  # per-pixel cloud-top height (thermal)
+    if p["second_layer_km"]:  # part of the field sits at another height: its own shadow offset
+        deck = fractal_noise(shape, 3.5, gen) > gen.uniform(-0.5, 0.8)
+        h2 = p["second_layer_km"]
+        sh_low = np.maximum(
+            project(np.where(deck, 0, tau_low).astype("float32"), p["cloud_height_km"], p["cloud_top_km"],
+                    p["sun_elevation"], p["sun_azimuth"], px),
+            project(np.where(deck, tau_low, 0).astype("float32"), h2, h2 + thick_km, p["sun_elevation"],
+                    p["sun_azimuth"], px))
+        top_km[deck] = h2 + thick_km
+    else:
+        sh_low = project(tau_low, p["cloud_height_km"], p["cloud_top_km"], p["sun_elevation"], p["sun_azimuth"], px)
     sh_ci = project(tau_ci, p["cirrus_height_km"], p["cirrus_height_km"] + 0.5, p["sun_elevation"],
                     p["sun_azimuth"], px, steps=1)
     sh_tau = sh_low + sh_ci
@@ -285,7 +300,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         t_surf = t_air + t_off[lay.classes] + 1.5 * fractal_noise(shape, 1.8, gen)
         t_surf -= 5.0 * np.clip(sh_tau / 5.0, 0, 1) * mu_s  # shaded ground is cooler
         eps = emis[lay.classes]
-        t_cloud = max(t_air - 6.5 * p["cloud_top_km"] - 2.0, 200.0)
+        t_cloud = np.maximum(t_air - 6.5 * top_km - 2.0, 200.0)
         t_cirrus = max(t_air - 6.5 * p["cirrus_height_km"], 195.0)
         e_low = 1 - np.exp(-0.6 * tau_low)
         e_ci = 1 - np.exp(-0.5 * tau_ci)
@@ -335,6 +350,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
         "sun_azimuth": p["sun_azimuth"],
         "cloud_height_km": p["cloud_height_km"],
         "cloud_top_km": p["cloud_top_km"],
+        "second_layer_km": p["second_layer_km"],
         "cirrus_height_km": p["cirrus_height_km"] if p["cirrus_cover"] > 0 else None,
         "cloud_cover_target": p["cloud_cover"],
         "cirrus_cover_target": p["cirrus_cover"],
