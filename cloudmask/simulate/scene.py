@@ -21,7 +21,7 @@ from cloudmask.simulate.clouds import absorption_factor, cirrus_field, cloud_opt
 from cloudmask.simulate.layout import BIOMES, fractal_noise, make_layout, terrain_shading
 from cloudmask.simulate.sensor import apply_sensor, degrade_resolution, nodata_border
 from cloudmask.simulate.shadows import irradiance, project
-from cloudmask.simulate.spectra import CLASSES, band_key, load_table, responses
+from cloudmask.simulate.spectra import CLASSES, load_table, responses
 
 CLEAR, THICK, THIN, SHADOW, NODATA = 0, 1, 2, 3, 255
 LABEL_NAMES = {CLEAR: "clear", THICK: "thick_cloud", THIN: "thin_cloud", SHADOW: "cloud_shadow"}
@@ -230,7 +230,6 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     glint = float(gen.uniform(0.02, 0.25)) if gen.random() < p["glint_prob"] else 0.0
 
     data = np.empty((len(bands), h, w), dtype="float32")
-    meta_sensor: dict[str, Any] = {}
     if rbands:
         lib_t = np.ascontiguousarray(table.library_bands(rbands).T)  # (nb, n_spectra)
         surf_a = lib_t[:, pick_a[combo]]
@@ -374,4 +373,4 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     return SimScene(data=data, labels=labels, meta=meta, bands=bands)
 
 
-__all__ = ["SimScene", "simulate_scene", "DEFAULTS", "LABEL_NAMES", "band_key"]
+__all__ = ["SimScene", "simulate_scene", "DEFAULTS", "LABEL_NAMES"]
