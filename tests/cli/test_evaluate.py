@@ -150,8 +150,13 @@ def test_all_nodata_truth_reports_na(tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")], env=WIDE)
     assert res.exit_code == 0, res.output
     assert "n/a" in res.stdout
-    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"), "--json"])
-    assert json.loads(res.stdout)["models"][0]["pooled"]["cloud"]["f1"] is None
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"),
+                              "--json", "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["models"][0]["pooled"]["cloud"]["f1"] is None
+    assert rep["comparisons"][0]["pooled"]["accuracy"] is None
+    assert len(rep["outputs"]) == 5  # cover, difference, 2 confusions, quick-look: all drawn with n/a
 
 
 def test_usage_errors(tmp_path: Path) -> None:
