@@ -38,9 +38,9 @@ def cumulus_field(shape: tuple[int, int], rng: np.random.Generator, cover: float
     scale_px = np.exp(rng.uniform(np.log(1500), np.log(30000))) / pixel_size
     base = fractal_noise(shape, rng.uniform(3.2, 4.2), rng, scale_px=scale_px)
     detail = fractal_noise(shape, rng.uniform(1.8, 2.6), rng)
-    n = base + rng.uniform(0.02, 0.15) * detail
+    n = base + rng.uniform(0.03, 0.25) * detail
     thr = np.quantile(n[::4, ::4], 1 - cover)
-    soft = rng.uniform(0.08, 0.6) * n.std()
+    soft = rng.uniform(0.15, 1.1) * n.std()
     x = np.clip((n - thr) / soft, 0, None)
     # τ grows quickly inside the cloud: thin fringe of width ~soft, thick core
     tau = tau_max * (1 - np.exp(-x ** rng.uniform(1.0, 1.8)))

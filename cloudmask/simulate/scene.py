@@ -117,7 +117,7 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         "cloud_height_km": float(rng.uniform(0.5, 4.0)),
         "cloud_tau_max": float(np.clip(np.exp(rng.normal(np.log(15), 0.9)), 3, 120)),
         "cirrus_tau_max": float(np.exp(rng.uniform(np.log(0.2), np.log(3.0)))),
-        "haze_tau": float(np.exp(rng.uniform(np.log(0.3), np.log(4.0)))) if rng.random() < 0.2 else 0.0,
+        "haze_tau": float(np.exp(rng.uniform(np.log(0.3), np.log(4.0)))) if rng.random() < 0.3 else 0.0,
     }
     u = rng.random()
     d["cloud_cover"] = 0.0 if u < 0.12 else 1.0 if u < 0.16 else float(rng.beta(0.9, 1.3))

@@ -154,6 +154,41 @@ def main() -> None:
     fig.savefig(args.out / "sim_vs_real.png", dpi=90)
     print(f"wrote {args.out / 'sim_vs_real.png'}")
     landsat5_table(args.real, max(10, args.n // 3))
+    spatial_table(args.real, args.n)
+
+
+def spatial_stats(labels: np.ndarray) -> tuple[float, int, float] | None:
+    """Cloud texture from a label map: share of cloud pixels on an edge (4-neighbourhood), number of
+    cloud objects, and the thin share of cloud; None when a tile is (almost) all cloud or all clear."""
+    from scipy import ndimage
+
+    cloud = (labels == 1) | (labels == 2)
+    valid = labels != 255
+    if cloud.sum() < 200 or (~cloud & valid).sum() < 200:
+        return None
+    edge = (cloud & ~ndimage.binary_erosion(cloud)).sum() / cloud.sum()
+    return float(edge), int(ndimage.label(cloud)[1]), float((labels == 2).sum() / cloud.sum())
+
+
+def spatial_table(root: Path, n: int) -> None:
+    import rasterio
+
+    from cloudmask.registry import get_sensor
+    from cloudmask.simulate import simulate_scene
+
+    real = []
+    for e in json.loads((root / "manifest.json").read_text()):
+        if e["sensor"] == "landsat8":
+            with rasterio.open(root / e["label"]) as src:
+                real.append(spatial_stats(src.read(1)))
+    blue = get_sensor("landsat8").select(["B2"])
+    sim = [spatial_stats(simulate_scene(blue, 256, rng=i, pixel_size=30.0, noise=0).labels) for i in range(n)]
+    print("\n| partly cloudy 256² tiles | tiles | cloud pixels on an edge | cloud objects | thin share of cloud |")
+    print("|---|---|---|---|---|")
+    for name, rows in (("real L8 Biome", real), ("simulated L8", sim)):
+        arr = np.array([r for r in rows if r is not None])
+        print(f"| {name} (median) | {len(arr)} | {np.median(arr[:, 0]):.3f} | {np.median(arr[:, 1]):.0f} | "
+              f"{np.median(arr[:, 2]):.2f} |")
 
 
 L5_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
