@@ -444,10 +444,9 @@ def asset_for_band(item: dict[str, Any], sensor: Sensor, band: Band) -> str | No
     for key, asset in assets.items():
         if key.lower() in names:
             return key
-        for eo in asset.get("eo:bands", []) or asset.get("bands", []) or []:
-            if str(eo.get("name", "")).lower() in names or str(eo.get("common_name", "")).lower() == (band.common_name or "").lower():
-                if str(eo.get("name", "")).lower() in names:
-                    return key
+        for eo in asset.get("eo:bands") or asset.get("bands") or []:
+            if {str(eo.get("name", "")).lower(), str(eo.get("common_name", "")).lower()} & names:
+                return key
     return None
 
 
