@@ -33,11 +33,11 @@ from cloudmask.scene import Scene, _is_url, read_scene
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
+    DistributedRunner,
+    LocalRunner,
     TileOptions,
-    configure_torch_threads,
-    default_threads,
-    mask_graph,
-    proba_to_uint8,
+    stream_mask,
+    weighted_graph,
 )
 
 MASK_SUFFIX = "_cloudmask.tif"
@@ -45,6 +45,8 @@ PROBA_SUFFIX = "_cloudprob.tif"
 ITEM_SUFFIX = "_cloudmask.json"
 _OUR_SUFFIXES = (MASK_SUFFIX, PROBA_SUFFIX, ITEM_SUFFIX)
 _RASTERS = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
+#: Read granularity: small enough that a window's reads barely exceed the window itself.
+READ_CHUNK = 512
 
 #: Event callback: (kind, payload). Kinds: "scene-start", "blocks" (done, total), "scene-end".
 Callback = Callable[[str, dict[str, Any]], None]
@@ -401,52 +403,6 @@ def load_predictor(path: str | os.PathLike[str] | None = None) -> Any:
     return load_model(path)
 
 
-def _store(sources: list[da.Array], targets: list[Any], options: MaskOptions, client: Any, on_event: Callback | None) -> None:
-    """Compute ``sources`` block by block and write each block into its target as it arrives."""
-    total = sum(int(np.prod(s.numblocks)) for s in sources)
-    done = [0]
-    lock = threading.Lock()
-
-    def tick() -> None:
-        done[0] += 1
-        if on_event:
-            on_event("blocks", {"done": done[0], "total": total})
-
-    if client is None:
-        class _Counting:
-            def __init__(self, target: Any) -> None:
-                self.target = target
-
-            def __setitem__(self, key: Any, value: np.ndarray) -> None:
-                self.target[key] = value
-                tick()
-
-        threads = options.tiles.threads or default_threads()
-        configure_torch_threads(threads)
-        with dask.config.set(scheduler="threads", num_workers=threads):
-            da.store(sources, [_Counting(t) for t in targets], lock=lock)
-        return
-
-    from distributed import as_completed
-
-    jobs: dict[str, tuple[Any, tuple[slice, ...]]] = {}
-    delayeds = []
-    for src, target in zip(sources, targets):
-        offsets = [np.cumsum((0, *c)) for c in src.chunks]
-        blocks = src.to_delayed()
-        for idx in np.ndindex(*blocks.shape):
-            key = tuple(slice(int(offsets[a][i]), int(offsets[a][i + 1])) for a, i in enumerate(idx))
-            delayeds.append((blocks[idx], target, key))
-    futures = client.compute([d for d, _, _ in delayeds])
-    for fut, (_, target, key) in zip(futures, delayeds):
-        jobs[fut.key] = (target, key)
-    for fut, value in as_completed(futures, with_results=True, loop=client.loop):
-        target, key = jobs.pop(fut.key)
-        target[key] = value
-        fut.release()
-        tick()
-
-
 def _bounds_wgs84(scene: Scene) -> list[float] | None:
     if scene.crs is None:
         return None
@@ -590,7 +546,7 @@ def mask_scene(
                 _remove(stale)
         scene = read_scene(
             source, sensor=options.sensor, bands=list(options.bands) if options.bands else None,
-            product=options.product, resolution=options.resolution,
+            product=options.product, resolution=options.resolution, chunks=READ_CHUNK,
         )
         h, w = scene.shape
         if h == 0 or w == 0:
@@ -599,10 +555,7 @@ def mask_scene(
             predictor = load_predictor()
         if on_event:
             on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
-        cls, proba = mask_graph(
-            scene.data, scene.descriptors, predictor, options.tiles,
-            threshold=options.threshold, dilate=options.dilate, binary=options.binary,
-        )
+        graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles)
         grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
         mask_sink = cog.RasterSink(
             paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
@@ -614,21 +567,33 @@ def mask_scene(
             **grid,
         )
         sinks = [mask_sink]
-        sources = [cls]
         parts: list[Path] = []
         item_tmp = None
         try:
+            write_proba = None
             if options.probabilities:
-                valid = da.isfinite(scene.data.data).all(axis=0).rechunk(proba.chunks[1:])
-                proba_u8 = da.map_blocks(proba_to_uint8, proba, valid, dtype="uint8")
                 prob_sink = cog.RasterSink(
                     paths.proba, count=4, dtype="uint8", nodata=NODATA, tag="prob",
                     descriptions=[f"P({name}) percent" for name in CLASSES.values()], scales=[0.01] * 4, **grid,
                 )
                 sinks.append(prob_sink)
-                sources.append(proba_u8)
+
+                def write_proba(y0: int, rows: np.ndarray) -> None:
+                    prob_sink[:, y0 : y0 + rows.shape[1], 0:w] = rows
+
+            def write_mask(y0: int, rows: np.ndarray) -> None:
+                mask_sink[y0 : y0 + rows.shape[0], 0:w] = rows
+
+            def on_block(done: int, total: int) -> None:
+                if on_event:
+                    on_event("blocks", {"done": done, "total": total})
+
+            runner = DistributedRunner(client) if client is not None else LocalRunner(options.tiles.threads)
             try:
-                _store(sources, sinks, options, client, on_event)
+                stream_mask(
+                    graph, runner, write_mask, write_proba, threshold=options.threshold,
+                    dilate=options.dilate, binary=options.binary, on_block=on_block,
+                )
             except CloudmaskError:
                 raise
             except (RasterioError, OSError) as exc:

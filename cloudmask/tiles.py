@@ -23,6 +23,7 @@ Memory is bounded by a few blocks per worker thread; nothing scene-sized is ever
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ N_CLASSES = 4
 NODATA = 255
 #: Class values and names, in output order.
 CLASSES = {0: "clear", 1: "thick_cloud", 2: "thin_cloud", 3: "cloud_shadow"}
+#: Channels of a pass-1 block: 4 weighted probabilities, the weight sum, the weighted validity.
+_CHANNELS = N_CLASSES + 2
 #: Window offsets are kept on this grid so the network's pooling grid matches whole-scene inference.
 ALIGN = 8
 
@@ -158,25 +161,32 @@ def _with_margins(chunks: tuple[int, ...], d: int) -> tuple[int, ...]:
 def _predict_block(
     block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan, batch_size: int
 ) -> np.ndarray:
-    """Pass 1: (bands, Hb+2d, Wb+2d) input → (5, Hb+2d, Wb+2d) weighted probabilities and weight sum."""
+    """Pass 1: (bands, Hb+2d, Wb+2d) input → (6, Hb+2d, Wb+2d): weighted probabilities, weight sum,
+    weighted validity (so the blended result also says which pixels had data)."""
     t, d = plan.tile, plan.depth
     n, eh, ew = block.shape
     h, w = eh - 2 * d, ew - 2 * d
     ny, nx = max(1, -(-h // t)), max(1, -(-w // t))
     win = t + 2 * d
     ph, pw = (ny - 1) * t + win, (nx - 1) * t + win  # padded extent covering every window
-    acc = np.zeros((N_CLASSES + 1, ph, pw), dtype="float32")
+    acc = np.zeros((_CHANNELS, ph, pw), dtype="float32")
     w1 = feather_weights(t, plan.context, plan.feather)
     w2 = np.outer(w1, w1)
     x = block.astype("float32", copy=False)
-    x = np.where(np.isfinite(x), x, np.float32(np.nan))
     if ph > eh or pw > ew:
         x = np.pad(x, ((0, 0), (0, ph - eh), (0, pw - ew)), constant_values=np.nan)
-    valid = np.isfinite(x).all(axis=0)
+    finite = np.isfinite(x)
+    valid = finite.all(axis=0)
+    if not finite.all():
+        if not x.flags.writeable or x is block:
+            x = x.copy()
+        x[~finite] = np.nan  # ±inf is nodata too
+    del finite
     origins = [(iy * t, ix * t) for iy in range(ny) for ix in range(nx)]
     todo = []
     for y0, x0 in origins:
         acc[N_CLASSES, y0 : y0 + win, x0 : x0 + win] += w2
+        acc[N_CLASSES + 1, y0 : y0 + win, x0 : x0 + win] += w2 * valid[y0 : y0 + win, x0 : x0 + win]
         if valid[y0 : y0 + win, x0 : x0 + win].any():
             todo.append((y0, x0))
         # windows with no valid pixel add zero probability: their pixels are nodata anyway
@@ -211,19 +221,77 @@ def _fold_axis(e: np.ndarray, axis: int, d: int) -> np.ndarray:
 def _fold_block(e: np.ndarray, depth: int) -> np.ndarray:
     """Pass 2: neighbours' margins added to the core, then normalised by the weight sum."""
     out = _fold_axis(_fold_axis(e, 1, depth), 2, depth)
+    return _normalise(out)
+
+
+def _normalise(out: np.ndarray) -> np.ndarray:
     weight = out[N_CLASSES]
     with np.errstate(invalid="ignore", divide="ignore"):
         proba = out[:N_CLASSES] / np.where(weight > 0, weight, 1.0)
     return proba.astype("float32")
 
 
-def predict_proba(
-    data: xr.DataArray | da.Array,
+@dataclass(frozen=True)
+class WeightedGraph:
+    """Pass 1 as a Dask array: block (i, j) is core block (i, j) plus ``depth`` px on every side."""
+
+    weighted: da.Array  # (6, Σ(ychunks + 2d), Σ(xchunks + 2d)) float32
+    plan: TilePlan
+    ychunks: tuple[int, ...]
+    xchunks: tuple[int, ...]
+    shape: tuple[int, int]
+    source: da.Array  # the (band, y, x) float32 scene
+    args: tuple[Any, ...]  # (predictor, descriptors, plan, batch_size) for _predict_block
+
+    def block(self, i: int, j: int) -> da.Array:
+        """Pass-1 block (i, j) as a standalone one-chunk graph that reads only its own window.
+
+        Same values as ``weighted.blocks[:, i, j]``, but the generic halo exchange materialises whole
+        neighbouring blocks to cut their margins; reading the exact window keeps a task's memory to
+        one window of bands.
+        """
+        d = self.plan.depth
+        h, w = self.shape
+        y0 = int(sum(self.ychunks[:i])) - d
+        x0 = int(sum(self.xchunks[:j])) - d
+        y1 = y0 + self.ychunks[i] + 2 * d
+        x1 = x0 + self.xchunks[j] + 2 * d
+        win = self.source[:, max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+        pads = ((0, 0), (max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)))
+        if any(p for pair in pads for p in pair):
+            win = da.pad(win, pads, mode="constant", constant_values=np.nan)
+        win = win.rechunk(-1)
+        return win.map_blocks(_predict_block, *self.args, chunks=((_CHANNELS,), (y1 - y0,), (x1 - x0,)), dtype="float32")
+
+    def block_reader(self, i: int, j: int) -> Any:
+        """Like :meth:`block`, as a local callable that reads the window one band at a time, so the
+        transient memory of reading is one band's chunks rather than all of them at once."""
+        d = self.plan.depth
+        h, w = self.shape
+        y0 = int(sum(self.ychunks[:i])) - d
+        x0 = int(sum(self.xchunks[:j])) - d
+        y1 = y0 + self.ychunks[i] + 2 * d
+        x1 = x0 + self.xchunks[j] + 2 * d
+        src, args = self.source, self.args
+
+        def run() -> np.ndarray:
+            n = src.shape[0]
+            x = np.full((n, y1 - y0, x1 - x0), np.nan, dtype="float32")
+            ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+            for b in range(n):
+                x[b, ya - y0 : yb - y0, xa - x0 : xb - x0] = src[b, ya:yb, xa:xb].compute(scheduler="sync")
+            return _predict_block(x, *args)
+
+        return run
+
+
+def weighted_graph(
+    data: xr.DataArray | da.Array | np.ndarray,
     descriptors: np.ndarray,
     predictor: ProbaPredictor,
     options: TileOptions | None = None,
-) -> da.Array:
-    """Lazy (4, y, x) float32 class probabilities of a (band, y, x) scene, blended across tiles."""
+) -> WeightedGraph:
+    """Pass 1 of the tiler (``map_overlap``-style halo exchange, NaN outside the scene)."""
     options = options or TileOptions()
     arr = data.data if isinstance(data, xr.DataArray) else data
     if not isinstance(arr, da.Array):
@@ -233,24 +301,35 @@ def predict_proba(
     d = plan.depth
     _, h, w = arr.shape
     ychunks, xchunks = _chunks_1d(h, plan.block_y, d), _chunks_1d(w, plan.block_x, d)
+    source = arr
     arr = arr.rechunk({0: -1, 1: ychunks, 2: xchunks})
     descriptors = np.asarray(descriptors, dtype="float32")
-
-    ext_y = tuple(c + 2 * d for c in ychunks)
-    ext_x = tuple(c + 2 * d for c in xchunks)
     if d == 0:
         weighted = arr.map_blocks(
             _predict_block, predictor, descriptors, plan, options.batch_size,
-            chunks=((N_CLASSES + 1,), ychunks, xchunks), dtype="float32",
+            chunks=((_CHANNELS,), ychunks, xchunks), dtype="float32",
         )
-        return weighted.map_blocks(_fold_block, 0, chunks=((N_CLASSES,), ychunks, xchunks), dtype="float32")
-    padded = da.pad(arr, ((0, 0), (d, d), (d, d)), mode="constant", constant_values=np.nan)
-    padded = padded.rechunk({0: -1, 1: _with_margins(ychunks, d), 2: _with_margins(xchunks, d)})
-    # Each block of ``padded`` is one core block plus its outer scene margin; map_overlap adds the
-    # inner margins from neighbours, so every block arrives as core + d on all sides.
-    weighted = _map_extended(padded, ychunks, xchunks, d, _predict_block, predictor, descriptors, plan, options.batch_size)
-    assert weighted.chunks[1] == ext_y and weighted.chunks[2] == ext_x
-    return _fold_graph(weighted, ychunks, xchunks, d)
+    else:
+        padded = da.pad(arr, ((0, 0), (d, d), (d, d)), mode="constant", constant_values=np.nan)
+        padded = padded.rechunk({0: -1, 1: _with_margins(ychunks, d), 2: _with_margins(xchunks, d)})
+        # Each block of ``padded`` is one core block plus its outer scene margin; the overlap adds the
+        # inner margins from neighbours, so every block arrives as core + d on all sides.
+        weighted = _map_extended(padded, ychunks, xchunks, d, _predict_block, predictor, descriptors, plan, options.batch_size)
+    return WeightedGraph(weighted, plan, ychunks, xchunks, (h, w), source, (predictor, descriptors, plan, options.batch_size))
+
+
+def predict_proba(
+    data: xr.DataArray | da.Array,
+    descriptors: np.ndarray,
+    predictor: ProbaPredictor,
+    options: TileOptions | None = None,
+) -> da.Array:
+    """Lazy (4, y, x) float32 class probabilities of a (band, y, x) scene, blended across tiles."""
+    g = weighted_graph(data, descriptors, predictor, options)
+    d = g.plan.depth
+    if d == 0:
+        return g.weighted.map_blocks(_fold_block, 0, chunks=((N_CLASSES,), g.ychunks, g.xchunks), dtype="float32")
+    return _fold_graph(g.weighted, g.ychunks, g.xchunks, d)
 
 
 def _map_extended(padded: da.Array, ychunks, xchunks, d, func, *args) -> da.Array:
@@ -260,7 +339,7 @@ def _map_extended(padded: da.Array, ychunks, xchunks, d, func, *args) -> da.Arra
     # the NaN pad instead, so every block is exactly core + 2d.
     return ext.map_blocks(
         func, *args,
-        chunks=((N_CLASSES + 1,), tuple(c + 2 * d for c in ychunks), tuple(c + 2 * d for c in xchunks)),
+        chunks=((_CHANNELS,), tuple(c + 2 * d for c in ychunks), tuple(c + 2 * d for c in xchunks)),
         dtype="float32",
     )
 
@@ -368,7 +447,179 @@ def proba_to_uint8(proba: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- streaming execution
+
+
+class LocalRunner:
+    """Computes pass-1 blocks on local threads, at most ``threads`` at a time.
+
+    Why not one ``dask.compute`` of the whole graph: the threaded scheduler happily reads and
+    predicts far ahead of what has been written, so peak memory grows with the scene. Feeding blocks
+    in raster order with a bounded number in flight keeps memory flat from 1 to 67+ Mpx.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or default_threads()
+
+    def run(self, blocks: list[tuple[Any, da.Array]]):
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        configure_torch_threads(self.threads)
+        todo = iter(blocks)
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            running: dict[Any, Any] = {}
+
+            def fill() -> None:
+                while len(running) < self.threads + 1:
+                    try:
+                        key, arr = next(todo)
+                    except StopIteration:
+                        return
+                    job = arr if callable(arr) and not isinstance(arr, da.Array) else functools.partial(arr.compute, scheduler="sync")
+                    running[pool.submit(job)] = key
+
+            fill()
+            while running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key = running.pop(fut)
+                    yield key, fut.result()
+                fill()
+
+
+class DistributedRunner:
+    """Computes pass-1 blocks on a dask.distributed cluster, a bounded number in flight."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def run(self, blocks: list[tuple[Any, da.Array]]):
+        from distributed import as_completed
+
+        slots = max(2, 2 * sum(self.client.nthreads().values()))
+        todo = iter(blocks)
+        keys: dict[str, Any] = {}
+        queue = as_completed([], with_results=True, loop=self.client.loop)
+
+        def submit(n: int) -> None:
+            for _ in range(n):
+                try:
+                    key, arr = next(todo)
+                except StopIteration:
+                    return
+                fut = self.client.compute(arr)
+                keys[fut.key] = key
+                queue.add(fut)
+
+        submit(slots)
+        for fut, value in queue:
+            key = keys.pop(fut.key)
+            fut.release()
+            yield key, value
+            submit(1)
+
+
+class _RowDilator:
+    """Applies :func:`dilate_classes` to rows arriving top to bottom, emitting rows once the
+    ``radius`` rows below them are known (scene edges count as nodata)."""
+
+    def __init__(self, radius: int, height: int) -> None:
+        self.r, self.h = radius, height
+        self.buf: np.ndarray | None = None
+        self.buf0 = 0
+        self.ctx: np.ndarray | None = None
+
+    def push(self, y0: int, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        if self.r <= 0:
+            return [(y0, rows)]
+        self.buf = rows if self.buf is None else np.concatenate([self.buf, rows])
+        end = y0 + rows.shape[0]
+        ready = end if end >= self.h else end - self.r
+        if ready <= self.buf0:
+            return []
+        ctx = self.ctx if self.ctx is not None else self.buf[:0]
+        stack = np.concatenate([ctx, self.buf])
+        out = dilate_classes(stack, self.r)[len(ctx) : len(ctx) + ready - self.buf0]
+        done = np.concatenate([ctx, self.buf[: ready - self.buf0]])
+        self.ctx = done[-self.r :].copy()
+        self.buf = self.buf[ready - self.buf0 :].copy()
+        emitted = [(self.buf0, out)]
+        self.buf0 = ready
+        return emitted
+
+
+def stream_mask(
+    graph: WeightedGraph,
+    runner: LocalRunner | DistributedRunner,
+    write_mask: Any,
+    write_proba: Any = None,
+    *,
+    threshold: float | None = None,
+    dilate: int = 0,
+    binary: bool = False,
+    on_block: Any = None,
+) -> None:
+    """Run pass 1 block by block and overlap-add into a rolling buffer a few block rows tall.
+
+    Rows are finished (normalised, classified, dilated, written with ``write_mask(y0, rows)``) as
+    soon as no pending window can reach them, so memory depends on the scene *width* only. Gives
+    exactly the blended result of :func:`predict_proba`.
+    """
+    h, w = graph.shape
+    d = graph.plan.depth
+    ny, nx = len(graph.ychunks), len(graph.xchunks)
+    yoff = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # padded row where ext block i starts
+    xoff = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
+    local = isinstance(runner, LocalRunner)
+    order = [((i, j), graph.block_reader(i, j) if local else graph.block(i, j)) for i in range(ny) for j in range(nx)]
+    acc = np.zeros((_CHANNELS, 0, w + 2 * d), dtype="float32")
+    base = 0  # padded row of acc[:, 0]
+    left = [nx] * ny  # blocks still missing per block row
+    next_row = 0  # first block row not yet finalised
+    fin = d  # first padded row not yet written (rows above d are the outer pad)
+    dil = _RowDilator(dilate, h)
+    total = ny * nx
+
+    def emit(p0: int, p1: int) -> None:
+        sub = acc[:, p0 - base : p1 - base, d : d + w]
+        weight = sub[N_CLASSES]
+        safe = np.where(weight > 0, weight, 1.0)
+        proba = sub[:N_CLASSES] / safe
+        valid = (sub[N_CLASSES + 1] / safe) > 0.5
+        y0 = p0 - d
+        if write_proba is not None:
+            write_proba(y0, proba_to_uint8(proba, valid))
+        cls = classify(proba, valid, threshold)
+        for yy, rows in dil.push(y0, cls):
+            write_mask(yy, to_binary(rows) if binary else rows)
+
+    done_blocks = 0
+    for (i, j), block in runner.run(order):
+        top = int(yoff[i])
+        bottom = top + graph.ychunks[i] + 2 * d
+        if bottom > base + acc.shape[1]:
+            grow = np.zeros((_CHANNELS, bottom - base - acc.shape[1], acc.shape[2]), dtype="float32")
+            acc = np.concatenate([acc, grow], axis=1)
+        x0 = int(xoff[j])
+        acc[:, top - base : bottom - base, x0 : x0 + block.shape[2]] += block
+        del block
+        left[i] -= 1
+        done_blocks += 1
+        if on_block:
+            on_block(done_blocks, total)
+        while next_row < ny and left[next_row] == 0:
+            next_row += 1
+            limit = int(yoff[next_row]) if next_row < ny else h + 2 * d  # next pending window's top
+            limit = min(limit, h + d)
+            if limit > fin:
+                emit(fin, limit)
+                fin = limit
+                drop = fin - base
+                acc = acc[:, drop:].copy()
+                base = fin
+
+
 __all__: list[Any] = [
     "CLASSES", "NODATA", "N_CLASSES", "TileOptions", "TilePlan", "plan_tiles", "feather_weights",
-    "predict_proba", "classify", "dilate_classes", "to_binary", "mask_graph", "proba_to_uint8",
+    "predict_proba", "weighted_graph", "WeightedGraph", "stream_mask", "LocalRunner", "DistributedRunner", "classify", "dilate_classes", "to_binary", "mask_graph", "proba_to_uint8",
 ]

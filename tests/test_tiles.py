@@ -136,3 +136,34 @@ def test_dilation_across_dask_blocks_matches_whole_array(s2_desc):
     arr[64, 5] = 3
     lazy = da.from_array(arr, chunks=32).map_overlap(dilate_classes, depth=3, boundary=NODATA, radius=3, dtype="uint8")
     assert (lazy.compute() == dilate_classes(arr, 3)).all()
+
+
+@pytest.mark.parametrize("dilate, binary, threshold", [(0, False, None), (3, False, None), (2, True, 0.3)])
+def test_streaming_execution_equals_the_lazy_graph(predictor, s2_desc, dilate, binary, threshold):
+    from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph
+
+    x = random_reflectance(13, 210, 150, seed=5)
+    x[:, :12] = np.nan
+    x[:, 90:100, 40:60] = np.nan
+    opts = TileOptions(tile_size=32, threads=2)
+    lazy_cls, lazy_proba = mask_graph(x, s2_desc, predictor, opts, threshold=threshold, dilate=dilate, binary=binary)
+    want_cls, want_proba = lazy_cls.compute(), lazy_proba.compute()
+    got = np.full((210, 150), 77, dtype="uint8")
+    got_p = np.zeros((4, 210, 150), dtype="uint8")
+    rows_seen: list[int] = []
+
+    def put(y0, rows):
+        rows_seen.append(y0)
+        got[y0 : y0 + rows.shape[0]] = rows
+
+    def put_p(y0, rows):
+        got_p[:, y0 : y0 + rows.shape[1]] = rows
+
+    graph = weighted_graph(x, s2_desc, predictor, opts)
+    assert len(graph.ychunks) > 2  # several block rows are streamed
+    stream_mask(graph, LocalRunner(2), put, put_p, threshold=threshold, dilate=dilate, binary=binary)
+    assert rows_seen == sorted(rows_seen) and len(rows_seen) > 1  # written top to bottom, in pieces
+    np.testing.assert_array_equal(got, want_cls)
+    valid = np.isfinite(x).all(0)
+    np.testing.assert_allclose(got_p[:, valid], np.rint(want_proba[:, valid] * 100), atol=1)
+    assert (got_p[:, ~valid] == NODATA).all()

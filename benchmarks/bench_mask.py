@@ -1,0 +1,225 @@
+"""End-to-end ``cloudmask mask`` speed and memory against the I/O floor, on synthetic Sentinel-2 scenes.
+
+For each size a 13-band 20 m uint16 L2A-style GeoTIFF (tiled 512, deflate, like a typical COG input)
+is written once, then each case runs in its own subprocess so its peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
+
+* ``floor``: read every band through the same lazy reader and write a uint8 COG of the same size
+  (the nodata mask) through the same streaming writer — everything but the model;
+* ``mask``: :func:`cloudmask.mask.mask_scene` with the default tiling (COG + STAC item).
+
+Usage::
+
+    python benchmarks/bench_mask.py                       # 1024, 4096, 8192
+    python benchmarks/bench_mask.py --sizes 1024,2048     # quick
+    python benchmarks/bench_mask.py --sizes 1024 --peers  # + ukis-csmask / s2cloudless via peers.py
+
+The model is the bundled one when it loads, else ``Predictor.random`` with the default architecture
+(same cost per pixel). Numbers depend on the machine and its load: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+# --------------------------------------------------------------------------- synthetic input
+
+
+def write_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """A size×size 13-band uint16 scene written strip by strip (memory stays small at 8192²)."""
+    import rasterio
+
+    from cloudmask.testing import TEST_CRS, test_transform
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 13, "dtype": "uint16", "nodata": 0,
+        "crs": TEST_CRS, "transform": test_transform(20.0), "tiled": True, "blockxsize": 512,
+        "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }
+    base = rng.uniform(0.03, 0.35, 13).astype("float32")
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        xx = np.arange(size, dtype="float32")[None, :]
+        for y0 in range(0, size, 512):
+            h = min(512, size - y0)
+            yy = np.arange(y0, y0 + h, dtype="float32")[:, None]
+            cloud = np.clip(np.sin(xx / 97.0) * np.cos(yy / 131.0) * 1.5 - 0.4, 0, 1)  # bright blobs
+            strip = np.empty((13, h, size), dtype="uint16")
+            for b in range(13):
+                refl = base[b] + 0.05 * np.sin(xx / (40.0 + 7 * b)) + 0.6 * cloud + rng.normal(0, 0.01, (h, size))
+                strip[b] = np.clip(refl * 10000 + 1000, 1, 65535).astype("uint16")
+            if y0 == 0:
+                strip[:, :64, :] = 0  # a nodata strip, as at a swath edge
+            dst.write(strip, window=((y0, y0 + h), (0, size)))
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- cases (run in children)
+
+
+def _predictor() -> tuple[Any, str]:
+    from cloudmask.errors import CloudmaskError
+    from cloudmask.model import Predictor, load_model
+
+    try:
+        p = load_model()
+        return p, f"bundled {p.version}"
+    except CloudmaskError as exc:
+        return Predictor.random(seed=0), f"random init ({exc})"
+
+
+def case_floor(scene_path: str, out: str, threads: int) -> dict[str, Any]:
+    """Read all bands lazily, write a same-size uint8 COG through the same sink + translate."""
+    import dask
+    import dask.array as da
+
+    from cloudmask import cog
+    from cloudmask.scene import read_scene
+
+    t0 = time.perf_counter()
+    scene = read_scene(scene_path, "sentinel2")
+    h, w = scene.shape
+    valid = da.isfinite(scene.data.data).all(axis=0).astype("uint8")
+    dst = Path(out)
+    sink = cog.RasterSink(dst, width=w, height=h, count=1, dtype="uint8", crs=scene.crs,
+                          transform=scene.transform, nodata=255)
+    try:
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            da.store(valid, sink, lock=True)
+        sink.close()
+        part = cog.translate(sink.path, dst, "mode")
+        cog.commit([(part, dst)])
+    finally:
+        sink.discard()
+    return {"seconds": time.perf_counter() - t0, "pixels": h * w}
+
+
+def case_mask(scene_path: str, out: str, threads: int, tile: int) -> dict[str, Any]:
+    from cloudmask.mask import MaskOptions, mask_scene
+    from cloudmask.tiles import TileOptions
+
+    predictor, note = _predictor()
+    t0 = time.perf_counter()
+    r = mask_scene(scene_path, out, predictor, MaskOptions(tiles=TileOptions(tile_size=tile, threads=threads), overwrite=True))
+    return {"seconds": time.perf_counter() - t0, "pixels": int(r.megapixels * 1e6), "model": note, "halo": predictor.halo}
+
+
+def _child(argv: list[str]) -> None:
+    kind, scene_path, out, threads, tile = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
+    res = case_floor(scene_path, out, threads) if kind == "floor" else case_mask(scene_path, out, threads, tile)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("RESULT " + json.dumps(res))
+
+
+def run_case(kind: str, scene: Path, out: Path, threads: int, tile: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(HERE), "--child", kind, str(scene), str(out), str(threads), str(tile)],
+        capture_output=True, text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{kind} on {scene.name} failed:\n{proc.stderr[-2000:]}")
+
+
+def run_peers(scene: Path, out: Path) -> list[dict[str, Any]]:
+    peers = HERE.parent / "peers.py"
+    if not peers.exists():
+        return []
+    proc = subprocess.run([sys.executable, str(peers), str(scene), "--out", str(out), "--level", "l2a", "--json"],
+                          capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        print(proc.stderr[-1000:], file=sys.stderr)
+        return []
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        _child(argv[1:])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1024,4096,8192", help="comma-separated scene edges in pixels")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--tile-size", type=int, default=1024)
+    ap.add_argument("--workdir", type=Path, help="where scenes are written (kept for reuse); default a temp dir")
+    ap.add_argument("--peers", action="store_true", help="also time ukis-csmask and s2cloudless (smallest size)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cloudmask-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    peer_rows: list[dict[str, Any]] = []
+    for size in sizes:
+        scene = write_scene(work / f"S2A_MSIL2A_synthetic_{size}.tif", size)
+        floor = run_case("floor", scene, work / f"floor_{size}.tif", args.threads, args.tile_size)
+        masked = run_case("mask", scene, work / f"mask_{size}_cloudmask.tif", args.threads, args.tile_size)
+        mpx = size * size / 1e6
+        rows.append({
+            "size": size, "mpx": round(mpx, 2),
+            "floor_s": round(floor["seconds"], 2), "floor_mpx_s": round(mpx / floor["seconds"], 2),
+            "floor_rss_mb": round(floor["peak_rss_mb"]),
+            "mask_s": round(masked["seconds"], 2), "mask_mpx_s": round(mpx / masked["seconds"], 3),
+            "mask_rss_mb": round(masked["peak_rss_mb"]),
+            "ratio_to_floor": round(masked["seconds"] / floor["seconds"], 1),
+            "model": masked["model"][:60], "halo": masked["halo"],
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.peers and size == min(sizes):
+            peer_rows = run_peers(scene, work / "peers")
+            for r in peer_rows:
+                if "seconds" in r:
+                    r["cloudmask_end_to_end_s_per_mpx"] = round(masked["seconds"] / mpx, 3)
+                    r["speedup_cloudmask"] = round(r["s_per_mpx"] / (masked["seconds"] / mpx), 1)
+    if args.json:
+        print(json.dumps({"cases": rows, "peers": peer_rows, "threads": args.threads}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cloudmask mask vs I/O floor ({args.threads} threads, tile {args.tile_size})", title_justify="left")
+    cols = ["size", "mpx", "floor_s", "floor_mpx_s", "floor_rss_mb", "mask_s", "mask_mpx_s", "mask_rss_mb", "ratio_to_floor"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in cols))
+    Console().print(table)
+    if rows:
+        Console().print(f"model: {rows[0]['model']} (halo {rows[0]['halo']} px)")
+    if peer_rows:
+        pt = Table(title="peers on the smallest scene (peer time excludes reading; cloudmask is end-to-end)", title_justify="left")
+        for c in ("peer", "s_per_mpx", "cloudmask_end_to_end_s_per_mpx", "speedup_cloudmask", "status"):
+            pt.add_column(c)
+        for r in peer_rows:
+            pt.add_row(str(r.get("peer")), str(round(r.get("s_per_mpx", float("nan")), 3)),
+                       str(r.get("cloudmask_end_to_end_s_per_mpx", "")), str(r.get("speedup_cloudmask", "")), str(r.get("status", "")))
+        Console().print(pt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
