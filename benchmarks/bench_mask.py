@@ -123,9 +123,14 @@ def case_mask(scene_path: str, out: str, threads: int, tile: int) -> dict[str, A
 
 
 def _child(argv: list[str]) -> None:
+    from cloudmask.tiles import limit_memory_growth
+
+    limit_memory_growth()  # what `cloudmask mask` does; applied to both cases alike
     kind, scene_path, out, threads, tile = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
     res = case_floor(scene_path, out, threads) if kind == "floor" else case_mask(scene_path, out, threads, tile)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    res["peak_rss_mb"] = ru.ru_maxrss / 1024.0
+    res["cpu_s"] = ru.ru_utime + ru.ru_stime  # less sensitive than wall time to other load on the machine
     print("RESULT " + json.dumps(res))
 
 
@@ -164,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1024,4096,8192", help="comma-separated scene edges in pixels")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--tile-size", type=int, default=1024)
+    ap.add_argument("--tile-size", type=int, default=None, help="default: cloudmask's default")
     ap.add_argument("--workdir", type=Path, help="where scenes are written (kept for reuse); default a temp dir")
     ap.add_argument("--peers", action="store_true", help="also time ukis-csmask and s2cloudless (smallest size)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.tile_size is None:
+        from cloudmask.tiles import TileOptions
+
+        args.tile_size = TileOptions().tile_size
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cloudmask-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -186,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             "mask_s": round(masked["seconds"], 2), "mask_mpx_s": round(mpx / masked["seconds"], 3),
             "mask_rss_mb": round(masked["peak_rss_mb"]),
             "ratio_to_floor": round(masked["seconds"] / floor["seconds"], 1),
+            "floor_cpu_s": round(floor["cpu_s"], 1), "mask_cpu_s": round(masked["cpu_s"], 1),
+            "cpu_ratio": round(masked["cpu_s"] / floor["cpu_s"], 1),
             "model": masked["model"][:60], "halo": masked["halo"],
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     table = Table(title=f"cloudmask mask vs I/O floor ({args.threads} threads, tile {args.tile_size})", title_justify="left")
-    cols = ["size", "mpx", "floor_s", "floor_mpx_s", "floor_rss_mb", "mask_s", "mask_mpx_s", "mask_rss_mb", "ratio_to_floor"]
+    cols = ["size", "mpx", "floor_s", "floor_mpx_s", "floor_rss_mb", "mask_s", "mask_mpx_s", "mask_rss_mb",
+            "ratio_to_floor", "floor_cpu_s", "mask_cpu_s", "cpu_ratio"]
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:

@@ -36,6 +36,7 @@ from cloudmask.tiles import (
     DistributedRunner,
     LocalRunner,
     TileOptions,
+    limit_memory_growth,
     stream_mask,
     weighted_graph,
 )
@@ -663,6 +664,7 @@ def mask_many(
     """
     options = options or MaskOptions()
     options.check()
+    limit_memory_growth()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         try:

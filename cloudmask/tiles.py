@@ -54,8 +54,9 @@ class ProbaPredictor(Protocol):
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How a scene is cut up. Defaults suit a CPU (windows of ~1.4k px, one per task); raise
-    ``batch_size`` on a GPU.
+    """How a scene is cut up. Defaults suit a CPU: 768 px cores (1120 px windows with the
+    bundled model's halo), one window per task, which keeps peak memory under ~1.5 GB with two
+    threads; raise ``batch_size`` on a GPU.
 
     tile_size: core edge of one model window in pixels (rounded up to a multiple of 8).
     overlap: pixels of extra input per window side (context + feather); default ``halo + 32``.
@@ -63,7 +64,7 @@ class TileOptions:
     threads: local Dask worker threads; default all cores.
     """
 
-    tile_size: int = 1024
+    tile_size: int = 768
     overlap: int | None = None
     batch_size: int = 1
     threads: int | None = None
@@ -163,6 +164,7 @@ def _predict_block(
 ) -> np.ndarray:
     """Pass 1: (bands, Hb+2d, Wb+2d) input → (6, Hb+2d, Wb+2d): weighted probabilities, weight sum,
     weighted validity (so the blended result also says which pixels had data)."""
+    _use_torch_threads()
     t, d = plan.tile, plan.depth
     n, eh, ew = block.shape
     h, w = eh - 2 * d, ew - 2 * d
@@ -192,7 +194,10 @@ def _predict_block(
         # windows with no valid pixel add zero probability: their pixels are nodata anyway
     for i in range(0, len(todo), batch_size):
         group = todo[i : i + batch_size]
-        stack = np.stack([x[:, y0 : y0 + win, x0 : x0 + win] for y0, x0 in group])
+        if len(group) == 1 and x.shape[1:] == (win, win):
+            stack = x[None]  # the block is exactly one window: no copy
+        else:
+            stack = np.stack([x[:, y0 : y0 + win, x0 : x0 + win] for y0, x0 in group])
         proba = np.asarray(predictor.predict_proba_batch(stack, descriptors), dtype="float32")
         if proba.shape != (len(group), N_CLASSES, win, win):
             raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, win, win)}")
@@ -272,17 +277,92 @@ class WeightedGraph:
         x0 = int(sum(self.xchunks[:j])) - d
         y1 = y0 + self.ychunks[i] + 2 * d
         x1 = x0 + self.xchunks[j] + 2 * d
-        src, args = self.source, self.args
+        reader, args = self.reader, self.args
 
         def run() -> np.ndarray:
-            n = src.shape[0]
-            x = np.full((n, y1 - y0, x1 - x0), np.nan, dtype="float32")
-            ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
-            for b in range(n):
-                x[b, ya - y0 : yb - y0, xa - x0 : xb - x0] = src[b, ya:yb, xa:xb].compute(scheduler="sync")
-            return _predict_block(x, *args)
+            return _predict_block(reader.window(y0, y1, x0, x1), *args)
 
         return run
+
+    @functools.cached_property
+    def reader(self) -> ChunkReader:
+        return ChunkReader(self.source)
+
+
+class ChunkReader:
+    """Reads windows of a lazy (band, y, x) array chunk by chunk, one band chunk at a time.
+
+    Why not ``arr[:, y0:y1, x0:x1].compute()``: every ``compute`` re-optimises and culls the whole
+    scene graph (thousands of tasks), which cost more than the model per window. Here the graph is
+    optimised once and each chunk's small sub-graph is culled once and run with the synchronous
+    scheduler in the calling thread.
+    """
+
+    def __init__(self, arr: da.Array, cache_mb: int = 128) -> None:
+        import dask
+        from dask.core import flatten
+
+        (opt,) = dask.optimize(arr)
+        self.dsk = dict(opt.__dask_graph__())
+        self.keys = np.empty(opt.numblocks, dtype=object)
+        for key in flatten(opt.__dask_keys__()):
+            self.keys[key[1:]] = key
+        self.offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in opt.chunks]
+        self.shape = opt.shape
+        self._sub: dict[Any, dict[Any, Any]] = {}
+        self._lock = __import__("threading").Lock()
+        # Decoded chunks shared by horizontally adjacent windows (they overlap by 2·depth px).
+        from collections import OrderedDict
+
+        self._cache: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+        self.cache_bytes = cache_mb * 2**20
+
+    def _chunk(self, key: Any) -> np.ndarray:
+        from dask.local import get_sync
+        from dask.optimization import cull
+
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            sub = self._sub.get(key)
+            if sub is None:
+                sub = cull(self.dsk, [key])[0]
+                self._sub[key] = sub
+        value = np.asarray(get_sync(sub, key))
+        with self._lock:
+            if key not in self._cache and value.nbytes <= self.cache_bytes:
+                self._cache[key] = value
+                self._cached_bytes += value.nbytes
+                while self._cached_bytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= old.nbytes
+        return value
+
+    def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """(band, y1-y0, x1-x0) float32; NaN outside the array."""
+        n, h, w = self.shape
+        out = np.full((n, y1 - y0, x1 - x0), np.nan, dtype="float32")
+        ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        if ya >= yb or xa >= xb:
+            return out
+        boff, yoff, xoff = self.offsets
+        iy0, iy1 = np.searchsorted(yoff, ya, "right") - 1, np.searchsorted(yoff, yb, "left")
+        ix0, ix1 = np.searchsorted(xoff, xa, "right") - 1, np.searchsorted(xoff, xb, "left")
+        # Left to right, so the right-hand chunks (the next window's left-hand ones) are freshest.
+        for ix in range(ix0, ix1):
+            for iy in range(iy0, iy1):
+                for ib in range(len(boff) - 1):
+                    chunk = self._chunk(self.keys[ib, iy, ix])
+                    cy0, cx0 = yoff[iy], xoff[ix]
+                    sy0, sy1 = max(ya, cy0), min(yb, yoff[iy + 1])
+                    sx0, sx1 = max(xa, cx0), min(xb, xoff[ix + 1])
+                    out[boff[ib] : boff[ib + 1], sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = chunk[
+                        :, sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0
+                    ]
+        return out
 
 
 def weighted_graph(
@@ -430,13 +510,56 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def limit_memory_growth(gdal_cache_mb: int = 64) -> None:
+    """Process-wide settings that keep peak RSS flat during long runs (CLI and benchmarks call it).
+
+    GDAL's block cache defaults to 5 % of RAM and fills with decoded input tiles we never reread;
+    glibc's dynamic mmap threshold lets freed window-sized arrays (tens of MB) stay in the heap, so
+    RSS ratchets up with every thread's allocations. Both are capped here.
+    """
+    try:
+        from rasterio.env import get_gdal_config, set_gdal_config
+
+        current = get_gdal_config("GDAL_CACHEMAX")
+        if not current or int(current) > gdal_cache_mb * 2**20:
+            set_gdal_config("GDAL_CACHEMAX", gdal_cache_mb * 2**20)  # decoded tiles are rarely reread
+    except Exception:  # noqa: BLE001 - tuning only
+        pass
+    try:
+        import ctypes
+        import sys
+
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 4 * 2**20)  # M_MMAP_THRESHOLD: big arrays go straight back to the OS
+            libc.mallopt(-1, 16 * 2**20)  # M_TRIM_THRESHOLD
+    except Exception:  # noqa: BLE001 - not glibc: nothing to tune
+        pass
+
+
+#: torch intra-op threads per worker thread (set by :func:`configure_torch_threads`).
+_TORCH_THREADS = 1
+
+
 def configure_torch_threads(dask_threads: int) -> None:
-    """Split cores between Dask threads and torch's intra-op pool instead of oversubscribing."""
+    """Split cores between worker threads and torch's intra-op pool instead of oversubscribing.
+
+    Applied per thread in :func:`_use_torch_threads`: OpenMP's thread count is a per-thread setting,
+    so setting it once in the main thread leaves every worker thread at "all cores", and on a busy
+    machine the spinning OpenMP teams made inference ~10x slower in CPU time.
+    """
+    global _TORCH_THREADS
+    _TORCH_THREADS = max(1, default_threads() // max(1, dask_threads))
+    _use_torch_threads()
+
+
+def _use_torch_threads() -> None:
     try:
         import torch
 
-        torch.set_num_threads(max(1, default_threads() // max(1, dask_threads)))
-    except Exception:  # torch missing or already configured: not worth failing a run for
+        if torch.get_num_threads() != _TORCH_THREADS:
+            torch.set_num_threads(_TORCH_THREADS)
+    except Exception:  # noqa: BLE001 - torch missing: the predictor is something else
         pass
 
 
@@ -470,7 +593,7 @@ class LocalRunner:
             running: dict[Any, Any] = {}
 
             def fill() -> None:
-                while len(running) < self.threads + 1:
+                while len(running) < self.threads:
                     try:
                         key, arr = next(todo)
                     except StopIteration:
@@ -571,7 +694,15 @@ def stream_mask(
     yoff = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # padded row where ext block i starts
     xoff = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
     local = isinstance(runner, LocalRunner)
-    order = [((i, j), graph.block_reader(i, j) if local else graph.block(i, j)) for i in range(ny) for j in range(nx)]
+
+    def row_jobs(i: int) -> list[tuple[tuple[int, int], Any]]:
+        return [((i, j), graph.block_reader(i, j) if local else graph.block(i, j)) for j in range(nx)]
+
+    def results():
+        # Row by row: the buffer never holds more than one block row plus its margins.
+        for i in range(ny):
+            yield from runner.run(row_jobs(i))
+
     acc = np.zeros((_CHANNELS, 0, w + 2 * d), dtype="float32")
     base = 0  # padded row of acc[:, 0]
     left = [nx] * ny  # blocks still missing per block row
@@ -594,7 +725,7 @@ def stream_mask(
             write_mask(yy, to_binary(rows) if binary else rows)
 
     done_blocks = 0
-    for (i, j), block in runner.run(order):
+    for (i, j), block in results():
         top = int(yoff[i])
         bottom = top + graph.ychunks[i] + 2 * d
         if bottom > base + acc.shape[1]:
