@@ -38,8 +38,11 @@ N_CLASSES = 4
 NODATA = 255
 #: Class values and names, in output order.
 CLASSES = {0: "clear", 1: "thick_cloud", 2: "thin_cloud", 3: "cloud_shadow"}
-#: Channels of a pass-1 block: 4 weighted probabilities, the weight sum, the weighted validity.
-_CHANNELS = N_CLASSES + 2
+#: Channels of a pass-1 block: weighted P(clear), P(thick), P(thin), then the weight sum carrying
+#: validity as its sign (+ data, − nodata; a pixel is the same in every window). P(shadow) is
+#: 1 − the others, so 4 channels carry everything: the rolling buffer is the largest thing we hold.
+_CHANNELS = N_CLASSES
+_W = N_CLASSES - 1  # index of the signed weight channel
 #: Window offsets are kept on this grid so the network's pooling grid matches whole-scene inference.
 ALIGN = 8
 
@@ -162,8 +165,8 @@ def _with_margins(chunks: tuple[int, ...], d: int) -> tuple[int, ...]:
 def _predict_block(
     block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan, batch_size: int
 ) -> np.ndarray:
-    """Pass 1: (bands, Hb+2d, Wb+2d) input → (6, Hb+2d, Wb+2d): weighted probabilities, weight sum,
-    weighted validity (so the blended result also says which pixels had data)."""
+    """Pass 1: (bands, Hb+2d, Wb+2d) input → (4, Hb+2d, Wb+2d): weighted P(clear, thick, thin) and
+    the weight sum signed by validity (so the blended result also says which pixels had data)."""
     _use_torch_threads()
     t, d = plan.tile, plan.depth
     n, eh, ew = block.shape
@@ -187,8 +190,7 @@ def _predict_block(
     origins = [(iy * t, ix * t) for iy in range(ny) for ix in range(nx)]
     todo = []
     for y0, x0 in origins:
-        acc[N_CLASSES, y0 : y0 + win, x0 : x0 + win] += w2
-        acc[N_CLASSES + 1, y0 : y0 + win, x0 : x0 + win] += w2 * valid[y0 : y0 + win, x0 : x0 + win]
+        acc[_W, y0 : y0 + win, x0 : x0 + win] += np.where(valid[y0 : y0 + win, x0 : x0 + win], w2, -w2)
         if valid[y0 : y0 + win, x0 : x0 + win].any():
             todo.append((y0, x0))
         # windows with no valid pixel add zero probability: their pixels are nodata anyway
@@ -202,7 +204,7 @@ def _predict_block(
         if proba.shape != (len(group), N_CLASSES, win, win):
             raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, win, win)}")
         for (y0, x0), p in zip(group, proba):
-            acc[:N_CLASSES, y0 : y0 + win, x0 : x0 + win] += np.nan_to_num(p) * w2
+            acc[:_W, y0 : y0 + win, x0 : x0 + win] += np.nan_to_num(p[:_W]) * w2
     return acc[:, :eh, :ew]
 
 
@@ -230,17 +232,23 @@ def _fold_block(e: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _normalise(out: np.ndarray) -> np.ndarray:
-    weight = out[N_CLASSES]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        proba = out[:N_CLASSES] / np.where(weight > 0, weight, 1.0)
-    return proba.astype("float32")
+    """Accumulated (4, h, w) channels → (4, h, w) probabilities (shadow = 1 − the others)."""
+    weight = np.abs(out[_W])
+    proba = np.empty(out.shape, dtype="float32")
+    np.divide(out[:_W], np.where(weight > 0, weight, 1.0), out=proba[:_W])
+    proba[_W] = np.clip(1.0 - proba[:_W].sum(axis=0), 0.0, 1.0)
+    return proba
+
+
+def _valid(out: np.ndarray) -> np.ndarray:
+    return out[_W] > 0
 
 
 @dataclass(frozen=True)
 class WeightedGraph:
     """Pass 1 as a Dask array: block (i, j) is core block (i, j) plus ``depth`` px on every side."""
 
-    weighted: da.Array  # (6, Σ(ychunks + 2d), Σ(xchunks + 2d)) float32
+    weighted: da.Array  # (4, Σ(ychunks + 2d), Σ(xchunks + 2d)) float32
     plan: TilePlan
     ychunks: tuple[int, ...]
     xchunks: tuple[int, ...]
@@ -298,7 +306,7 @@ class ChunkReader:
     scheduler in the calling thread.
     """
 
-    def __init__(self, arr: da.Array, cache_mb: int = 128) -> None:
+    def __init__(self, arr: da.Array, cache_mb: int = 64) -> None:
         import dask
         from dask.core import flatten
 
@@ -531,8 +539,10 @@ def limit_memory_growth(gdal_cache_mb: int = 64) -> None:
 
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 4 * 2**20)  # M_MMAP_THRESHOLD: big arrays go straight back to the OS
-            libc.mallopt(-1, 16 * 2**20)  # M_TRIM_THRESHOLD
+            mb = int(os.environ.get("CLOUDMASK_MMAP_THRESHOLD_MB", "32"))
+            if mb > 0:
+                libc.mallopt(-3, mb * 2**20)  # M_MMAP_THRESHOLD: window-sized arrays go back to the OS
+                libc.mallopt(-1, mb * 2**20)  # M_TRIM_THRESHOLD
     except Exception:  # noqa: BLE001 - not glibc: nothing to tune
         pass
 
@@ -549,7 +559,7 @@ def configure_torch_threads(dask_threads: int) -> None:
     machine the spinning OpenMP teams made inference ~10x slower in CPU time.
     """
     global _TORCH_THREADS
-    _TORCH_THREADS = max(1, default_threads() // max(1, dask_threads))
+    _TORCH_THREADS = 1 if dask_threads > 1 else max(1, min(default_threads(), int(os.environ.get("CLOUDMASK_TORCH_THREADS", "1"))))
     _use_torch_threads()
 
 
@@ -713,10 +723,8 @@ def stream_mask(
 
     def emit(p0: int, p1: int) -> None:
         sub = acc[:, p0 - base : p1 - base, d : d + w]
-        weight = sub[N_CLASSES]
-        safe = np.where(weight > 0, weight, 1.0)
-        proba = sub[:N_CLASSES] / safe
-        valid = (sub[N_CLASSES + 1] / safe) > 0.5
+        proba = _normalise(sub)
+        valid = _valid(sub)
         y0 = p0 - d
         if write_proba is not None:
             write_proba(y0, proba_to_uint8(proba, valid))
