@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", default=None, help="real-data root (for the CloudSEN12 test patches)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--test-scenes", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (test scenes stay fixed)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         v = VARIANTS[name]
         run = out / name.replace(" ", "-").replace("+", "_")
         cfg = load_config(None, [
-            f"out={run}", f"model.encoder={v['encoder']}", f"data.sensors={json.dumps(v['sensors'])}",
+            f"out={run}", f"seed={args.seed}", f"model.encoder={v['encoder']}", f"data.sensors={json.dumps(v['sensors'])}",
             "data.virtual_prob=0", "data.tile=128", "data.batch=6", f"train.steps={args.steps}",
             f"train.val_every={args.steps}", f"train.ckpt_every={args.steps}", f"train.threads={args.threads}",
             "train.warmup=50", "val.sensors=[sentinel2]", "val.scenes=3", "val.size=128",
