@@ -522,8 +522,9 @@ def limit_memory_growth(gdal_cache_mb: int = 64) -> None:
     """Process-wide settings that keep peak RSS flat during long runs (CLI and benchmarks call it).
 
     GDAL's block cache defaults to 5 % of RAM and fills with decoded input tiles we never reread;
-    glibc's dynamic mmap threshold lets freed window-sized arrays (tens of MB) stay in the heap, so
-    RSS ratchets up with every thread's allocations. Both are capped here.
+    glibc gives each thread its own heap arena and a dynamic mmap threshold, so freed window-sized
+    arrays (tens of MB) stay mapped per thread and RSS ratchets up. Measured on a 4096² scene with
+    two threads: 1.53 GB peak by default, 1.29 GB with one arena, at the same speed.
     """
     try:
         from rasterio.env import get_gdal_config, set_gdal_config
@@ -539,6 +540,7 @@ def limit_memory_growth(gdal_cache_mb: int = 64) -> None:
 
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-8, 1)  # M_ARENA_MAX: one heap; per-thread arenas kept ~300 MB of freed windows
             mb = int(os.environ.get("CLOUDMASK_MMAP_THRESHOLD_MB", "32"))
             if mb > 0:
                 libc.mallopt(-3, mb * 2**20)  # M_MMAP_THRESHOLD: window-sized arrays go back to the OS
