@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(*(str(r[c]) for c in cols))
-    Console().print(table)
+    Console(width=160).print(table)
     if rows:
-        Console().print(f"model: {rows[0]['model']} (halo {rows[0]['halo']} px)")
+        Console(width=160).print(f"model: {rows[0]['model']} (halo {rows[0]['halo']} px)")
     if peer_rows:
         pt = Table(title="peers on the smallest scene (peer time excludes reading; cloudmask is end-to-end)", title_justify="left")
         for c in ("peer", "s_per_mpx", "cloudmask_end_to_end_s_per_mpx", "speedup_cloudmask", "status"):
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in peer_rows:
             pt.add_row(str(r.get("peer")), str(round(r.get("s_per_mpx", float("nan")), 3)),
                        str(r.get("cloudmask_end_to_end_s_per_mpx", "")), str(r.get("speedup_cloudmask", "")), str(r.get("status", "")))
-        Console().print(pt)
+        Console(width=160).print(pt)
     return 0
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -22,8 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import dask
-import dask.array as da
 import numpy as np
 from rasterio.errors import RasterioError
 
