@@ -12,21 +12,24 @@ from cloudmask.cli.app import app
 from cloudmask.cli.common import console
 from cloudmask.errors import OutputError
 
-#: The bundled scene: simulated Sentinel-2 L2A DN (baseline 04.00 offset), 256×256 px at 20 m.
+#: The bundled scene: simulated Sentinel-2 L2A DN (baseline 04.00 offset), 256×256 px at 20 m,
+#: and its simulator labels (0 clear, 1 thick, 2 thin, 3 shadow) for trying ``cloudmask evaluate``.
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "S2A_MSIL2A_sample.tif"
+SAMPLE_LABEL = SAMPLE.with_name("S2A_MSIL2A_sample.label.tif")
 
 
 @app.command("sample")
 def sample_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to copy the sample scene into.")] = Path("sample"),
 ) -> None:
-    """Copy the bundled Sentinel-2 sample scene into a folder (then: cloudmask mask FOLDER/*.tif)."""
+    """Copy the bundled Sentinel-2 sample scene and its labels into a folder."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        target = out / SAMPLE.name
-        tmp = target.with_name(f".{target.name}.part")
-        shutil.copyfile(SAMPLE, tmp)
-        tmp.replace(target)
+        for source in (SAMPLE, SAMPLE_LABEL):
+            target = out / source.name
+            tmp = target.with_name(f".{target.name}.part")
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the sample scene ({exc.strerror or exc})") from None
-    console.print(str(target), highlight=False)
+    console.print(str(out / SAMPLE.name), highlight=False)

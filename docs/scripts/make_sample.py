@@ -1,4 +1,4 @@
-"""Rebuild the bundled sample scene (cloudmask/data/S2A_MSIL2A_sample.tif).
+"""Rebuild the bundled sample scene (cloudmask/data/S2A_MSIL2A_sample.tif) and its label raster.
 
 A simulated Sentinel-2 L2A-style scene stored exactly like the real product (uint16 DN with the
 processing-baseline 04.00 offset of +1000, nodata 0, band descriptions B01..B12), so the README's
@@ -17,6 +17,7 @@ from cloudmask.simulate import simulate_scene
 from cloudmask.testing import test_transform, write_raster
 
 OUT = Path(__file__).resolve().parents[2] / "cloudmask" / "data" / "S2A_MSIL2A_sample.tif"
+LABEL = OUT.with_name("S2A_MSIL2A_sample.label.tif")
 
 
 def main() -> None:
@@ -36,6 +37,10 @@ def main() -> None:
     from rasterio.shutil import copy as rio_copy
 
     rio_copy(tmp, OUT, driver="GTiff", compress="deflate", predictor=2, tiled=True, blockxsize=256, blockysize=256, zlevel=9)
+    tmp.unlink()
+    tmp = LABEL.with_suffix(".tmp.tif")
+    write_raster(tmp, sim.labels, crs=CRS.from_epsg(32632), transform=test_transform(20.0, 499980.0, 5200020.0), nodata=255)
+    rio_copy(tmp, LABEL, driver="GTiff", compress="deflate", tiled=True, blockxsize=256, blockysize=256)
     tmp.unlink()
     with rasterio.open(OUT) as src:
         print(OUT, src.count, src.shape, OUT.stat().st_size // 1024, "KiB", dict(zip(*np.unique(sim.labels, return_counts=True))))

@@ -18,3 +18,8 @@ def test_sample_scene_is_copied_and_readable(tmp_path):
     values = scene.data.sel(band="B02").values
     assert np.nanmin(values) > -0.1 and np.nanmax(values) < 2.0  # baseline-04.00 offset applied
     assert not list((tmp_path / "s").glob(".*part"))
+    import rasterio
+
+    with rasterio.open(tmp_path / "s" / "S2A_MSIL2A_sample.label.tif") as src:
+        classes = set(np.unique(src.read(1)).tolist())
+    assert classes <= {0, 1, 2, 3, 255} and {0, 1, 3} <= classes
