@@ -72,20 +72,3 @@ def log_feature(v: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:
     """A log-reflectance channel (ratios between dark surfaces); thermal bands pass through."""
     thermal = (desc[:, 4] > 0.5).view(1, -1, 1, 1)
     return torch.where(thermal, v, (torch.log(v.clamp(min=0.0) + 0.01) + 2.0) / 2.0)
-
-
-def jitter_descriptors(desc: torch.Tensor, generator: torch.Generator, scale: float = 0.02) -> torch.Tensor:
-    """Randomly shift band centres (±scale relative) and widths (±10·scale) for training.
-
-    Why: real sensors' bands differ slightly from the registry entries and from each other; jitter
-    keeps the model from keying on exact wavelengths.
-    """
-    n = desc.shape[0]
-    shift = 1.0 + scale * (2 * torch.rand(n, generator=generator) - 1)
-    width = 1.0 + 10 * scale * (2 * torch.rand(n, generator=generator) - 1)
-    d = desc.clone().float()
-    mid = d[:, 1] * shift
-    half_lo, half_hi = (d[:, 1] - d[:, 0]) * width, (d[:, 2] - d[:, 1]) * width
-    d[:, 0], d[:, 1], d[:, 2] = mid - half_lo.abs(), mid, mid + half_hi.abs()
-    d[:, 3] = (d[:, 3] * width).clamp(min=1e-3)
-    return d
