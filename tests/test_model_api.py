@@ -159,3 +159,25 @@ def test_tiles_with_halo_match_whole_scene() -> None:
     lo, hi = max(a - halo, 0), min(b + halo, x.shape[2])
     part = p.predict_proba(x[:, :, lo:hi], d)
     assert np.abs(part[:, 16:80, a - lo : b - lo] - whole[:, 16:80, a:b]).max() < 1e-4
+
+
+def test_bundled_weights_are_trained() -> None:
+    """Vegetation is clear and a bright, flat, SWIR-absorbing, cirrus-bright target is cloud,
+    with all 13 Sentinel-2 bands and with blue/green/red/NIR only (behaviour, not exact numbers)."""
+    s2 = get_sensor("sentinel2")
+    d = s2.descriptors()
+    wl = d[:, 1]
+    veg = np.where(wl < 0.7, np.where(np.abs(wl - 0.56) < 0.03, 0.08, 0.04), np.where(wl < 1.3, 0.35, 0.15))
+    cloud = np.where(wl < 1.3, 0.75, 0.45)
+    cirrus = (wl > 1.3) & (wl < 1.45)
+    veg[cirrus], cloud[cirrus] = 0.001, 0.3
+    x = np.empty((13, 64, 96), "float32")
+    x[:, :, :48] = veg[:, None, None]
+    x[:, :, 48:] = cloud[:, None, None]
+    x += np.random.default_rng(0).normal(0, 0.005, x.shape).astype("float32")
+    p = load_model()
+    four = [s2.band_names.index(s2.band(n).name) for n in ("blue", "green", "red", "nir")]
+    for xs, ds in ((x, d), (x[four], d[four])):
+        pr = p.predict_proba(xs, ds)
+        assert pr[0, 20:44, 8:40].mean() > 0.6
+        assert pr[1:3, 20:44, 56:88].sum(axis=0).mean() > 0.9

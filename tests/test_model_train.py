@@ -104,3 +104,34 @@ def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:
     assert not b.thin_labelled.any() and b.shadow_labelled.all()
     with pytest.raises(UsageError, match="manifest not found"):
         load_real_tiles(tmp_path / "nope", ["*"])
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """3 steps in one go == interrupted after 2 + resumed: same seed, same data, same weights."""
+    from safetensors.torch import load_file
+
+    from cloudmask.model.train import train
+
+    tiny = ["data.simulator=standin", "data.tile=32", "data.batch=2", "val.scenes=1", "val.size=32",
+            "model.desc_dim=8", "model.enc_width=4", "model.lin4_width=4", "model.c4=8", "model.c8=8",
+            "model.dilations=[1]", "model.head_width=4", "train.warmup=1", "train.val_every=1", "train.threads=1",
+            "train.ckpt_every=1", "train.steps=3"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done: int, total: int, info: dict) -> None:
+        if done == 2:
+            raise Stop
+
+    train(load_config(None, [f"out={tmp_path / 'a'}", *tiny]))
+    with pytest.raises(Stop):
+        train(load_config(None, [f"out={tmp_path / 'b'}", *tiny]), progress=stop_after_two)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
+    train(load_config(None, [f"out={tmp_path / 'b'}", *tiny]), resume=True)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert load_file(str(tmp_path / "a" / "best.safetensors"))
