@@ -65,6 +65,7 @@ class MaskOptions:
     dilate: int = 0
     binary: bool = False
     overwrite: bool = False
+    weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
 
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
@@ -683,7 +684,7 @@ def mask_many(
             dst = output_for(source, root, out)
             t0 = time.perf_counter()
             if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
-                predictor = load_predictor()  # a broken model stops the run: no scene could succeed
+                predictor = load_predictor(options.weights)  # a broken model stops the run
             try:
                 if dst.resolve() in seen:
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")

@@ -145,6 +145,10 @@ def mask_cmd(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a dask.distributed cluster, e.g. tcp://host:8786.")
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Model weights (.safetensors from `cloudmask train`); default: bundled model."),
+    ] = None,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -164,7 +168,7 @@ def mask_cmd(
         sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        overwrite=overwrite,
+        overwrite=overwrite, weights=str(weights) if weights else None,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:
         results = mask_many(items, output, options, on_event=reporter)

@@ -21,7 +21,8 @@ FAST = ["--tile-size", "64", "--threads", "2"]
 @pytest.fixture(autouse=True)
 def random_model(monkeypatch):
     p = Predictor.random(seed=0, dilations=(1,))
-    monkeypatch.setattr(mask_mod, "load_predictor", lambda *a: p)
+    real = mask_mod.load_predictor  # --weights files still go through the real loader
+    monkeypatch.setattr(mask_mod, "load_predictor", lambda path=None: p if path is None else real(path))
 
 
 def _s2(path: Path, seed: int = 1) -> Path:
@@ -98,3 +99,24 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
 def test_single_missing_scene_exits_1_with_its_message(tmp_path):
     res = runner.invoke(app, ["mask", str(tmp_path / "gone.tif"), "--sensor", "sentinel2"])
     assert res.exit_code == 1 and "gone.tif: no such file" in res.stderr
+
+
+def test_weights_option_loads_a_user_model_and_rejects_a_corrupt_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from cloudmask.cli.app import app
+    from cloudmask.testing import random_reflectance, write_raster
+
+    scene = write_raster(tmp_path / "x.tif", random_reflectance(4, 48, 48), descriptions=["red", "green", "blue", "nir"])
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    res = CliRunner().invoke(app, ["mask", str(scene), "--sensor", "sentinel2", "-o", str(tmp_path / "o"), "--weights", str(bad), "-q"])
+    assert res.exit_code == 1
+    assert "bad.safetensors" in res.output and "Traceback" not in res.output
+    assert not list((tmp_path / "o").glob("*.tif"))
+    import cloudmask.model
+
+    bundled = next((Path(cloudmask.model.__file__).parent / "weights").glob("*.safetensors"))
+    res = CliRunner().invoke(app, ["mask", str(scene), "--sensor", "sentinel2", "-o", str(tmp_path / "o"), "--weights", str(bundled), "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "x_cloudmask.tif").exists()
