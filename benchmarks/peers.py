@@ -18,6 +18,11 @@ Usage::
 
     python benchmarks/peers.py SCENE... --out DIR [--sensor ID] [--bands a,b,...] [--level l1c|l2a]
     python benchmarks/peers.py --synthetic 1024 --out DIR      # timing only, random S2 reflectance
+
+``--bands`` names the file's layers in order and overrides its band descriptions. Use it whenever the
+descriptions are wrong: the Landsat 8 Biome crops in ``shared/data/real/l8biome`` store blue, green, red
+first although their descriptions say red, green, blue, so run them with
+``--bands blue,green,red,nir08,swir16,swir22,cirrus,lwir11`` (see docs/evaluate.md).
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("scenes", nargs="*", help="scene files/folders/STAC items readable by cloudmask")
     ap.add_argument("--out", required=True, type=Path, help="output folder; masks go to OUT/<peer>/<scene>.tif")
     ap.add_argument("--sensor", help="sensor id when file names do not say it (e.g. landsat5)")
-    ap.add_argument("--bands", help="comma-separated band names of the file, if its descriptions do not name them")
+    ap.add_argument("--bands", help="comma-separated band names of the file's layers, in order; overrides its band descriptions")
     ap.add_argument("--level", choices=["l1c", "l2a"], default="l1c", help="ukis-csmask model: TOA (l1c) or BOA (l2a)")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {', '.join(PEERS)}")
     ap.add_argument("--ukis-bands", choices=["auto", "4"], default="auto", help="force ukis-csmask's 4-band model")
