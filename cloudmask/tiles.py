@@ -256,6 +256,13 @@ class WeightedGraph:
     source: da.Array  # the (band, y, x) float32 scene
     args: tuple[Any, ...]  # (predictor, descriptors, plan, batch_size) for _predict_block
 
+    def _window(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """Scene rows/cols (y0, y1, x0, x1) that block (i, j) needs, halo included (may overhang)."""
+        d = self.plan.depth
+        y0 = int(sum(self.ychunks[:i])) - d
+        x0 = int(sum(self.xchunks[:j])) - d
+        return y0, y0 + self.ychunks[i] + 2 * d, x0, x0 + self.xchunks[j] + 2 * d
+
     def block(self, i: int, j: int) -> da.Array:
         """Pass-1 block (i, j) as a standalone one-chunk graph that reads only its own window.
 
@@ -263,12 +270,8 @@ class WeightedGraph:
         neighbouring blocks to cut their margins; reading the exact window keeps a task's memory to
         one window of bands.
         """
-        d = self.plan.depth
         h, w = self.shape
-        y0 = int(sum(self.ychunks[:i])) - d
-        x0 = int(sum(self.xchunks[:j])) - d
-        y1 = y0 + self.ychunks[i] + 2 * d
-        x1 = x0 + self.xchunks[j] + 2 * d
+        y0, y1, x0, x1 = self._window(i, j)
         win = self.source[:, max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
         pads = ((0, 0), (max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)))
         if any(p for pair in pads for p in pair):
@@ -279,12 +282,7 @@ class WeightedGraph:
     def block_reader(self, i: int, j: int) -> Any:
         """Like :meth:`block`, as a local callable that reads the window one band at a time, so the
         transient memory of reading is one band's chunks rather than all of them at once."""
-        d = self.plan.depth
-        h, w = self.shape
-        y0 = int(sum(self.ychunks[:i])) - d
-        x0 = int(sum(self.xchunks[:j])) - d
-        y1 = y0 + self.ychunks[i] + 2 * d
-        x1 = x0 + self.xchunks[j] + 2 * d
+        y0, y1, x0, x1 = self._window(i, j)
         reader, args = self.reader, self.args
 
         def run() -> np.ndarray:
