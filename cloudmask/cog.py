@@ -10,6 +10,8 @@ leaves the destination untouched and no temporary file behind (a SIGKILL can lea
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import os
 import secrets
@@ -74,14 +76,11 @@ def output_error(exc: BaseException, path: Path | str) -> OutputError:
     return OutputError(f"{path}: cannot write output ({msg})")
 
 
-def _remove(path: Path | None) -> None:
+def remove_quietly(path: Path | None) -> None:
+    """Best-effort cleanup of a temporary file: an error here must not hide the original one."""
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass
 
 
 class RasterSink:
@@ -134,7 +133,7 @@ class RasterSink:
             if tags:
                 self.ds.update_tags(**tags)
         except (OSError, RasterioError) as exc:
-            _remove(self.path)
+            remove_quietly(self.path)
             raise output_error(exc, self.dst) from None
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
@@ -165,7 +164,7 @@ class RasterSink:
                 self.ds.close()
         except Exception:  # noqa: BLE001 - already failing; the file is removed next
             pass
-        _remove(self.path)
+        remove_quietly(self.path)
 
 
 def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
@@ -185,14 +184,14 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
                 in_memory=False, quiet=True, use_cog_driver=False,
             )
     except (OSError, RasterioError) as exc:
-        _remove(part)
+        remove_quietly(part)
         raise output_error(exc, dst) from None
     except Exception:
-        _remove(part)
+        remove_quietly(part)
         raise
     ok, errors, _ = cog_validate(str(part), quiet=True)
     if not ok:
-        _remove(part)
+        remove_quietly(part)
         raise OutputError(f"{dst}: written file is not a valid COG ({'; '.join(errors)})")
     return part
 
@@ -233,7 +232,7 @@ def write_cog(
         part = None
     finally:
         sink.discard()
-        _remove(part)
+        remove_quietly(part)
     return dst
 
 

@@ -506,14 +506,6 @@ def stac_item_for_mask(
     }
 
 
-def _remove(path: Path | None) -> None:
-    if path is not None:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 def mask_scene(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -542,7 +534,7 @@ def mask_scene(
     with OutputLock(paths.lock, paths.mask):
         for dst in (paths.mask, paths.proba):
             for stale in cog.stale_temps(dst):
-                _remove(stale)
+                cog.remove_quietly(stale)
         scene = read_scene(
             source, sensor=options.sensor, bands=list(options.bands) if options.bands else None,
             product=options.product, resolution=options.resolution, chunks=READ_CHUNK,
@@ -623,8 +615,8 @@ def mask_scene(
             for s in sinks:
                 s.discard()
             for p in parts:
-                _remove(p)
-            _remove(item_tmp)
+                cog.remove_quietly(p)
+            cog.remove_quietly(item_tmp)
     props = item["properties"]
     return MaskResult(
         source, str(paths.mask), "masked", seconds=time.perf_counter() - t0, megapixels=h * w / 1e6,

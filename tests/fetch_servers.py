@@ -6,6 +6,7 @@ Loaded as a pytest plugin from ``tests/conftest.py``. Nothing here mocks HTTP or
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -143,12 +144,15 @@ def serve_files(root: str, control: str) -> None:
     server.serve_forever(poll_interval=0.05)
 
 
-@pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[FileServer]:
-    """Serve ``tmp_path/www`` on 127.0.0.1 (port 0) from a child process."""
-    root, control = tmp_path / "www", tmp_path / "www-control"
-    root.mkdir()
-    control.mkdir()
+@contextlib.contextmanager
+def running_file_server(root: Path, control: Path) -> Iterator[FileServer]:
+    """Serve ``root`` on 127.0.0.1 (port 0) from a child process.
+
+    A child process, not a thread: GDAL holds the GIL while it waits on HTTP, so an in-process
+    server could never answer rasterio's range requests.
+    """
+    root.mkdir(exist_ok=True)
+    control.mkdir(exist_ok=True)
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fetch_servers as f; f.serve_files(sys.argv[1], sys.argv[2])"
     proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(control)], stdout=subprocess.PIPE, text=True)
     try:
@@ -158,6 +162,13 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[FileServer]:
+    """A Range-capable file server for ``tmp_path/www``."""
+    with running_file_server(tmp_path / "www", tmp_path / "www-control") as server:
+        yield server
 
 
 # --------------------------------------------------------------------------- scenes
