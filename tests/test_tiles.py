@@ -15,6 +15,7 @@ from cloudmask.tiles import (
     TileOptions,
     classify,
     dilate_classes,
+    even_split,
     feather_weights,
     mask_graph,
     plan_tiles,
@@ -167,3 +168,46 @@ def test_streaming_execution_equals_the_lazy_graph(predictor, s2_desc, dilate, b
     valid = np.isfinite(x).all(0)
     np.testing.assert_allclose(got_p[:, valid], np.rint(want_proba[:, valid] * 100), atol=1)
     assert (got_p[:, ~valid] == NODATA).all()
+
+
+@pytest.mark.parametrize("size, target", [(4096, 768), (100, 32), (8, 768), (1000, 1000), (250, 64)])
+def test_even_split_is_near_equal_on_the_pooling_grid(size, target):
+    parts = even_split(size, target, minimum=16)
+    assert sum(parts) == size
+    assert all(p % 8 == 0 for p in parts[:-1])  # origins stay on the model's pooling grid
+    assert max(parts) - min(parts) <= 8 + size % 8
+    assert len(parts) == max(1, min(round(size / target), size // 16))
+
+
+def test_even_split_avoids_a_thin_last_window():
+    # 4096 in 768 px tiles used to be 5 × 768 + 256 (the 256 px window cost a full window of context)
+    assert even_split(4096, 768) == (824, 824, 816, 816, 816)
+
+
+def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
+    from cloudmask.tiles import ChunkReader
+
+    calls: list[tuple[int, ...]] = []
+    base = np.arange(2 * 96 * 120, dtype="float32").reshape(2, 96, 120)
+
+    def decode(block, block_info=None):
+        calls.append(tuple(block_info[0]["chunk-location"]))
+        return block + 0.0
+
+    arr = da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32")
+    windows = [(y0 - 8, y0 + 40, x0 - 8, x0 + 48) for y0 in (0, 32, 64) for x0 in (0, 40, 80)]  # overlapping
+    planned = ChunkReader(arr)
+    planned.expect(windows, cache_mb=64)
+    padded = np.pad(base, ((0, 0), (8, 8), (8, 8)), constant_values=np.nan)  # NaN outside the array
+    want = {win: padded[:, win[0] + 8 : win[1] + 8, win[2] + 8 : win[3] + 8] for win in windows}
+    for win in windows:
+        np.testing.assert_array_equal(planned.window(*win), want[win])
+    assert len(calls) == len(set(calls)) == 2 * 3 * 3  # every chunk decoded exactly once
+    assert planned._cached_bytes == 0 and not planned._cache  # all dropped after their last use
+
+    calls.clear()
+    tiny = ChunkReader(arr)
+    tiny.expect(windows, cache_mb=0)  # nothing fits: correct, just slower
+    for win in windows:
+        np.testing.assert_array_equal(tiny.window(*win), want[win])
+    assert len(calls) > 2 * 3 * 3

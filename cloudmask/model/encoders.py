@@ -52,22 +52,28 @@ class SetEncoder(BandEncoder):
         self.out_channels = 2 * width
 
     def forward(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # Channels-last (B, n, h, w, C) so the shared C->C layer is one plain matrix product over a
+        # contiguous array (a channels-first layout would need a transposed copy of it first).
         n, c = emb.shape[0], self.width
-        g1 = self.gen1(emb).view(1, n, c, 3, 1, 1)
-        f2 = self.film2(emb).view(1, n, c, 2, 1, 1)
-        h = torch.addcmul(g1[:, :, :, 2], v[:, :, None], g1[:, :, :, 0])  # (B, n, C, h, w)
+        g1 = self.gen1(emb).view(n, c, 3)
+        f2 = self.film2(emb).view(n, c, 2)
+
+        def per_band(t: torch.Tensor) -> torch.Tensor:  # (n, C) -> broadcastable (1, n, 1, 1, C)
+            return t.reshape(1, n, 1, 1, c)
+
+        h = torch.addcmul(per_band(g1[:, :, 2]), v[..., None], per_band(g1[:, :, 0]))
         if torch.is_grad_enabled():
-            h = torch.relu(torch.addcmul(h, lv[:, :, None], g1[:, :, :, 1]))
-            h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
-            h = torch.relu(torch.addcmul(f2[:, :, :, 1], h, 1.0 + f2[:, :, :, 0])) * m[:, :, None]
+            h = torch.relu(torch.addcmul(h, lv[..., None], per_band(g1[:, :, 1])))
+            h = torch.matmul(h, self.mix.T)
+            h = torch.relu(torch.addcmul(per_band(f2[:, :, 1]), h, 1.0 + per_band(f2[:, :, 0]))) * m[..., None]
         else:  # inference: same maths, in place
-            h = h.addcmul_(lv[:, :, None], g1[:, :, :, 1]).relu_()
-            h = torch.matmul(self.mix, h.flatten(3)).view_as(h)
-            h = h.mul_(1.0 + f2[:, :, :, 0]).add_(f2[:, :, :, 1]).relu_().mul_(m[:, :, None])
+            h = h.addcmul_(lv[..., None], per_band(g1[:, :, 1])).relu_()
+            h = torch.matmul(h, self.mix.T)
+            h = h.mul_(1.0 + per_band(f2[:, :, 0])).add_(per_band(f2[:, :, 1])).relu_().mul_(m[..., None])
         ea = _band_softmax_weights(self.att(emb))  # (n, C)
-        num = torch.einsum("bnchw,nc->bchw", h, ea)
-        den = torch.einsum("bnhw,nc->bchw", m, ea).clamp(min=1e-6)
-        return torch.cat([num / den, h.amax(dim=1)], dim=1)
+        num = (h * ea.view(1, n, 1, 1, c)).sum(dim=1)  # (B, h, w, C)
+        den = torch.matmul(m.permute(0, 2, 3, 1), ea).clamp(min=1e-6)  # (B, h, w, n) @ (n, C)
+        return torch.cat([num / den, h.amax(dim=1)], dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
 class PairwiseEncoder(BandEncoder):
@@ -101,10 +107,20 @@ class PairwiseEncoder(BandEncoder):
         return torch.cat([total / count.clamp(min=1e-6), peak], dim=1)
 
 
-def _mix(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(K, n) @ (B, n, h, w) -> (B, K, h, w) via BLAS (much faster than a 1×1 conv on CPU)."""
+def _mix(weight: torch.Tensor, t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, n) @ (B, n, h, w) [+ bias (K,)] -> (B, K, h, w) via BLAS (much faster than a 1×1 conv on CPU).
+
+    Written as mm/bmm on the (n, h·w) view: ``torch.matmul`` with a broadcast batch would transpose
+    the feature map into a contiguous copy first, which costs more than the product itself.
+    """
     b, n, h, w = t.shape
-    return torch.matmul(weight, t.reshape(b, n, h * w)).view(b, weight.shape[0], h, w)
+    k = weight.shape[0]
+    flat = t.reshape(b, n, h * w)
+    if b == 1:
+        y = torch.mm(weight, flat[0]) if bias is None else torch.addmm(bias[:, None], weight, flat[0])
+        return y.view(1, k, h, w)
+    y = torch.bmm(weight.expand(b, k, n), flat)
+    return (y if bias is None else y.add_(bias[None, :, None])).view(b, k, h, w)
 
 
 class FineProjection(nn.Module):

@@ -67,8 +67,7 @@ class Conv1x1(nn.Conv2d):
         super().__init__(c_in, c_out, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _mix(self.weight.view(self.out_channels, self.in_channels), x)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        return _mix(self.weight.view(self.out_channels, self.in_channels), x, self.bias)
 
 
 class DSBlock(nn.Module):
