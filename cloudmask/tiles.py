@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -673,7 +674,13 @@ class LocalRunner:
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or default_threads()
 
-    def run(self, blocks: list[tuple[Any, da.Array]]):
+    @property
+    def slots(self) -> int:
+        return self.threads
+
+    def run(self, blocks: Iterable[tuple[Any, Any]], may_submit: Callable[[], bool] | None = None):
+        """Yield (key, result) as blocks finish. ``may_submit`` lets the consumer hold back new work
+        (it is ignored when nothing is running, so the run always progresses)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         configure_torch_threads(self.threads)
@@ -682,7 +689,7 @@ class LocalRunner:
             running: dict[Any, Any] = {}
 
             def fill() -> None:
-                while len(running) < self.threads:
+                while len(running) < self.threads and (not running or may_submit is None or may_submit()):
                     try:
                         key, arr = next(todo)
                     except StopIteration:
@@ -705,16 +712,20 @@ class DistributedRunner:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def run(self, blocks: list[tuple[Any, da.Array]]):
+    @property
+    def slots(self) -> int:
+        return max(2, 2 * sum(self.client.nthreads().values()))
+
+    def run(self, blocks: Iterable[tuple[Any, Any]], may_submit: Callable[[], bool] | None = None):
         from distributed import as_completed
 
-        slots = max(2, 2 * sum(self.client.nthreads().values()))
+        slots = self.slots
         todo = iter(blocks)
         keys: dict[str, Any] = {}
         queue = as_completed([], with_results=True, loop=self.client.loop)
 
-        def submit(n: int) -> None:
-            for _ in range(n):
+        def top_up() -> None:
+            while len(keys) < slots and (not keys or may_submit is None or may_submit()):
                 try:
                     key, arr = next(todo)
                 except StopIteration:
@@ -723,12 +734,12 @@ class DistributedRunner:
                 keys[fut.key] = key
                 queue.add(fut)
 
-        submit(slots)
+        top_up()
         for fut, value in queue:
             key = keys.pop(fut.key)
             fut.release()
             yield key, value
-            submit(1)
+            top_up()
 
 
 class _RowDilator:
@@ -787,13 +798,10 @@ def stream_mask(
     if local:  # every window is read once, in this order: let the reader keep shared chunks
         graph.reader.expect([graph._window(i, j) for i in range(ny) for j in range(nx)], READER_CACHE_MB)
 
-    def row_jobs(i: int) -> list[tuple[tuple[int, int], Any]]:
-        return [((i, j), graph.block_reader(i, j) if local else graph.block(i, j)) for j in range(nx)]
-
-    def results():
-        # Row by row: the buffer never holds more than one block row plus its margins.
+    def jobs():
         for i in range(ny):
-            yield from runner.run(row_jobs(i))
+            for j in range(nx):
+                yield (i, j), (graph.block_reader(i, j) if local else graph.block(i, j))
 
     # One preallocated buffer, tall enough for a block row plus both margins: rows are shifted up in
     # place as they are finished, never reallocated (a growing concatenate briefly doubles it).
@@ -820,20 +828,16 @@ def stream_mask(
         for yy, rows in dil.push(y0, cls):
             write_mask(yy, to_binary(rows) if binary else rows)
 
-    done_blocks = 0
-    for (i, j), block in results():
+    def fits(i: int) -> bool:
+        return int(yoff[i]) + graph.ychunks[i] + 2 * d <= base + acc.shape[1]
+
+    def accept(i: int, j: int, block: np.ndarray) -> None:
+        """Overlap-add one extended block, then finish every block row that is now complete."""
+        nonlocal next_row, fin, base
         top = int(yoff[i])
-        bottom = top + graph.ychunks[i] + 2 * d
-        if bottom > base + acc.shape[1]:  # a block of a later row arrived early: make room
-            grow = np.zeros((_CHANNELS, bottom - base - acc.shape[1], acc.shape[2]), dtype="float32")
-            acc = np.concatenate([acc, grow], axis=1)
         x0 = int(xoff[j])
-        acc[:, top - base : bottom - base, x0 : x0 + block.shape[2]] += block
-        del block
+        acc[:, top - base : top - base + block.shape[1], x0 : x0 + block.shape[2]] += block
         left[i] -= 1
-        done_blocks += 1
-        if on_block:
-            on_block(done_blocks, total)
         while next_row < ny and left[next_row] == 0:
             next_row += 1
             limit = int(yoff[next_row]) if next_row < ny else h + 2 * d  # next pending window's top
@@ -847,6 +851,31 @@ def stream_mask(
                     acc[:, r0 : min(r0 + drop, keep)] = acc[:, r0 + drop : min(r0 + 2 * drop, keep + drop)]
                 acc[:, keep:] = 0.0
                 base = fin
+
+    # Blocks are submitted in raster order without waiting for a block row to drain (no idle
+    # thread at row ends). A block of the next row that finishes before its rows are in the buffer
+    # waits in ``early``; while ``early`` is full no new work starts, so memory stays bounded.
+    early: list[tuple[int, int, np.ndarray]] = []
+    max_early = max(1, int(getattr(runner, "slots", 1)))
+    done_blocks = 0
+    for (i, j), block in runner.run(jobs(), may_submit=lambda: len(early) < max_early):
+        done_blocks += 1
+        if on_block:
+            on_block(done_blocks, total)
+        if not fits(i):
+            early.append((i, j, block))
+            continue
+        accept(i, j, block)
+        del block
+        while True:  # finished rows free buffer space: place what was waiting, in row order
+            ready = [e for e in early if fits(e[0])]
+            if not ready:
+                break
+            for e in ready:
+                early.remove(e)
+                accept(*e)
+    if early:  # cannot happen: every row completes once its blocks have arrived
+        raise RuntimeError(f"{len(early)} tiled blocks were never placed")
 
 
 __all__: list[Any] = [

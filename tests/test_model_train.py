@@ -17,6 +17,12 @@ from cloudmask.model.train import confusion, load_config, partial_cross_entropy,
 from cloudmask.registry import get_sensor
 from cloudmask.testing import write_raster
 
+#: Config overrides for a seconds-long training run on the stand-in simulator with a tiny net.
+TINY_RUN = ["data.simulator=standin", "data.tile=32", "data.batch=2", "val.scenes=1", "val.size=32",
+            "model.desc_dim=8", "model.enc_width=4", "model.lin4_width=4", "model.c4=8", "model.c8=8",
+            "model.dilations=[1]", "model.head_width=4", "train.warmup=1", "train.val_every=1", "train.threads=1",
+            "train.ckpt_every=1"]
+
 
 def test_partial_cross_entropy_sets() -> None:
     logits = torch.zeros(1, 4, 1, 2)
@@ -112,10 +118,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
     from cloudmask.model.train import train
 
-    tiny = ["data.simulator=standin", "data.tile=32", "data.batch=2", "val.scenes=1", "val.size=32",
-            "model.desc_dim=8", "model.enc_width=4", "model.lin4_width=4", "model.c4=8", "model.c8=8",
-            "model.dilations=[1]", "model.head_width=4", "train.warmup=1", "train.val_every=1", "train.threads=1",
-            "train.ckpt_every=1", "train.steps=3"]
+    tiny = [*TINY_RUN, "train.steps=3"]
 
     class Stop(Exception):
         pass
@@ -135,3 +138,34 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
     assert load_file(str(tmp_path / "a" / "best.safetensors"))
+
+
+def test_partly_cloudy_tile_without_shadow_counts_as_shadow_unlabelled() -> None:
+    from cloudmask.model.data import shadow_label_missing
+
+    y = np.zeros((50, 50), dtype="uint8")
+    assert not shadow_label_missing(y)  # clear: no cloud, so no shadow to miss
+    y[:20] = 1
+    assert shadow_label_missing(y)  # 40 % cloud over clear ground and not one shadow pixel
+    y[30:32, :5] = 3
+    assert not shadow_label_missing(y)  # the annotator did mark shadow
+    assert not shadow_label_missing(np.ones((50, 50), dtype="uint8"))  # overcast: nothing to cast onto
+    assert not shadow_label_missing(np.full((5, 5), 255, dtype="uint8"))
+
+
+def test_train_init_fine_tunes_from_saved_weights(tmp_path: Path) -> None:
+    from cloudmask.model.predictor import load_model
+    from cloudmask.model.train import train
+
+    tiny = [*TINY_RUN, "train.steps=1"]
+    train(load_config(None, [f"out={tmp_path / 'a'}", *tiny]))
+    start = load_model(tmp_path / "a" / "best.safetensors").net.state_dict()
+    train(load_config(None, [f"out={tmp_path / 'b'}", f"train.init={tmp_path / 'a' / 'best.safetensors'}",
+                             "train.lr=1e-9", "seed=5", *tiny]))
+    tuned = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    learned = [k for k in start if "running_" not in k and "num_batches" not in k]  # BatchNorm stats move anyway
+    for k in learned:  # a near-zero learning rate: still the initial weights
+        assert torch.allclose(start[k].float(), tuned[k].float(), atol=1e-4), k
+    with pytest.raises(UsageError, match="architecture differs"):
+        train(load_config(None, [f"out={tmp_path / 'c'}", f"train.init={tmp_path / 'a' / 'best.safetensors'}",
+                                 *tiny, "model.c8=12"]))

@@ -211,3 +211,27 @@ def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
     for win in windows:
         np.testing.assert_array_equal(tiny.window(*win), want[win])
     assert len(calls) > 2 * 3 * 3
+
+
+def test_streaming_places_blocks_that_finish_out_of_order(predictor, s2_desc):
+    """Blocks of the next row may finish first (threads don't wait at row ends): same result."""
+    from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph
+
+    class OutOfOrder(LocalRunner):  # runs the jobs, then hands results over late-first in threes
+        def run(self, blocks, may_submit=None):
+            done = [(key, job()) for key, job in blocks]
+            for g in range(0, len(done), 3):
+                yield from reversed(done[g : g + 3])
+
+    x = random_reflectance(13, 330, 140, seed=6)
+    opts = TileOptions(tile_size=32)
+    want, _ = mask_graph(x, s2_desc, predictor, opts)
+    graph = weighted_graph(x, s2_desc, predictor, opts)
+    assert len(graph.xchunks) < 3 < len(graph.ychunks)  # groups of three straddle block rows
+    got = np.full((330, 140), 77, dtype="uint8")
+
+    def put(y0, rows):
+        got[y0 : y0 + rows.shape[0]] = rows
+
+    stream_mask(graph, OutOfOrder(3), put)
+    np.testing.assert_array_equal(got, want.compute())

@@ -248,8 +248,25 @@ def load_real_tiles(root: str | Path, patterns: Sequence[str], mapping: str = "c
         with rasterio.open(root / e["label"]) as src:
             y = map_labels(src.read(1), mapping)
         lab = e.get("labelled", {})
-        tiles.append(RealTile(e["image"], x, y, bands, bool(lab.get("thin", True)), bool(lab.get("shadow", True))))
+        shadow = bool(lab.get("shadow", True)) and not shadow_label_missing(y)
+        tiles.append(RealTile(e["image"], x, y, bands, bool(lab.get("thin", True)), shadow))
     return tiles
+
+
+def shadow_label_missing(y: np.ndarray, low: float = 0.01, high: float = 0.95) -> bool:
+    """True for a tile that shows both cloud and clear ground but has not one shadow pixel.
+
+    Why: some annotators (Landsat 8 Biome among them) marked shadow in only part of their scenes, so
+    a partly cloudy tile with zero shadow most likely has its shadows inside "clear". Training on it
+    as if labelled teaches that shadows are clear ground; the partial-label loss treats its clear
+    pixels as "clear or shadow" instead.
+    """
+    ok = y != IGNORE
+    n = int(ok.sum())
+    if n == 0:
+        return False
+    cloud = float(((y == THICK) | (y == THIN)).sum()) / n
+    return low < cloud < high and not bool((y == SHADOW).any())
 
 
 class RealSource:

@@ -57,6 +57,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "ckpt_every": 200,
         "threads": 2,
         "select": "score",  # checkpoint selection: mean of sim and l8biome-val cloud F1 (+ shadow F1)
+        "init": None,  # weights to start from (fine-tuning); None = random initialisation
         "max_minutes": None,  # wall-clock budget: stop (with a final validation) when it is spent
         "schedule": "steps",  # "steps": cosine over train.steps; "time": cosine over max(step, time) progress
     },
@@ -258,6 +259,13 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     rng_aug = np.random.default_rng(seed + 2)
 
     net = CloudNet(ModelConfig.from_dict(cfg["model"])).to(device)
+    if tcfg.get("init") and not resume:  # fine-tune: start from existing weights (same architecture)
+        from cloudmask.model.predictor import load_model
+
+        init = load_model(tcfg["init"])
+        if init.config != net.config:
+            raise UsageError(f"train.init {tcfg['init']}: its architecture differs from model: in the config")
+        net.load_state_dict(init.net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     steps, warm = int(tcfg["steps"]), int(tcfg["warmup"])
 
