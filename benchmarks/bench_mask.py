@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tile-size", type=int, default=None, help="default: cloudmask's default")
     ap.add_argument("--workdir", type=Path, help="where scenes are written (kept for reuse); default a temp dir")
-    ap.add_argument("--peers", action="store_true", help="also time ukis-csmask and s2cloudless (smallest size)")
+    ap.add_argument("--peers", action="store_true", help="also time ukis-csmask and s2cloudless (on one size)")
+    ap.add_argument("--peers-size", type=int, default=None, help="scene edge the peers run on (default: the smallest)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": masked["model"][:60], "halo": masked["halo"],
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        if args.peers and size == min(sizes):
+        if args.peers and size == (args.peers_size or min(sizes)):
             peer_rows = run_peers(scene, work / "peers")
             for r in peer_rows:
                 if "seconds" in r:
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         Console(width=160).print(f"model: {rows[0]['model']} (halo {rows[0]['halo']} px)")
     if peer_rows:
-        pt = Table(title="peers on the smallest scene (peer time excludes reading; cloudmask is end-to-end)", title_justify="left")
+        pt = Table(title=f"peers on the {args.peers_size or min(sizes)}² scene (peer time excludes reading; cloudmask is end-to-end)", title_justify="left")
         for c in ("peer", "s_per_mpx", "cloudmask_end_to_end_s_per_mpx", "speedup_cloudmask", "status"):
             pt.add_column(c)
         for r in peer_rows:
