@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import console
+from cloudmask.cli.common import JsonOpt, QuietOpt, console
 from cloudmask.errors import OutputError
 
 #: The bundled scene: simulated Sentinel-2 L2A DN (baseline 04.00 offset), 256×256 px at 20 m,
@@ -21,6 +22,8 @@ SAMPLE_LABEL = SAMPLE.with_name("S2A_MSIL2A_sample.label.tif")
 @app.command("sample")
 def sample_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to copy the sample scene into.")] = Path("sample"),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Copy the bundled Sentinel-2 sample scene and its labels into a folder."""
     try:
@@ -32,4 +35,7 @@ def sample_cmd(
             tmp.replace(target)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the sample scene ({exc.strerror or exc})") from None
-    console.print(str(out / SAMPLE.name), highlight=False)
+    if as_json:
+        print(json.dumps({"scene": str(out / SAMPLE.name), "labels": str(out / SAMPLE_LABEL.name)}))
+    elif not quiet:
+        console.print(str(out / SAMPLE.name), highlight=False)

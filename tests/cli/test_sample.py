@@ -23,3 +23,14 @@ def test_sample_scene_is_copied_and_readable(tmp_path):
     with rasterio.open(tmp_path / "s" / "S2A_MSIL2A_sample.label.tif") as src:
         classes = set(np.unique(src.read(1)).tolist())
     assert classes <= {0, 1, 2, 3, 255} and {0, 1, 3} <= classes
+
+
+def test_sample_quiet_and_json(tmp_path):
+    import json
+
+    quiet = CliRunner().invoke(app, ["sample", "-o", str(tmp_path / "q"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    assert (tmp_path / "q" / "S2A_MSIL2A_sample.tif").is_file()
+    out = CliRunner().invoke(app, ["sample", "-o", str(tmp_path / "j"), "--json"])
+    paths = json.loads(out.output)
+    assert paths["scene"].endswith("S2A_MSIL2A_sample.tif") and paths["labels"].endswith(".label.tif")
