@@ -54,7 +54,8 @@ ALIGN = 8
 
 
 class ProbaPredictor(Protocol):
-    """What tiling needs from a model (see :class:`cloudmask.model.Predictor`)."""
+    """What tiling needs from a model (see :class:`cloudmask.model.Predictor`). A model may also
+    accept ``region=(y0, y1, x0, x1)`` to return only that part of each window (used when present)."""
 
     halo: int
 
@@ -204,18 +205,24 @@ def _predict_block(
             x = x.copy()
         x[~finite] = np.nan  # ±inf is nodata too
     del finite
+    # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
+    # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
+    # alone, so its full-resolution work shrinks by ~45 % of the window's area.
+    c = plan.context
     weights: dict[tuple[int, int], np.ndarray] = {}
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for cy, y0 in zip(ys, np.cumsum((0, *ys[:-1]))):
         for cx, x0 in zip(xs, np.cumsum((0, *xs[:-1]))):
             wy, wx = cy + 2 * d, cx + 2 * d
             if (cy, cx) not in weights:
-                weights[cy, cx] = np.outer(feather_weights(cy, plan.context, plan.feather), feather_weights(cx, plan.context, plan.feather))
+                full = np.outer(feather_weights(cy, c, plan.feather), feather_weights(cx, c, plan.feather))
+                weights[cy, cx] = full[c : wy - c, c : wx - c]
             w2 = weights[cy, cx]
-            win_valid = valid[y0 : y0 + wy, x0 : x0 + wx]
-            acc[_W, y0 : y0 + wy, x0 : x0 + wx] += np.where(win_valid, w2, -w2)
-            if win_valid.any():  # windows with no valid pixel add zero probability: all nodata
+            inner = valid[y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
+            acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.where(inner, w2, -w2)
+            if inner.any():  # no valid pixel where the window carries weight: all nodata there
                 groups.setdefault((wy, wx), []).append((int(y0), int(x0)))
+    region = _accepts_region(predictor)
     for (wy, wx), todo in groups.items():
         w2 = weights[wy - 2 * d, wx - 2 * d]
         for i in range(0, len(todo), batch_size):
@@ -224,12 +231,31 @@ def _predict_block(
                 stack = x[None]  # the block is exactly one window: no copy
             else:
                 stack = np.stack([x[:, y0 : y0 + wy, x0 : x0 + wx] for y0, x0 in group])
-            proba = np.asarray(predictor.predict_proba_batch(stack, descriptors), dtype="float32")
-            if proba.shape != (len(group), N_CLASSES, wy, wx):
-                raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, wy, wx)}")
+            if region:
+                proba = predictor.predict_proba_batch(stack, descriptors, region=(c, wy - c, c, wx - c))
+            else:
+                proba = np.asarray(predictor.predict_proba_batch(stack, descriptors))[:, :, c : wy - c, c : wx - c]
+            proba = np.asarray(proba, dtype="float32")
+            if proba.shape != (len(group), N_CLASSES, wy - 2 * c, wx - 2 * c):
+                raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, wy - 2 * c, wx - 2 * c)}")
             for (y0, x0), p in zip(group, proba):
-                acc[:_W, y0 : y0 + wy, x0 : x0 + wx] += np.nan_to_num(p[:_W]) * w2
+                acc[:_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.nan_to_num(p[:_W]) * w2
     return acc
+
+
+@functools.lru_cache(maxsize=32)
+def _accepts_region_type(kind: type) -> bool:
+    import inspect
+
+    try:
+        return "region" in inspect.signature(kind.predict_proba_batch).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _accepts_region(predictor: Any) -> bool:
+    """Whether ``predictor.predict_proba_batch`` takes ``region=`` (cloudmask's Predictor does)."""
+    return _accepts_region_type(type(predictor))
 
 
 def _fold_axis(e: np.ndarray, axis: int, d: int) -> np.ndarray:

@@ -181,3 +181,17 @@ def test_bundled_weights_are_trained() -> None:
         pr = p.predict_proba(xs, ds)
         assert pr[0, 20:44, 8:40].mean() > 0.6
         assert pr[1:3, 20:44, 56:88].sum(axis=0).mean() > 0.9
+
+
+def test_output_region_equals_crop_of_full_output(predictor: Predictor) -> None:
+    x, d = _scene(13, 61, 75, seed=4)
+    x[2, 10:30, 5:25] = np.nan  # nodata inside and across the region's edge
+    full = predictor.predict_proba(x, d)
+    for region in [(0, 61, 0, 75), (9, 50, 13, 70), (3, 4, 74, 75), (56, 61, 0, 9)]:
+        y0, y1, x0, x1 = region
+        np.testing.assert_allclose(predictor.predict_proba(x, d, region=region), full[:, y0:y1, x0:x1], atol=1e-5)
+    batch = predictor.predict_proba_batch(np.stack([x, x]), d, region=(9, 50, 13, 70))
+    assert batch.shape == (2, 4, 41, 57)
+    for bad in [(0, 62, 0, 75), (10, 10, 0, 5), (-1, 5, 0, 5)]:
+        with pytest.raises(BandError, match="region"):
+            predictor.predict_proba(x, d, region=bad)

@@ -210,13 +210,21 @@ class CloudNet(nn.Module):
         return logits[:, :, :h, :w]
 
     @torch.inference_mode()
-    def predict_proba(self, x: torch.Tensor, desc: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    def predict_proba(self, x: torch.Tensor, desc: torch.Tensor, chunk: int = 64,
+                      region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Class probabilities (B, 4, h, w), computed in row chunks so full-resolution
         intermediates stay in cache (memory traffic, not FLOPs, bounds CPU speed here).
 
-        Pixels where no band is valid get probability 1 for clear, so nodata is never cloud.
+        ``region`` = (y0, y1, x0, x1) returns only those rows and columns, (B, 4, y1-y0, x1-x0):
+        the context still sees the whole input, but the full-resolution head runs on the region
+        alone (tiled inference discards the outputs in a window's context margins anyway).
+        Equal to the same crop of the full output. Pixels where no band is valid get probability
+        1 for clear, so nodata is never cloud.
         """
         x, h, w = self._prepare(x)
+        y0, y1, x0, x1 = region if region is not None else (0, h, 0, w)
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ValueError(f"region {region} is not inside the {h}×{w} input")
         chunk = max(self.stride, chunk // self.stride * self.stride)
         emb = self.desc_mlp(descriptor_features(desc))
         rows = x.shape[-2]
@@ -228,20 +236,26 @@ class CloudNet(nn.Module):
         m4 = torch.cat([p[1] for p in pooled], dim=-2)
         del pooled
         a4 = self._context(v4, m4, desc, emb)
+        # Columns of the region plus one 1/4-res column each side, so bilinear upsampling of the
+        # slice equals the same columns of the full upsampling (as for the row chunks below).
+        clo, chi = max(x0 // 4 - 1, 0), min(-(-x1 // 4) + 1, a4.shape[-1])
+        a4 = a4[..., clo:chi]
+        xcols = x[..., clo * 4 : chi * 4]
+        coff = x0 - clo * 4
         fw = self.fine.weights(emb)
-        out = x.new_empty(x.shape[0], N_CLASSES, h, w)
-        for r in range(0, h, chunk):
+        out = x.new_empty(x.shape[0], N_CLASSES, y1 - y0, x1 - x0)
+        for r in range(y0, y1, chunk):
             lo, hi = max(r // 4 - 1, 0), min((r + chunk) // 4 + 1, a4.shape[-2])
-            xs = x[..., lo * 4 : hi * 4, :]
+            xs = xcols[..., lo * 4 : hi * 4, :]
             logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, self._all_valid(xs, desc))
             off = r - lo * 4
-            n_rows = min(chunk, h - r)
-            prob = torch.softmax(logits[:, :, off : off + n_rows, :w], dim=1)
+            n_rows = min(chunk, y1 - r)
+            prob = torch.softmax(logits[:, :, off : off + n_rows, coff : coff + x1 - x0], dim=1)
             if valid is not None:
-                nodata = valid[:, off : off + n_rows, :w] == 0
+                nodata = valid[:, off : off + n_rows, coff : coff + x1 - x0] == 0
                 prob[:, 0].masked_fill_(nodata, 1.0)
                 prob[:, 1:].masked_fill_(nodata[:, None], 0.0)
-            out[:, :, r : r + n_rows] = prob
+            out[:, :, r - y0 : r - y0 + n_rows] = prob
         return out
 
 

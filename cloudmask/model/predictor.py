@@ -93,15 +93,27 @@ class Predictor:
             raise BandError("band descriptors contain NaN or infinite values")
         return torch.from_numpy(np.ascontiguousarray(x, dtype="float32")), torch.from_numpy(d)
 
-    def predict_proba(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-        """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities."""
+    def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities
+        (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all)."""
         xt, dt = self._check(x, descriptors, 3)
-        return self._infer.predict_proba(xt[None], dt)[0].numpy()
+        return self._infer.predict_proba(xt[None], dt, region=self._region(region, xt))[0].numpy()
 
-    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-        """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w)."""
+    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w), or the
+        ``region`` of each (see :meth:`predict_proba`)."""
         xt, dt = self._check(x, descriptors, 4)
-        return self._infer.predict_proba(xt, dt).numpy()
+        return self._infer.predict_proba(xt, dt, region=self._region(region, xt)).numpy()
+
+    @staticmethod
+    def _region(region: tuple[int, int, int, int] | None, xt: torch.Tensor) -> tuple[int, int, int, int] | None:
+        if region is None:
+            return None
+        y0, y1, x0, x1 = (int(v) for v in region)
+        h, w = xt.shape[-2:]
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise BandError(f"output region {region} is not inside the {h}×{w} input")
+        return y0, y1, x0, x1
 
     # ------------------------------------------------------------------ persistence
 
