@@ -198,13 +198,15 @@ def _predict_block(
     ys, xs = even_split(h, t, min_core), even_split(w, t, min_core)
     acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
     x = block.astype("float32", copy=False)
-    finite = np.isfinite(x)
-    valid = finite.all(axis=0)
-    if not finite.all():
-        if not x.flags.writeable or x is block:
-            x = x.copy()
-        x[~finite] = np.nan  # ±inf is nodata too
-    del finite
+    valid = np.isfinite(x.sum(axis=0))  # one pass: any NaN/inf in a pixel's bands makes its sum non-finite
+    if not valid.all():
+        finite = np.isfinite(x)
+        valid = finite.all(axis=0)
+        if not finite.all():
+            if not x.flags.writeable or x is block:
+                x = x.copy()
+            x[~finite] = np.nan  # ±inf is nodata too
+        del finite
     # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
     # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
     # alone, so its full-resolution work shrinks by ~45 % of the window's area.
@@ -459,9 +461,13 @@ class ChunkReader:
 
     def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """(band, y1-y0, x1-x0) float32; NaN outside the array."""
-        out = np.full((self.shape[0], y1 - y0, x1 - x0), np.nan, dtype="float32")
         n, h, w = self.shape
         ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        shape = (n, y1 - y0, x1 - x0)
+        if (ya, yb, xa, xb) == (y0, y1, x0, x1):
+            out = np.empty(shape, dtype="float32")  # every pixel is copied below: no NaN fill needed
+        else:
+            out = np.full(shape, np.nan, dtype="float32")  # NaN (nodata) outside the array
         boff, yoff, xoff = self.offsets
         now = self._order.get((y0, y1, x0, x1))
         # Column by column, so the right-hand chunks (the next window's left-hand ones) are freshest.
