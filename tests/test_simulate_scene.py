@@ -84,3 +84,24 @@ def test_bad_input(s2_bands: list[Band]) -> None:
         simulate_scene(s2_bands, 32, biome="moon")
     with pytest.raises(UsageError, match="cloud_cover"):
         simulate_scene(s2_bands, 32, cloud_cover=2)
+
+
+def test_ambiguous_penumbra_is_labelled_ignore(s2_bands: list[Band]) -> None:
+    kw = dict(rng=5, cloud_cover=0.5, cirrus_cover=0.0, haze_tau=0.0, nodata_border_prob=0, cloud_tau_max=40)
+    plain = simulate_scene(s2_bands[:4], 96, **kw)
+    strict = simulate_scene(s2_bands[:4], 96, shadow_max_sun=0.6, shadow_ambiguous_sun=0.9, **kw)
+    np.testing.assert_array_equal(plain.data, strict.data)  # same pixels, only the labels differ
+    assert (plain.labels != 255).all() and (strict.labels == 255).any()
+    assert ((strict.labels == 3) <= (plain.labels == 3)).all()  # fewer, darker shadows labelled
+    changed = plain.labels != strict.labels
+    assert set(np.unique(plain.labels[changed]).tolist()) <= {0, 3}  # only clear/shadow become 255
+
+
+def test_training_simulator_options_are_checked() -> None:
+    from cloudmask.model.data import get_simulator
+
+    sim = get_simulator("simulator", {"shadow_ambiguous_sun": 0.9})
+    x, y = sim(list(get_sensor("landsat8").bands)[:4], 32, np.random.default_rng(0))
+    assert x.shape == (4, 32, 32) and y.shape == (32, 32)
+    with pytest.raises(UsageError, match="sim_options"):
+        get_simulator("simulator", {"shadow_max_son": 0.5})

@@ -155,15 +155,22 @@ def standin_scene(bands: Sequence[Band], size: int, rng: np.random.Generator) ->
     return x, y
 
 
-def get_simulator(name: str) -> Callable[[Sequence[Band], int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
-    """``"simulator"`` (cloudmask.simulate) or ``"standin"`` (fast crude scenes for tests)."""
+def get_simulator(name: str, options: dict[str, Any] | None = None) -> Callable[[Sequence[Band], int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """``"simulator"`` (cloudmask.simulate, with ``options`` from its DEFAULTS, e.g. label
+    thresholds) or ``"standin"`` (fast crude scenes for tests)."""
     if name == "standin":
         return standin_scene
     if name == "simulator":
         from cloudmask.simulate import simulate_scene
+        from cloudmask.simulate.scene import DEFAULTS
+
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - set(DEFAULTS))
+        if unknown:
+            raise UsageError(f"unknown data.sim_options {unknown} (see cloudmask.simulate.scene.DEFAULTS)")
 
         def sim(bands: Sequence[Band], size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-            s = simulate_scene(bands, size, rng)
+            s = simulate_scene(bands, size, rng, **opts)
             return s.data, s.labels
 
         return sim
@@ -176,7 +183,7 @@ class SimSource:
     def __init__(self, cfg: dict[str, Any], rng: np.random.Generator):
         self.cfg = cfg
         self.rng = rng
-        self.simulate = get_simulator(cfg.get("simulator", "simulator"))
+        self.simulate = get_simulator(cfg.get("simulator", "simulator"), cfg.get("sim_options"))
         self.sensors = list(cfg.get("sensors", ["sentinel2", "landsat8"]))
         self.sensor_bands = {s: sensor_bands(s) for s in self.sensors}
         self.p_virtual = float(cfg.get("virtual_prob", 0.3))

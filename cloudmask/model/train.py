@@ -39,6 +39,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "tile": 128,
         "batch": 8,
         "jitter": {"gain": 0.05, "brightness": 0.08, "thermal_k": 2.0, "wavelength": 0.015},
+        "sim_options": {},  # simulate_scene options (cloudmask.simulate.scene.DEFAULTS), e.g. label thresholds
     },
     "real": {
         "root": None,
@@ -74,7 +75,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict
         key = f"{where}{k}"
         if k not in out:
             raise UsageError(f"unknown config key {key!r}")
-        if isinstance(out[k], dict) and k != "model":
+        if key == "data.sim_options":  # free-form: checked against the simulator's DEFAULTS when used
+            if not isinstance(v, dict):
+                raise UsageError(f"config key {key!r} must be a mapping")
+            out[k] = {**out[k], **v}
+        elif isinstance(out[k], dict) and k != "model":
             if not isinstance(v, dict):
                 raise UsageError(f"config key {key!r} must be a mapping")
             out[k] = _merge(out[k], v, key + ".")
@@ -214,7 +219,7 @@ def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarr
 def sim_val_sets(cfg: dict[str, Any]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
     """Fixed simulated validation scenes per sensor (seeded apart from training)."""
     vcfg = cfg["val"]
-    sim = get_simulator(cfg["data"]["simulator"])
+    sim = get_simulator(cfg["data"]["simulator"], cfg["data"].get("sim_options"))
     sets = {}
     for i, s in enumerate(vcfg["sensors"]):
         bands = sensor_bands(s)

@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "thin_min_tau": 0.5,
     "shadow_tau": 5.0,  # min projected optical thickness for a shadow label
     "shadow_max_sun": 0.7,  # ... and at most this fraction of the direct beam getting through
+    "shadow_ambiguous_sun": None,  # if set: clear pixels with less direct sun than this (penumbra,
+    #                                faint shadows an annotator may call either way) are labelled 255
 }
 
 
@@ -327,6 +329,8 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     labels[tau_tot >= p["thin_min_tau"]] = THIN
     labels[tau_tot >= p["thick_tau"]] = THICK
     labels[(labels == CLEAR) & (sh_tau >= p["shadow_tau"]) & (t_sun < p["shadow_max_sun"])] = SHADOW
+    if p["shadow_ambiguous_sun"] is not None:
+        labels[(labels == CLEAR) & (t_sun < float(p["shadow_ambiguous_sun"]))] = NODATA
     border = nodata_border(shape, gen) if gen.random() < p["nodata_border_prob"] else None
     if border is not None:
         labels[border] = NODATA
