@@ -65,11 +65,12 @@ class ProbaPredictor(Protocol):
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How a scene is cut up. Defaults suit a CPU: 768 px cores (1120 px windows with the
+    """How a scene is cut up. Defaults suit a CPU: ~768 px cores (~1120–1180 px windows with the
     bundled model's halo), one window per task, which keeps peak memory under ~1.5 GB with two
     threads; raise ``batch_size`` on a GPU.
 
-    tile_size: core edge of one model window in pixels (rounded up to a multiple of 8).
+    tile_size: target core edge of one model window in pixels; the scene is split into near-equal
+        cores on the 8 px grid (:func:`even_split`), so actual cores are within ~±30 % of it.
     overlap: pixels of extra input per window side (context + feather); default ``halo + 32``.
     batch_size: windows per model call (one Dask task predicts one batch of adjacent windows).
     threads: local Dask worker threads; default all cores.

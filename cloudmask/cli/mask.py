@@ -136,7 +136,7 @@ def mask_cmd(
     dilate: Annotated[int, typer.Option("--dilate", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
     binary: Annotated[bool, typer.Option("--binary", help="Write 1 = cloud (thick or thin), 0 = not cloud.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
-    tile_size: Annotated[int, typer.Option("--tile-size", help="Model window edge in pixels.", min=16)] = TileOptions.tile_size,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
     overlap: Annotated[
         int | None, typer.Option("--overlap", help="Extra pixels per window side (default: model halo + 32).", min=0)
     ] = None,
