@@ -40,7 +40,7 @@ def test_label_mappings() -> None:
     raw = np.array([[0, 64, 128], [192, 255, 7]], dtype=np.uint8)
     np.testing.assert_array_equal(map_labels(raw, "l8biome"), [[255, 3, 0], [2, 1, 255]])
     np.testing.assert_array_equal(map_labels(np.array([0, 1, 2, 3, 4, 5, 6]), "sparcs"), [3, 3, 0, 0, 0, 1, 0])
-    assert LABEL_MAPPINGS["sparcs"]["thin"] is False
+    assert LABEL_MAPPINGS["sparcs"].labelled.thin is False
     with pytest.raises(UsageError, match="unknown label mapping"):
         map_labels(raw, "nope")
 
@@ -67,6 +67,13 @@ def test_config_overrides_and_errors(tmp_path: Path) -> None:
     bad.write_text("train: [1, 2\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         load_config(bad)
+    # simulator options are free-form (the simulator checks them) and merge across file and overrides
+    opts = tmp_path / "opts.yaml"
+    opts.write_text("data:\n  sim_options: {shadow_max_sun: 0.6}\n")
+    cfg = load_config(opts, ["data.sim_options.shadow_ambiguous_sun=0.85"])
+    assert cfg["data"]["sim_options"] == {"shadow_max_sun": 0.6, "shadow_ambiguous_sun": 0.85}
+    with pytest.raises(UsageError, match="must be a mapping"):
+        load_config(None, ["data.sim_options=3"])
 
 
 def test_band_subsets_virtual_bands_and_jitter() -> None:

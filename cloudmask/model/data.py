@@ -17,21 +17,20 @@ from typing import Any
 import numpy as np
 
 from cloudmask.errors import UsageError
+from cloudmask.evaluate import FORMATS, Encoding
 from cloudmask.registry import Band, get_sensor
 
 CLEAR, THICK, THIN, SHADOW, IGNORE = 0, 1, 2, 3, 255
 
-#: Label value -> cloudmask class for common datasets, and which classes each one actually labels
-#: (a class a dataset does not label hides inside another: unlabelled shadow inside "clear",
-#: unlabelled thin cloud inside "cloud"). Used by :func:`map_labels` and the partial-label loss.
-LABEL_MAPPINGS: dict[str, dict[str, Any]] = {
-    "cloudmask": {"values": {0: CLEAR, 1: THICK, 2: THIN, 3: SHADOW}, "thin": True, "shadow": True},
-    # CloudSEN12: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow
-    "cloudsen12": {"values": {0: CLEAR, 1: THICK, 2: THIN, 3: SHADOW}, "thin": True, "shadow": True},
-    # Landsat 8 Biome (USGS CCA): 0 fill, 64 shadow, 128 clear, 192 thin cloud, 255 cloud
-    "l8biome": {"values": {0: IGNORE, 64: SHADOW, 128: CLEAR, 192: THIN, 255: THICK}, "thin": True, "shadow": True},
-    # SPARCS: 0 shadow, 1 shadow over water, 2 water, 3 snow/ice, 4 land, 5 cloud, 6 flooded
-    "sparcs": {"values": {0: SHADOW, 1: SHADOW, 2: CLEAR, 3: CLEAR, 4: CLEAR, 5: THICK, 6: CLEAR}, "thin": False, "shadow": True},
+#: Training name -> label encoding of a common dataset (values -> cloudmask class, and which
+#: classes it labels at all), shared with ``cloudmask evaluate`` so both read datasets alike.
+#: A class a dataset does not label hides inside another (unlabelled shadow inside "clear",
+#: unlabelled thin cloud inside "cloud"); see the partial-label loss.
+LABEL_MAPPINGS: dict[str, Encoding] = {
+    "cloudmask": FORMATS["cloudmask"],
+    "cloudsen12": FORMATS["cloudsen12"],
+    "l8biome": FORMATS["biome"],
+    "sparcs": FORMATS["sparcs"],
 }
 
 
@@ -40,7 +39,7 @@ def map_labels(raw: np.ndarray, mapping: str) -> np.ndarray:
     if mapping not in LABEL_MAPPINGS:
         raise UsageError(f"unknown label mapping {mapping!r}; choose one of {', '.join(LABEL_MAPPINGS)}")
     lut = np.full(256, IGNORE, dtype="uint8")
-    for k, v in LABEL_MAPPINGS[mapping]["values"].items():
+    for k, v in LABEL_MAPPINGS[mapping].values.items():
         lut[k] = v
     return lut[np.clip(raw, 0, 255).astype("uint8")]
 

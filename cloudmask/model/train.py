@@ -69,13 +69,23 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # --------------------------------------------------------------------------- config
 
 
+def _free_form(key: str) -> bool:
+    """A mapping whose default is empty takes any keys (its consumer validates them)."""
+    node: Any = DEFAULT_CONFIG
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, dict) and not node
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any], where: str = "") -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in extra.items():
         key = f"{where}{k}"
         if k not in out:
             raise UsageError(f"unknown config key {key!r}")
-        if key == "data.sim_options":  # free-form: checked against the simulator's DEFAULTS when used
+        if _free_form(key):  # checked by whatever consumes it (e.g. data.sim_options by the simulator)
             if not isinstance(v, dict):
                 raise UsageError(f"config key {key!r} must be a mapping")
             out[k] = {**out[k], **v}
