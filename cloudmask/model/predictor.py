@@ -97,23 +97,21 @@ class Predictor:
         """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities
         (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all)."""
         xt, dt = self._check(x, descriptors, 3)
-        return self._infer.predict_proba(xt[None], dt, region=self._region(region, xt))[0].numpy()
+        return self._run(xt[None], dt, region)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w), or the
         ``region`` of each (see :meth:`predict_proba`)."""
         xt, dt = self._check(x, descriptors, 4)
-        return self._infer.predict_proba(xt, dt, region=self._region(region, xt)).numpy()
+        return self._run(xt, dt, region)
 
-    @staticmethod
-    def _region(region: tuple[int, int, int, int] | None, xt: torch.Tensor) -> tuple[int, int, int, int] | None:
+    def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None) -> np.ndarray:
         if region is None:
-            return None
-        y0, y1, x0, x1 = (int(v) for v in region)
-        h, w = xt.shape[-2:]
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise BandError(f"output region {region} is not inside the {h}×{w} input")
-        return y0, y1, x0, x1
+            return self._infer.predict_proba(xt, dt).numpy()
+        try:
+            return self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region)).numpy()
+        except ValueError as exc:  # the network's check of ``region``
+            raise BandError(f"output {exc}") from None
 
     # ------------------------------------------------------------------ persistence
 
