@@ -11,7 +11,7 @@ import torch
 
 from cloudmask.errors import UsageError
 from cloudmask.model.data import (
-    LABEL_MAPPINGS, RealSource, SimSource, jitter, load_real_tiles, map_labels, pick_subset, virtual_bands,
+    LABEL_MAPPINGS, PooledSimSource, RealSource, SimSource, jitter, load_real_tiles, map_labels, pick_subset, virtual_bands,
 )
 from cloudmask.model.train import confusion, load_config, partial_cross_entropy, scores
 from cloudmask.registry import get_sensor
@@ -95,6 +95,25 @@ def test_sim_source_standin_shapes() -> None:
         b = src.batch(2, 32)
         assert b.x.shape[0] == 2 and b.x.shape[2:] == (32, 32) and b.x.shape[1] == b.desc.shape[0] >= 4
         assert b.y.shape == (2, 32, 32) and set(np.unique(b.y)) <= {0, 1, 2, 3}
+
+
+def test_pooled_sim_source_stream_is_independent_of_worker_count() -> None:
+    """Batch k comes from seed (seed, k): one worker, two workers and a resumed pool agree."""
+    cfg = {"simulator": "standin", "sensors": ["sentinel2", "landsat8"], "virtual_prob": 0.3}
+    one = PooledSimSource(cfg, seed=7, workers=1, batch_size=2, size=24)
+    two = PooledSimSource(cfg, seed=7, workers=2, batch_size=2, size=24, start=2)
+    try:
+        a = [one.batch(2, 24) for _ in range(4)]
+        b = [two.batch(2, 24) for _ in range(2)]
+        assert one.consumed == 4 and two.consumed == 4
+        for x, y in zip(a[2:], b):
+            assert np.array_equal(x.x, y.x) and np.array_equal(x.desc, y.desc) and np.array_equal(x.y, y.y)
+        assert not np.array_equal(a[0].x[:, :1], a[1].x[:, :1])
+        with pytest.raises(ValueError, match="one shape"):
+            one.batch(2, 32)
+    finally:
+        one.close()
+        two.close()
 
 
 def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ order. Descriptor jitter and gain/brightness jitter happen here too.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,6 +202,57 @@ class SimSource:
         desc = np.stack([b.descriptor() for b in chosen])
         ones = np.ones(batch_size, bool)
         return Batch(x, y, desc, ones, ones.copy(), source)
+
+
+class PooledSimSource:
+    """Simulated batches made ahead by worker processes (``data.workers``), for machines whose
+    accelerator outruns one simulating core.
+
+    Batch ``k`` is drawn from its own generator seeded by ``(seed, k)``, so the stream is the same
+    for any number of workers and a resumed run continues it from the count already consumed.
+    """
+
+    def __init__(self, cfg: dict[str, Any], seed: int, workers: int, batch_size: int, size: int, start: int = 0):
+        import multiprocessing as mp
+
+        self.seed, self.batch_size, self.size = int(seed), int(batch_size), int(size)
+        self.consumed = int(start)
+        self._next = self.consumed
+        # spawn: workers never inherit a CUDA context or torch's thread pools from the trainer
+        self._pool = mp.get_context("spawn").Pool(int(workers), initializer=_worker_init, initargs=(dict(cfg),))
+        self._pending: deque[Any] = deque()
+        self._depth = 2 * int(workers)
+
+    def batch(self, batch_size: int, size: int) -> Batch:
+        if (batch_size, size) != (self.batch_size, self.size):
+            raise ValueError("PooledSimSource makes batches of one shape")
+        while len(self._pending) < self._depth:
+            self._pending.append(self._pool.apply_async(_worker_batch, (self.seed, self._next, batch_size, size)))
+            self._next += 1
+        out = self._pending.popleft().get()
+        self.consumed += 1
+        return out
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+_WORKER_SOURCE: SimSource | None = None
+
+
+def _worker_init(cfg: dict[str, Any]) -> None:
+    global _WORKER_SOURCE
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_SOURCE = SimSource(cfg, np.random.default_rng(0))
+
+
+def _worker_batch(seed: int, k: int, batch_size: int, size: int) -> Batch:
+    assert _WORKER_SOURCE is not None
+    _WORKER_SOURCE.rng = np.random.default_rng([seed, k])
+    return _WORKER_SOURCE.batch(batch_size, size)
 
 
 # --------------------------------------------------------------------------- real tiles

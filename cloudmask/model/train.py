@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from cloudmask.errors import UsageError
-from cloudmask.model.data import Batch, RealSource, RealTile, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
+from cloudmask.model.data import Batch, PooledSimSource, RealSource, RealTile, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import save_weights
 
@@ -38,6 +38,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "subset_prob": 0.6,
         "tile": 128,
         "batch": 8,
+        "workers": 0,  # >0: simulate in this many worker processes (for a GPU); 0: in the training process
         "jitter": {"gain": 0.05, "brightness": 0.08, "thermal_k": 2.0, "wavelength": 0.015},
         "sim_options": {},  # simulate_scene options (cloudmask.simulate.scene.DEFAULTS), e.g. label thresholds
     },
@@ -300,7 +301,7 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    sim_src = SimSource(dcfg, rng_sim)
+    sim_src: SimSource | PooledSimSource = SimSource(dcfg, rng_sim)
     real_src = None
     val_sets = sim_val_sets(cfg)
     if rcfg.get("root"):
@@ -327,6 +328,11 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         rng_aug.bit_generator.state = state["rng_aug"]
         torch.set_rng_state(state["torch_rng"])
         clock["before"] = float(state.get("elapsed", 0.0))
+        sim_consumed = int(state.get("sim_consumed", 0))
+    else:
+        sim_consumed = 0
+    if int(dcfg.get("workers") or 0) > 0:
+        sim_src = PooledSimSource(dcfg, seed, int(dcfg["workers"]), int(dcfg["batch"]), int(dcfg["tile"]), start=sim_consumed)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
     log = open(out / "log.jsonl", "a", encoding="utf-8")
@@ -368,7 +374,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
                                  {"step": done, "metrics": metrics, "config": cfg})
                     net.to(device)
             if done % int(tcfg["ckpt_every"]) == 0 or done == steps or timed_out:
-                _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug, elapsed())
+                _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug, elapsed(),
+                           getattr(sim_src, "consumed", 0))
             log.write(json.dumps(record) + "\n")
             log.flush()
             if progress:
@@ -377,18 +384,21 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
                 break
     finally:
         log.close()
+        if isinstance(sim_src, PooledSimSource):
+            sim_src.close()
     return {"steps": step + 1, "best_score": best, "best_metrics": best_metrics, "out": str(out),
             "elapsed_s": round(elapsed(), 1)}
 
 
 def _save_ckpt(path: Path, net: CloudNet, opt: torch.optim.Optimizer, sched: Any, step: int, best: float,
                best_metrics: dict[str, Any], rng_sim: np.random.Generator, rng_real: np.random.Generator,
-               rng_aug: np.random.Generator, elapsed: float) -> None:
+               rng_aug: np.random.Generator, elapsed: float, sim_consumed: int = 0) -> None:
     """A resumable checkpoint of plain tensors/containers (loadable with weights_only=True), atomically."""
     state = {
         "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
         "best": best, "best_metrics": json.dumps(best_metrics), "rng_sim": _rng_state(rng_sim),
         "rng_real": _rng_state(rng_real), "rng_aug": _rng_state(rng_aug), "torch_rng": torch.get_rng_state(), "elapsed": elapsed,
+        "sim_consumed": sim_consumed,
     }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
