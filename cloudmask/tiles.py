@@ -65,13 +65,14 @@ class ProbaPredictor(Protocol):
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How a scene is cut up. Defaults suit a CPU: ~768 px cores (~1120–1180 px windows with the
+    """How a scene is cut up. Defaults suit a CPU: ~768 px cores (~1070–1130 px windows with the
     bundled model's halo), one window per task, which keeps peak memory under ~1.5 GB with two
     threads; raise ``batch_size`` on a GPU.
 
     tile_size: target core edge of one model window in pixels; the scene is split into near-equal
         cores on the 8 px grid (:func:`even_split`), so actual cores are within ~±30 % of it.
-    overlap: pixels of extra input per window side (context + feather); default ``halo + 32``.
+    overlap: pixels of extra input per window side (context + feather); default ``halo + 8``: with the full halo
+        of context, neighbouring windows already agree, so a thin feather is enough.
     batch_size: windows per model call (one Dask task predicts one batch of adjacent windows).
     threads: local Dask worker threads; default all cores.
     """
@@ -116,7 +117,7 @@ def plan_tiles(options: TileOptions, halo: int) -> TilePlan:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     halo = _round_up(max(0, halo))
     tile = _round_up(options.tile_size)
-    overlap = halo + 32 if options.overlap is None else int(options.overlap)
+    overlap = halo + 8 if options.overlap is None else int(options.overlap)
     if overlap < 0:
         raise UsageError(f"--overlap must be zero or positive, got {overlap}")
     overlap = _round_up(overlap)
@@ -186,37 +187,53 @@ def _with_margins(chunks: tuple[int, ...], d: int) -> tuple[int, ...]:
 
 
 def _predict_block(
-    block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan, batch_size: int
+    block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan, batch_size: int,
+    edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
 ) -> np.ndarray:
     """Pass 1: (bands, Hb+2d, Wb+2d) input → (4, Hb+2d, Wb+2d): weighted P(clear, thick, thin) and
-    the weight sum signed by validity (so the blended result also says which pixels had data)."""
+    the weight sum signed by validity (so the blended result also says which pixels had data).
+
+    ``edges`` (top, bottom, left, right) says which sides of the block lie on the scene's edge, where
+    its ``d`` px margin is outside the scene. Windows there are cut flush with the scene instead of
+    being fed that margin as nodata: the model then sees the scene edge exactly as whole-scene
+    inference does (window origins stay on the 8 px grid), and does no work on padding.
+    """
     _use_torch_threads()
     t, d = plan.tile, plan.depth
     n, eh, ew = block.shape
     h, w = eh - 2 * d, ew - 2 * d
+    # rows/cols of the block that are scene: [in_y0, in_y1) × [in_x0, in_x1)
+    in_y0, in_y1 = d * edges[0], eh - d * edges[1]
+    in_x0, in_x1 = d * edges[2], ew - d * edges[3]
     # Window cores split the block evenly (multiples of 8 px, so origins stay on the pooling grid);
     # each window is its core plus ``d`` px all round, so no window is padded past the block.
     min_core = max(2 * plan.feather, 1)
     ys, xs = even_split(h, t, min_core), even_split(w, t, min_core)
     acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
     x = block.astype("float32", copy=False)
-    valid = np.isfinite(x.sum(axis=0))  # one pass: any NaN/inf in a pixel's bands makes its sum non-finite
-    if not valid.all():
-        finite = np.isfinite(x)
-        valid = finite.all(axis=0)
+    inside = x[:, in_y0:in_y1, in_x0:in_x1]
+    valid = np.zeros((eh, ew), dtype=bool)
+    valid[in_y0:in_y1, in_x0:in_x1] = np.isfinite(inside.sum(axis=0))  # one pass: a NaN/inf makes the sum non-finite
+    if not valid[in_y0:in_y1, in_x0:in_x1].all():
+        finite = np.isfinite(inside)
+        valid[in_y0:in_y1, in_x0:in_x1] = finite.all(axis=0)
         if not finite.all():
             if not x.flags.writeable or x is block:
                 x = x.copy()
-            x[~finite] = np.nan  # ±inf is nodata too
+                inside = x[:, in_y0:in_y1, in_x0:in_x1]
+            inside[~finite] = np.nan  # ±inf is nodata too
         del finite
     # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
     # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
     # alone, so its full-resolution work shrinks by ~45 % of the window's area.
     c = plan.context
     weights: dict[tuple[int, int], np.ndarray] = {}
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    # windows grouped by (cut window box, output box) relative to the window origin, so that a
+    # batch stacks windows of one shape
+    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for cy, y0 in zip(ys, np.cumsum((0, *ys[:-1]))):
         for cx, x0 in zip(xs, np.cumsum((0, *xs[:-1]))):
+            y0, x0 = int(y0), int(x0)
             wy, wx = cy + 2 * d, cx + 2 * d
             if (cy, cx) not in weights:
                 full = np.outer(feather_weights(cy, c, plan.feather), feather_weights(cx, c, plan.feather))
@@ -224,27 +241,41 @@ def _predict_block(
             w2 = weights[cy, cx]
             inner = valid[y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
             acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.where(inner, w2, -w2)
-            if inner.any():  # no valid pixel where the window carries weight: all nodata there
-                groups.setdefault((wy, wx), []).append((int(y0), int(x0)))
+            if not inner.any():  # no valid pixel where the window carries weight: all nodata there
+                continue
+            # the window cut to the scene, and the weighted part of it that is scene
+            ya, yb = max(0, in_y0 - y0), min(wy, in_y1 - y0)
+            xa, xb = max(0, in_x0 - x0), min(wx, in_x1 - x0)
+            oy0, oy1 = max(c, ya), min(wy - c, yb)
+            ox0, ox1 = max(c, xa), min(wx - c, xb)
+            groups.setdefault((cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), []).append((y0, x0))
     region = _accepts_region(predictor)
-    for (wy, wx), todo in groups.items():
-        w2 = weights[wy - 2 * d, wx - 2 * d]
+    for (cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), todo in groups.items():
+        w2 = weights[cy, cx][oy0 - c : oy1 - c, ox0 - c : ox1 - c]
         for i in range(0, len(todo), batch_size):
             group = todo[i : i + batch_size]
-            if len(group) == 1 and x.shape[1:] == (wy, wx):
+            if len(group) == 1 and (group[0][0] + ya, group[0][1] + xa, yb - ya, xb - xa) == (0, 0, eh, ew):
                 stack = x[None]  # the block is exactly one window: no copy
             else:
-                stack = np.stack([x[:, y0 : y0 + wy, x0 : x0 + wx] for y0, x0 in group])
+                stack = np.stack([x[:, y0 + ya : y0 + yb, x0 + xa : x0 + xb] for y0, x0 in group])
+            box = (oy0 - ya, oy1 - ya, ox0 - xa, ox1 - xa)
             if region:
-                proba = predictor.predict_proba_batch(stack, descriptors, region=(c, wy - c, c, wx - c))
+                proba = predictor.predict_proba_batch(stack, descriptors, region=box)
             else:
-                proba = np.asarray(predictor.predict_proba_batch(stack, descriptors))[:, :, c : wy - c, c : wx - c]
+                proba = np.asarray(predictor.predict_proba_batch(stack, descriptors))[:, :, box[0] : box[1], box[2] : box[3]]
             proba = np.asarray(proba, dtype="float32")
-            if proba.shape != (len(group), N_CLASSES, wy - 2 * c, wx - 2 * c):
-                raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, wy - 2 * c, wx - 2 * c)}")
+            if proba.shape != (len(group), N_CLASSES, oy1 - oy0, ox1 - ox0):
+                raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, oy1 - oy0, ox1 - ox0)}")
             for (y0, x0), p in zip(group, proba):
-                acc[:_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.nan_to_num(p[:_W]) * w2
+                acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += np.nan_to_num(p[:_W]) * w2
     return acc
+
+
+def _predict_ext_block(block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan,
+                       batch_size: int, ny: int, nx: int, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """:func:`_predict_block` for block ``block_id`` of an ``ny`` × ``nx`` grid (Dask's map_blocks)."""
+    _, i, j = block_id
+    return _predict_block(block, predictor, descriptors, plan, batch_size, (i == 0, i == ny - 1, j == 0, j == nx - 1))
 
 
 @functools.lru_cache(maxsize=32)
@@ -331,16 +362,21 @@ class WeightedGraph:
         if any(p for pair in pads for p in pair):
             win = da.pad(win, pads, mode="constant", constant_values=np.nan)
         win = win.rechunk(-1)
-        return win.map_blocks(_predict_block, *self.args, chunks=((_CHANNELS,), (y1 - y0,), (x1 - x0,)), dtype="float32")
+        return win.map_blocks(_predict_block, *self.args, edges=self._edges(i, j), chunks=((_CHANNELS,), (y1 - y0,), (x1 - x0,)),
+                              dtype="float32")
+
+    def _edges(self, i: int, j: int) -> tuple[bool, bool, bool, bool]:
+        """Which sides (top, bottom, left, right) of block (i, j) are on the scene's edge."""
+        return i == 0, i == len(self.ychunks) - 1, j == 0, j == len(self.xchunks) - 1
 
     def block_reader(self, i: int, j: int) -> Any:
         """Like :meth:`block`, as a local callable that reads the window one band at a time, so the
         transient memory of reading is one band's chunks rather than all of them at once."""
         y0, y1, x0, x1 = self._window(i, j)
-        reader, args = self.reader, self.args
+        reader, args, edges = self.reader, self.args, self._edges(i, j)
 
         def run() -> np.ndarray:
-            return _predict_block(reader.window(y0, y1, x0, x1), *args)
+            return _predict_block(reader.window(y0, y1, x0, x1), *args, edges)
 
         return run
 
@@ -514,7 +550,8 @@ def weighted_graph(
         padded = padded.rechunk({0: -1, 1: _with_margins(ychunks, d), 2: _with_margins(xchunks, d)})
         # Each block of ``padded`` is one core block plus its outer scene margin; the overlap adds the
         # inner margins from neighbours, so every block arrives as core + d on all sides.
-        weighted = _map_extended(padded, ychunks, xchunks, d, _predict_block, predictor, descriptors, plan, options.batch_size)
+        weighted = _map_extended(padded, ychunks, xchunks, d, _predict_ext_block, predictor, descriptors, plan, options.batch_size,
+                                 len(ychunks), len(xchunks))
     return WeightedGraph(weighted, plan, ychunks, xchunks, (h, w), source, (predictor, descriptors, plan, options.batch_size))
 
 

@@ -138,7 +138,7 @@ def mask_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
     overlap: Annotated[
-        int | None, typer.Option("--overlap", help="Extra pixels per window side (default: model halo + 32).", min=0)
+        int | None, typer.Option("--overlap", help="Extra pixels per window side (default: model halo + 8).", min=0)
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model call.", min=1)] = TileOptions.batch_size,
     threads: Annotated[int | None, typer.Option("--threads", help="Local worker threads (default: all cores).", min=1)] = None,
