@@ -254,8 +254,9 @@ def _predict_block(
         w2 = weights[cy, cx][oy0 - c : oy1 - c, ox0 - c : ox1 - c]
         for i in range(0, len(todo), batch_size):
             group = todo[i : i + batch_size]
-            if len(group) == 1 and (group[0][0] + ya, group[0][1] + xa, yb - ya, xb - xa) == (0, 0, eh, ew):
-                stack = x[None]  # the block is exactly one window: no copy
+            if len(group) == 1:  # a view, no copy (the model reads it row chunk by row chunk)
+                y0, x0 = group[0]
+                stack = x[None, :, y0 + ya : y0 + yb, x0 + xa : x0 + xb]
             else:
                 stack = np.stack([x[:, y0 + ya : y0 + yb, x0 + xa : x0 + xb] for y0, x0 in group])
             box = (oy0 - ya, oy1 - ya, ox0 - xa, ox1 - xa)

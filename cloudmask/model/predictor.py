@@ -91,7 +91,10 @@ class Predictor:
             raise BandError(f"the model needs at least {MIN_BANDS} bands, got {n}")
         if not np.isfinite(d).all():
             raise BandError("band descriptors contain NaN or infinite values")
-        return torch.from_numpy(np.ascontiguousarray(x, dtype="float32")), torch.from_numpy(d)
+        x = np.asarray(x, dtype="float32")
+        if any(st <= 0 or st % x.itemsize for st in x.strides):  # torch takes strided views, not these
+            x = np.ascontiguousarray(x)
+        return torch.from_numpy(x), torch.from_numpy(d)
 
     def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities
