@@ -203,13 +203,14 @@ def scores(cm: np.ndarray, shadow: bool = True) -> dict[str, float]:
 def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]) -> dict[str, dict[str, float]]:
     """Pooled scores per named set of (x, y, desc, shadow_labelled) tiles."""
     net.eval()
+    device = next(net.parameters()).device  # validation runs where training does (GPU or CPU)
     out = {}
     for name, tiles in sets.items():
         cm = np.zeros((4, 4), np.int64)
         cm_sh = np.zeros((4, 4), np.int64)
         any_sh = False
         for x, y, d, sh in tiles:
-            prob = net.predict_proba(torch.from_numpy(x[None]), torch.from_numpy(d))[0].numpy()
+            prob = net.predict_proba(torch.from_numpy(x[None]).to(device), torch.from_numpy(d).to(device))[0].cpu().numpy()
             pred = prob.argmax(0)
             c = confusion(pred, y)
             cm += c
