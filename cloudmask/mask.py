@@ -546,7 +546,7 @@ def mask_scene(
             predictor = load_predictor()
         if on_event:
             on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
-        graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles)
+        graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
         grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
         mask_sink = cog.RasterSink(
             paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",

@@ -43,6 +43,52 @@ CHUNK = 1024
 _RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
 
 
+@dataclass(frozen=True)
+class ToPhysical:
+    """DN → physical float32 with NaN for nodata, elementwise (any block shape). Float files are
+    taken as physical values already. A picklable callable, so Dask workers can run it."""
+
+    scaling: Scaling
+    is_int: bool
+    nodata: float | None
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        out = self.scaling.apply(block) if self.is_int else block.astype("float32", copy=True)
+        bad = ~np.isfinite(out)
+        if self.nodata is not None and np.isfinite(self.nodata):
+            bad |= block == self.nodata
+        out[bad] = np.nan
+        return out
+
+    def into(self, block: np.ndarray, out: np.ndarray) -> None:
+        """Write ``self(block)`` into ``out`` (float32, same shape) with no temporaries where the
+        scaling is a plain affine map of integers: integer DNs are always finite once scaled."""
+        sc = self.scaling
+        if not (self.is_int and sc.k1 is None and sc.k2 is None):
+            out[...] = self(block)
+            return
+        np.multiply(block, np.float32(sc.scale), out=out, casting="unsafe")
+        if sc.offset:
+            out += np.float32(sc.offset)
+        if self.nodata is not None and np.isfinite(self.nodata):
+            out[block == self.nodata] = np.nan
+
+
+@dataclass(frozen=True)
+class RawBands:
+    """The stored values behind :attr:`Scene.data`, band by band, and how each becomes physical.
+
+    Why: a reader that caches decoded input chunks (cloudmask.tiles.ChunkReader) holds twice as
+    many of them as 16-bit DNs as it would as float32, and converts only what a window copies.
+    """
+
+    data: Any  # dask (band, y, x), the file's dtype(s), chunked like Scene.data
+    convert: tuple[ToPhysical, ...]
+
+    def select(self, index: Sequence[int]) -> RawBands:
+        return RawBands(self.data[list(index)], tuple(self.convert[i] for i in index))
+
+
 @dataclass
 class Scene:
     """A scene ready for the model: physical values, band descriptors and the output grid."""
@@ -55,6 +101,7 @@ class Scene:
     transform: Affine = field(default_factory=Affine.identity)
     product: str | None = None
     item: dict[str, Any] | None = None  # STAC item JSON, when read from one
+    raw: RawBands | None = None  # the stored values behind ``data`` (for readers that cache chunks)
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -79,7 +126,11 @@ class Scene:
         """The same scene restricted to some bands (any order)."""
         bands = self.sensor.select(names)
         data = self.data.sel(band=[b.name for b in bands])
-        return Scene(data, self.sensor, bands, self.source, self.crs, self.transform, self.product, self.item)
+        raw = None
+        if self.raw is not None:
+            where = {b.name: i for i, b in enumerate(self.bands)}
+            raw = self.raw.select([where[b.name] for b in bands])
+        return Scene(data, self.sensor, bands, self.source, self.crs, self.transform, self.product, self.item, raw)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -180,19 +231,10 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _to_physical(da: xr.DataArray, scaling: Scaling, is_int: bool, file_nodata: float | None) -> xr.DataArray:
-    """DN → physical float32 with NaN for nodata. Float files are taken as physical values already."""
+def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToPhysical:
+    """How one band's stored values become physical ones (the registry's nodata wins for integers)."""
     nodata = (scaling.nodata if scaling.nodata is not None else file_nodata) if is_int else file_nodata
-
-    def convert(block: np.ndarray) -> np.ndarray:
-        out = scaling.apply(block) if is_int else block.astype("float32", copy=True)
-        bad = ~np.isfinite(out)
-        if nodata is not None and np.isfinite(nodata):
-            bad |= block == nodata
-        out[bad] = np.nan
-        return out
-
-    return da.copy(data=da.data.map_blocks(convert, dtype="float32"))
+    return ToPhysical(scaling, is_int, nodata)
 
 
 def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
@@ -244,15 +286,19 @@ def _assemble(
     transform: Affine,
     item: dict[str, Any] | None = None,
 ) -> Scene:
-    phys = [
-        _to_physical(layer, sensor.scaling(product, band), np.issubdtype(dt, np.integer), nd)
-        for layer, band, dt, nd in zip(layers, bands, dtypes, nodatas)
-    ]
+    convert = tuple(
+        _converter(sensor.scaling(product, band), bool(np.issubdtype(dt, np.integer)), nd)
+        for band, dt, nd in zip(bands, dtypes, nodatas)
+    )
+    phys = [layer.copy(data=layer.data.map_blocks(f, dtype="float32")) for layer, f in zip(layers, convert)]
     data = xr.concat(phys, dim="band", coords="minimal", compat="override")
     data = data.assign_coords(band=[b.name for b in bands])
     data = data.transpose("band", "y", "x")
     data.attrs = {"sensor": sensor.id, "source": source}
-    return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item)
+    import dask.array as dask_array
+
+    raw = RawBands(dask_array.stack([layer.data for layer in layers]), convert)
+    return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item, raw)
 
 
 def _check_valid_product(sensor: Sensor, product: str | None) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,10 +44,10 @@ CLASSES = {0: "clear", 1: "thick_cloud", 2: "thin_cloud", 3: "cloud_shadow"}
 #: 1 − the others, so 4 channels carry everything: the rolling buffer is the largest thing we hold.
 _CHANNELS = N_CLASSES
 _W = N_CLASSES - 1  # index of the signed weight channel
-#: Cap on decoded input chunks kept for overlapping windows (float32): most of the strip two block
-#: rows share on a 4096 px wide 13-band scene, part of it on wider ones; keeps peak RSS under 1.5 GB
-#: at 8192² (192 MB: ~3 % faster, 1.48–1.52 GB).
-READER_CACHE_MB = int(os.environ.get("CLOUDMASK_READER_CACHE_MB", "128"))
+#: Cap on decoded input chunks kept for overlapping windows. Chunks are cached as stored (16-bit
+#: DNs for most products, see ``WeightedGraph.raw``), so 192 MB holds the strip two block rows
+#: share on an 8192 px wide 13-band scene: input decoded ~1.13× instead of ~1.9× (float32, 128 MB).
+READER_CACHE_MB = int(os.environ.get("CLOUDMASK_READER_CACHE_MB", "192"))
 #: Finished rows are normalised, classified and written this many at a time.
 EMIT_ROWS = 256
 #: Window offsets are kept on this grid so the network's pooling grid matches whole-scene inference.
@@ -341,6 +341,7 @@ class WeightedGraph:
     shape: tuple[int, int]
     source: da.Array  # the (band, y, x) float32 scene
     args: tuple[Any, ...]  # (predictor, descriptors, plan, batch_size) for _predict_block
+    raw: Any = None  # cloudmask.scene.RawBands behind ``source`` (chunked alike), for the local reader
 
     def _window(self, i: int, j: int) -> tuple[int, int, int, int]:
         """Scene rows/cols (y0, y1, x0, x1) that block (i, j) needs, halo included (may overhang)."""
@@ -383,6 +384,8 @@ class WeightedGraph:
 
     @functools.cached_property
     def reader(self) -> ChunkReader:
+        if self.raw is not None:  # cache stored (e.g. 16-bit) chunks, convert what windows copy
+            return ChunkReader(self.raw.data, convert=self.raw.convert)
         return ChunkReader(self.source)
 
 
@@ -401,9 +404,16 @@ class ChunkReader:
     first). Without a plan it is an LRU cache.
     """
 
-    def __init__(self, arr: da.Array, cache_mb: int = 64) -> None:
+    def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None) -> None:
+        """``convert``: with ``arr`` holding stored values (e.g. 16-bit DNs, one band per chunk),
+        the per-band function that makes them physical float32, applied to what a window copies,
+        so the cache holds the compact stored chunks."""
         import dask
         from dask.core import flatten
+
+        if convert is not None and (len(convert) != arr.shape[0] or any(c != 1 for c in arr.chunks[0])):
+            raise ValueError("convert needs one function per band and one band per chunk")
+        self.convert = list(convert) if convert is not None else None
 
         (opt,) = dask.optimize(arr)
         self.dsk = dict(opt.__dask_graph__())
@@ -516,9 +526,14 @@ class ChunkReader:
             cy0, cx0 = yoff[iy], xoff[ix]
             sy0, sy1 = max(ya, cy0), min(yb, yoff[iy + 1])
             sx0, sx1 = max(xa, cx0), min(xb, xoff[ix + 1])
-            out[boff[ib] : boff[ib + 1], sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = chunk[
-                :, sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0
-            ]
+            part = chunk[:, sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0]
+            dst = out[boff[ib] : boff[ib + 1], sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+            if self.convert is None:
+                dst[...] = part
+            elif hasattr(self.convert[ib], "into"):
+                self.convert[ib].into(part, dst)  # straight into the window, no temporaries
+            else:
+                dst[...] = self.convert[ib](part)
         return out
 
 
@@ -527,8 +542,13 @@ def weighted_graph(
     descriptors: np.ndarray,
     predictor: ProbaPredictor,
     options: TileOptions | None = None,
+    raw: Any = None,
 ) -> WeightedGraph:
-    """Pass 1 of the tiler (``map_overlap``-style halo exchange, NaN outside the scene)."""
+    """Pass 1 of the tiler (``map_overlap``-style halo exchange, NaN outside the scene).
+
+    ``raw`` (:class:`cloudmask.scene.RawBands`, e.g. ``scene.raw``): the stored values behind
+    ``data``; the streaming reader then caches those instead of float32 (same results).
+    """
     options = options or TileOptions()
     arr = data.data if isinstance(data, xr.DataArray) else data
     if not isinstance(arr, da.Array):
@@ -553,7 +573,9 @@ def weighted_graph(
         # inner margins from neighbours, so every block arrives as core + d on all sides.
         weighted = _map_extended(padded, ychunks, xchunks, d, _predict_ext_block, predictor, descriptors, plan, options.batch_size,
                                  len(ychunks), len(xchunks))
-    return WeightedGraph(weighted, plan, ychunks, xchunks, (h, w), source, (predictor, descriptors, plan, options.batch_size))
+    if raw is not None and (raw.data.shape != source.shape or raw.data.chunks != source.chunks):
+        raw = None  # not the values behind ``data`` as given (e.g. a re-chunked or cut array)
+    return WeightedGraph(weighted, plan, ychunks, xchunks, (h, w), source, (predictor, descriptors, plan, options.batch_size), raw)
 
 
 def predict_proba(

@@ -22,6 +22,21 @@ def test_multiband_uint16_is_scaled_with_the_product_offset(s2_l2a_tif):
     assert not bool(scene.valid[:4].any()) and bool(scene.valid[4:].all())
 
 
+def test_raw_bands_convert_to_the_physical_values(s2_l2a_tif):
+    """``scene.raw`` (stored DNs + per-band conversion) gives exactly ``scene.data``, also for a
+    band subset, by ``into`` (no temporaries) as by calling the converter."""
+    scene = read_scene(s2_l2a_tif, "sentinel2")
+    for sc in (scene, scene.subset(["B8A", "B02", "B11"])):
+        assert sc.raw is not None and sc.raw.data.dtype == np.uint16 and sc.raw.data.chunks == sc.data.data.chunks
+        raw, want = sc.raw.data.compute(), sc.data.values
+        out = np.empty(want.shape, "float32")
+        for i, f in enumerate(sc.raw.convert):
+            f.into(raw[i], out[i])
+            np.testing.assert_array_equal(f(raw[i]), want[i])
+        np.testing.assert_array_equal(out, want)
+        assert np.isnan(out[:, :4]).all()  # nodata DNs (the top rows) become NaN
+
+
 def test_sensor_guessed_from_file_name(s2_l2a_tif):
     assert read_scene(s2_l2a_tif).sensor.id == "sentinel2"
 

@@ -213,6 +213,30 @@ def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
     assert len(calls) > 2 * 3 * 3
 
 
+def test_chunk_reader_caches_stored_values_and_converts_what_it_copies():
+    from cloudmask.registry import Scaling
+    from cloudmask.scene import ToPhysical
+    from cloudmask.tiles import ChunkReader
+
+    rng = np.random.default_rng(0)
+    dn = rng.integers(0, 12000, (3, 70, 90)).astype("uint16")
+    dn[:, :5] = 0  # nodata rows
+    convert = [ToPhysical(Scaling(1e-4, -0.1 * k, 0), True, 0.0) for k in range(3)]
+    phys = np.stack([f(b) for f, b in zip(convert, dn)])
+    raw = da.from_array(dn, chunks=(1, 32, 40))
+    windows = [(-8, 40, -8, 48), (24, 72, 32, 90), (40, 78, 60, 98)]
+    reader = ChunkReader(raw, convert=convert)
+    reader.expect(windows, cache_mb=64)
+    padded = np.pad(phys, ((0, 0), (8, 8), (8, 8)), constant_values=np.nan)
+    for y0, y1, x0, x1 in windows:
+        np.testing.assert_array_equal(reader.window(y0, y1, x0, x1), padded[:, y0 + 8 : y1 + 8, x0 + 8 : x1 + 8])
+    first = ChunkReader(raw, convert=convert)
+    first.window(0, 32, 0, 40)
+    assert first._cached_bytes == 3 * 32 * 40 * 2  # uint16 chunks, not float32
+    with pytest.raises(ValueError, match="one function per band"):
+        ChunkReader(raw, convert=convert[:2])
+
+
 def test_streaming_places_blocks_that_finish_out_of_order(predictor, s2_desc):
     """Blocks of the next row may finish first (threads don't wait at row ends): same result."""
     from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph
