@@ -73,7 +73,7 @@ class SetEncoder(BandEncoder):
         ea = _band_softmax_weights(self.att(emb))  # (n, C)
         num = (h * ea.view(1, n, 1, 1, c)).sum(dim=1)  # (B, h, w, C)
         den = torch.matmul(m.permute(0, 2, 3, 1), ea).clamp(min=1e-6)  # (B, h, w, n) @ (n, C)
-        return torch.cat([num / den, h.amax(dim=1)], dim=-1).permute(0, 3, 1, 2).contiguous()
+        return torch.cat([num / den, h.amax(dim=1)], dim=-1).permute(0, 3, 1, 2)  # channels-last, like the context net
 
 
 class PairwiseEncoder(BandEncoder):
@@ -115,6 +115,11 @@ def _mix(weight: torch.Tensor, t: torch.Tensor, bias: torch.Tensor | None = None
     """
     b, n, h, w = t.shape
     k = weight.shape[0]
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        # channels-last: (b·h·w, n) @ (n, K), and the result is again a channels-last view
+        rows = t.permute(0, 2, 3, 1).reshape(b * h * w, n)
+        y = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+        return y.view(b, h, w, k).permute(0, 3, 1, 2)
     flat = t.reshape(b, n, h * w)
     if b == 1:
         y = torch.mm(weight, flat[0]) if bias is None else torch.addmm(bias[:, None], weight, flat[0])

@@ -90,6 +90,17 @@ def _conv1(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(Conv1x1(c_in, c_out, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
+def _mean4(x: torch.Tensor) -> torch.Tensor:
+    """4×4 mean of (B, C, h, w) with h, w multiples of 4, as strided sums: about twice as fast on
+    CPU as ``avg_pool2d`` (which this equals to float rounding), and it reads strided views as is."""
+    b, c, h, w = x.shape
+    rows = x.reshape(b, c, h // 4, 4, w)
+    y = rows[:, :, :, 0] + rows[:, :, :, 1]
+    y += rows[:, :, :, 2]
+    y += rows[:, :, :, 3]
+    return y.view(b, c, h // 4, w // 4, 4).sum(-1).mul_(1.0 / 16)
+
+
 def _wpool(v: torch.Tensor, m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Validity-weighted k×k mean of ``v`` (already zero where invalid) and the valid fraction."""
     mk = F.avg_pool2d(m, k)
@@ -153,10 +164,10 @@ class CloudNet(nn.Module):
         """Stage A (per pixel): 4×4 sums of normalised values (zero where invalid) and valid fractions."""
         if fast:
             scale, offset = band_affine(desc)
-            v4 = F.avg_pool2d(x, 4) * scale.view(1, -1, 1, 1) + offset.view(1, -1, 1, 1)
+            v4 = _mean4(x).mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
             return v4, torch.ones_like(v4)
         v, m = normalise_inputs(x, desc)
-        return F.avg_pool2d(v, 4), F.avg_pool2d(m, 4)
+        return _mean4(v), _mean4(m)
 
     def _context(self, v4: torch.Tensor, m4: torch.Tensor, desc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Stage B at 1/4 and 1/8: -> (B, head_width, h/4, w/4), the head's upsampled input."""
@@ -166,16 +177,18 @@ class CloudNet(nn.Module):
         lv4 = log_feature(v4n, desc) * mask4
         lin = torch.cat([self.lin4(v4n, mask4, self.lin4.weights(emb)), self.lin4_log(lv4, mask4, self.lin4_log.weights(emb))], 1)
         any4 = m4.amax(dim=1, keepdim=True)
-        f4 = self.stem4(torch.cat([lin, any4], dim=1))
+        # The context runs channels-last: oneDNN's depthwise 3×3 is up to 25× faster on it than on
+        # channels-first maps this size, and the 1×1 layers (_mix) are plain products either way.
+        f4 = self.stem4(torch.cat([lin, any4], dim=1).contiguous(memory_format=torch.channels_last))
         v8, m8 = _wpool(v4n * mask4, mask4, 2)
         mask8 = (m8 > 0).to(v8.dtype)
         v8 = v8 * mask8
         enc = self.encoder(v8, log_feature(v8, desc) * mask8, mask8, emb)
-        f8 = self.down8(torch.cat([F.avg_pool2d(f4, 2), enc, F.avg_pool2d(any4, 2)], dim=1))
+        f8 = self.down8(torch.cat([F.avg_pool2d(f4, 2), enc, F.avg_pool2d(any4, 2)], dim=1).contiguous(memory_format=torch.channels_last))
         f8 = self.ctx8(f8)
         # project to c4 at 1/8 *before* upsampling (linear ops commute), then add: no wide concat at 1/4
         up8 = F.interpolate(self.lift8(f8), size=f4.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse4(torch.relu(up8 + f4))
+        return self.fuse4(torch.relu(up8 + f4)).contiguous()  # the head slices it by rows: channels-first
 
     def _head(self, x: torch.Tensor, desc: torch.Tensor, a4: torch.Tensor, fw: tuple[torch.Tensor, torch.Tensor],
               fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
