@@ -56,7 +56,8 @@ ALIGN = 8
 
 class ProbaPredictor(Protocol):
     """What tiling needs from a model (see :class:`cloudmask.model.Predictor`). A model may also
-    accept ``region=(y0, y1, x0, x1)`` to return only that part of each window (used when present)."""
+    accept ``region=(y0, y1, x0, x1)`` to return only that part of each window, and ``finite=True``
+    (no NaN/inf in the input, already checked); each is used when present."""
 
     halo: int
 
@@ -214,7 +215,8 @@ def _predict_block(
     inside = x[:, in_y0:in_y1, in_x0:in_x1]
     valid = np.zeros((eh, ew), dtype=bool)
     valid[in_y0:in_y1, in_x0:in_x1] = np.isfinite(inside.sum(axis=0))  # one pass: a NaN/inf makes the sum non-finite
-    if not valid[in_y0:in_y1, in_x0:in_x1].all():
+    all_finite = bool(valid[in_y0:in_y1, in_x0:in_x1].all())  # then the model need not check again
+    if not all_finite:
         finite = np.isfinite(inside)
         valid[in_y0:in_y1, in_x0:in_x1] = finite.all(axis=0)
         if not finite.all():
@@ -249,7 +251,8 @@ def _predict_block(
             oy0, oy1 = max(c, ya), min(wy - c, yb)
             ox0, ox1 = max(c, xa), min(wx - c, xb)
             groups.setdefault((cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), []).append((y0, x0))
-    region = _accepts_region(predictor)
+    region = _accepts(predictor, "region")
+    hint = {"finite": True} if all_finite and _accepts(predictor, "finite") else {}
     for (cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), todo in groups.items():
         w2 = weights[cy, cx][oy0 - c : oy1 - c, ox0 - c : ox1 - c]
         for i in range(0, len(todo), batch_size):
@@ -261,9 +264,9 @@ def _predict_block(
                 stack = np.stack([x[:, y0 + ya : y0 + yb, x0 + xa : x0 + xb] for y0, x0 in group])
             box = (oy0 - ya, oy1 - ya, ox0 - xa, ox1 - xa)
             if region:
-                proba = predictor.predict_proba_batch(stack, descriptors, region=box)
+                proba = predictor.predict_proba_batch(stack, descriptors, region=box, **hint)
             else:
-                proba = np.asarray(predictor.predict_proba_batch(stack, descriptors))[:, :, box[0] : box[1], box[2] : box[3]]
+                proba = np.asarray(predictor.predict_proba_batch(stack, descriptors, **hint))[:, :, box[0] : box[1], box[2] : box[3]]
             proba = np.asarray(proba, dtype="float32")
             if proba.shape != (len(group), N_CLASSES, oy1 - oy0, ox1 - ox0):
                 raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, oy1 - oy0, ox1 - ox0)}")
@@ -280,18 +283,19 @@ def _predict_ext_block(block: np.ndarray, predictor: ProbaPredictor, descriptors
 
 
 @functools.lru_cache(maxsize=32)
-def _accepts_region_type(kind: type) -> bool:
+def _accepts_type(kind: type, name: str) -> bool:
     import inspect
 
     try:
-        return "region" in inspect.signature(kind.predict_proba_batch).parameters
+        return name in inspect.signature(kind.predict_proba_batch).parameters
     except (TypeError, ValueError, AttributeError):
         return False
 
 
-def _accepts_region(predictor: Any) -> bool:
-    """Whether ``predictor.predict_proba_batch`` takes ``region=`` (cloudmask's Predictor does)."""
-    return _accepts_region_type(type(predictor))
+def _accepts(predictor: Any, name: str) -> bool:
+    """Whether ``predictor.predict_proba_batch`` takes the keyword ``name`` (cloudmask's Predictor
+    takes ``region=`` and ``finite=``; other models may take neither)."""
+    return _accepts_type(type(predictor), name)
 
 
 def _fold_axis(e: np.ndarray, axis: int, d: int) -> np.ndarray:

@@ -195,3 +195,13 @@ def test_output_region_equals_crop_of_full_output(predictor: Predictor) -> None:
     for bad in [(0, 62, 0, 75), (10, 10, 0, 5), (-1, 5, 0, 5)]:
         with pytest.raises(BandError, match="region"):
             predictor.predict_proba(x, d, region=bad)
+
+
+def test_finite_hint_skips_only_a_check(predictor: Predictor) -> None:
+    """``finite=True`` (the tiler already checked for NaN/inf) changes nothing on finite input,
+    also where the network pads a size off its 8 px stride with nodata."""
+    for h, w in [(64, 72), (61, 75)]:
+        x, d = _scene(13, h, w, seed=5)
+        np.testing.assert_array_equal(predictor.predict_proba(x, d, finite=True), predictor.predict_proba(x, d))
+        np.testing.assert_array_equal(predictor.predict_proba(x, d, region=(5, h - 3, 8, w), finite=True),
+                                      predictor.predict_proba(x, d, region=(5, h - 3, 8, w)))

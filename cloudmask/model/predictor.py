@@ -96,23 +96,26 @@ class Predictor:
             x = np.ascontiguousarray(x)
         return torch.from_numpy(x), torch.from_numpy(d)
 
-    def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
+                      finite: bool = False) -> np.ndarray:
         """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities
-        (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all)."""
+        (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all).
+        ``finite=True``: the caller has checked that ``x`` holds no NaN/inf (skips that pass)."""
         xt, dt = self._check(x, descriptors, 3)
-        return self._run(xt[None], dt, region)[0]
+        return self._run(xt[None], dt, region, finite)[0]
 
-    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
+                            finite: bool = False) -> np.ndarray:
         """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w), or the
         ``region`` of each (see :meth:`predict_proba`)."""
         xt, dt = self._check(x, descriptors, 4)
-        return self._run(xt, dt, region)
+        return self._run(xt, dt, region, finite)
 
-    def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None) -> np.ndarray:
+    def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None, finite: bool) -> np.ndarray:
         if region is None:
-            return self._infer.predict_proba(xt, dt).numpy()
+            return self._infer.predict_proba(xt, dt, finite=finite).numpy()
         try:
-            return self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region)).numpy()
+            return self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region), finite=finite).numpy()
         except ValueError as exc:  # the network's check of ``region``
             raise BandError(f"output {exc}") from None
 
