@@ -71,7 +71,9 @@ class ToPhysical:
         if sc.offset:
             out += np.float32(sc.offset)
         if self.nodata is not None and np.isfinite(self.nodata):
-            out[block == self.nodata] = np.nan
+            bad = block == self.nodata
+            if bad.any():  # usually none: skip the masked write
+                np.copyto(out, np.float32(np.nan), where=bad)
 
 
 @dataclass(frozen=True)

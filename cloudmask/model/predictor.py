@@ -92,8 +92,8 @@ class Predictor:
         if not np.isfinite(d).all():
             raise BandError("band descriptors contain NaN or infinite values")
         x = np.asarray(x, dtype="float32")
-        if any(st <= 0 or st % x.itemsize for st in x.strides):  # torch takes strided views, not these
-            x = np.ascontiguousarray(x)
+        if any(st <= 0 or st % x.itemsize for st, size in zip(x.strides, x.shape) if size > 1):
+            x = np.ascontiguousarray(x)  # torch takes strided views, but not reversed or misaligned ones
         return torch.from_numpy(x), torch.from_numpy(d)
 
     def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
