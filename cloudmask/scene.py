@@ -70,10 +70,9 @@ class ToPhysical:
         np.multiply(block, np.float32(sc.scale), out=out, casting="unsafe")
         if sc.offset:
             out += np.float32(sc.offset)
-        if self.nodata is not None and np.isfinite(self.nodata):
-            bad = block == self.nodata
-            if bad.any():  # usually none: skip the masked write
-                np.copyto(out, np.float32(np.nan), where=bad)
+        if self.nodata is not None and np.isfinite(self.nodata) and block.size:
+            if block.min() <= self.nodata and block.max() >= self.nodata:  # usually one pass, no temporary
+                np.copyto(out, np.float32(np.nan), where=block == self.nodata)
 
 
 @dataclass(frozen=True)

@@ -382,7 +382,8 @@ class WeightedGraph:
         reader, args, edges = self.reader, self.args, self._edges(i, j)
 
         def run() -> np.ndarray:
-            return _predict_block(reader.window(y0, y1, x0, x1), *args, edges)
+            # _predict_block cuts windows flush with the scene edges: it never reads beyond them
+            return _predict_block(reader.window(y0, y1, x0, x1, outside=None), *args, edges)
 
         return run
 
@@ -512,15 +513,16 @@ class ChunkReader:
             if old is not None:
                 self._cached_bytes -= old.nbytes
 
-    def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """(band, y1-y0, x1-x0) float32; NaN outside the array."""
+    def window(self, y0: int, y1: int, x0: int, x1: int, outside: float | None = np.nan) -> np.ndarray:
+        """(band, y1-y0, x1-x0) float32; ``outside`` (NaN: nodata) beyond the array, or left
+        uninitialised there with ``outside=None`` (for a caller that never reads it)."""
         n, h, w = self.shape
         ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
         shape = (n, y1 - y0, x1 - x0)
-        if (ya, yb, xa, xb) == (y0, y1, x0, x1):
-            out = np.empty(shape, dtype="float32")  # every pixel is copied below: no NaN fill needed
+        if (ya, yb, xa, xb) == (y0, y1, x0, x1) or outside is None:
+            out = np.empty(shape, dtype="float32")  # every pixel that matters is copied below
         else:
-            out = np.full(shape, np.nan, dtype="float32")  # NaN (nodata) outside the array
+            out = np.full(shape, outside, dtype="float32")
         boff, yoff, xoff = self.offsets
         now = self._order.get((y0, y1, x0, x1))
         # Column by column, so the right-hand chunks (the next window's left-hand ones) are freshest.
