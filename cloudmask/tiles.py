@@ -896,6 +896,7 @@ def stream_mask(
     yoff = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # padded row where ext block i starts
     xoff = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
     local = isinstance(runner, LocalRunner)
+    ctx = graph.plan.context
 
     if local:  # every window is read once, in this order: let the reader keep shared chunks
         graph.reader.expect([graph._window(i, j) for i in range(ny) for j in range(nx)], READER_CACHE_MB)
@@ -938,7 +939,10 @@ def stream_mask(
         nonlocal next_row, fin, base
         top = int(yoff[i])
         x0 = int(xoff[j])
-        acc[:, top - base : top - base + block.shape[1], x0 : x0 + block.shape[2]] += block
+        # a block's outer ``context`` px carry no weight (exact zeros): add only what is inside them
+        bh, bw = block.shape[1:]
+        cy, cx = min(ctx, bh // 2), min(ctx, bw // 2)
+        acc[:, top - base + cy : top - base + bh - cy, x0 + cx : x0 + bw - cx] += block[:, cy : bh - cy, cx : bw - cx]
         left[i] -= 1
         while next_row < ny and left[next_row] == 0:
             next_row += 1
