@@ -338,7 +338,6 @@ def _valid(out: np.ndarray) -> np.ndarray:
 class WeightedGraph:
     """Pass 1 as a Dask array: block (i, j) is core block (i, j) plus ``depth`` px on every side."""
 
-    weighted: da.Array  # (4, Σ(ychunks + 2d), Σ(xchunks + 2d)) float32
     plan: TilePlan
     ychunks: tuple[int, ...]
     xchunks: tuple[int, ...]
@@ -346,6 +345,12 @@ class WeightedGraph:
     source: da.Array  # the (band, y, x) float32 scene
     args: tuple[Any, ...]  # (predictor, descriptors, plan, batch_size) for _predict_block
     raw: Any = None  # cloudmask.scene.RawBands behind ``source`` (chunked alike), for the local reader
+
+    @functools.cached_property
+    def weighted(self) -> da.Array:
+        """(4, Σ(ychunks + 2d), Σ(xchunks + 2d)) float32, built on first use: the streaming path
+        (:func:`stream_mask`) reads windows itself and never needs the whole graph."""
+        return _weighted_array(self)
 
     def _window(self, i: int, j: int) -> tuple[int, int, int, int]:
         """Scene rows/cols (y0, y1, x0, x1) that block (i, j) needs, halo included (may overhang)."""
@@ -564,24 +569,23 @@ def weighted_graph(
     d = plan.depth
     _, h, w = arr.shape
     ychunks, xchunks = _chunks_1d(h, plan.block_y, d), _chunks_1d(w, plan.block_x, d)
-    source = arr
-    arr = arr.rechunk({0: -1, 1: ychunks, 2: xchunks})
     descriptors = np.asarray(descriptors, dtype="float32")
-    if d == 0:
-        weighted = arr.map_blocks(
-            _predict_block, predictor, descriptors, plan, options.batch_size,
-            chunks=((_CHANNELS,), ychunks, xchunks), dtype="float32",
-        )
-    else:
-        padded = da.pad(arr, ((0, 0), (d, d), (d, d)), mode="constant", constant_values=np.nan)
-        padded = padded.rechunk({0: -1, 1: _with_margins(ychunks, d), 2: _with_margins(xchunks, d)})
-        # Each block of ``padded`` is one core block plus its outer scene margin; the overlap adds the
-        # inner margins from neighbours, so every block arrives as core + d on all sides.
-        weighted = _map_extended(padded, ychunks, xchunks, d, _predict_ext_block, predictor, descriptors, plan, options.batch_size,
-                                 len(ychunks), len(xchunks))
-    if raw is not None and (raw.data.shape != source.shape or raw.data.chunks != source.chunks):
+    if raw is not None and (raw.data.shape != arr.shape or raw.data.chunks != arr.chunks):
         raw = None  # not the values behind ``data`` as given (e.g. a re-chunked or cut array)
-    return WeightedGraph(weighted, plan, ychunks, xchunks, (h, w), source, (predictor, descriptors, plan, options.batch_size), raw)
+    return WeightedGraph(plan, ychunks, xchunks, (h, w), arr, (predictor, descriptors, plan, options.batch_size), raw)
+
+
+def _weighted_array(g: WeightedGraph) -> da.Array:
+    """The whole of pass 1 as one Dask array (see :attr:`WeightedGraph.weighted`)."""
+    d = g.plan.depth
+    arr = g.source.rechunk({0: -1, 1: g.ychunks, 2: g.xchunks})
+    if d == 0:
+        return arr.map_blocks(_predict_block, *g.args, chunks=((_CHANNELS,), g.ychunks, g.xchunks), dtype="float32")
+    padded = da.pad(arr, ((0, 0), (d, d), (d, d)), mode="constant", constant_values=np.nan)
+    padded = padded.rechunk({0: -1, 1: _with_margins(g.ychunks, d), 2: _with_margins(g.xchunks, d)})
+    # Each block of ``padded`` is one core block plus its outer scene margin; the overlap adds the
+    # inner margins from neighbours, so every block arrives as core + d on all sides.
+    return _map_extended(padded, g.ychunks, g.xchunks, d, _predict_ext_block, *g.args, len(g.ychunks), len(g.xchunks))
 
 
 def predict_proba(
