@@ -169,7 +169,12 @@ def even_split(size: int, target: int, minimum: int = 1, align: int = ALIGN) -> 
     if n == 1 or units == 0:
         return (int(size),)
     q, r = divmod(units, n)
-    parts = [(q + (1 if k < r else 0)) * align for k in range(n)]
+    # the r larger parts go to the ends (first, last, second, second-to-last, …): interior parts
+    # then share one size more often, and every window shape costs the model a one-off kernel setup
+    ends = [k // 2 if k % 2 == 0 else n - 1 - k // 2 for k in range(r)]
+    parts = [q * align] * n
+    for k in ends:
+        parts[k] += align
     parts[-1] += rest
     return tuple(parts)
 

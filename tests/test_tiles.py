@@ -181,7 +181,8 @@ def test_even_split_is_near_equal_on_the_pooling_grid(size, target):
 
 def test_even_split_avoids_a_thin_last_window():
     # 4096 in 768 px tiles used to be 5 × 768 + 256 (the 256 px window cost a full window of context)
-    assert even_split(4096, 768) == (824, 824, 816, 816, 816)
+    assert even_split(4096, 768) == (824, 816, 816, 816, 824)  # larger parts at the ends: one interior size
+    assert even_split(8192, 768) == (752, *[744] * 10)
 
 
 def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
