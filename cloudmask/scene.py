@@ -29,6 +29,7 @@ import numpy as np
 import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+import dask.array as dask_array
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -53,23 +54,21 @@ class ToPhysical:
     nodata: float | None
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        out = self.scaling.apply(block) if self.is_int else block.astype("float32", copy=True)
-        bad = ~np.isfinite(out)
-        if self.nodata is not None and np.isfinite(self.nodata):
-            bad |= block == self.nodata
-        out[bad] = np.nan
+        out = np.empty(block.shape, dtype="float32")
+        self.into(block, out)
         return out
 
     def into(self, block: np.ndarray, out: np.ndarray) -> None:
-        """Write ``self(block)`` into ``out`` (float32, same shape) with no temporaries where the
-        scaling is a plain affine map of integers: integer DNs are always finite once scaled."""
+        """Write the physical values of ``block`` into ``out`` (float32, same shape). A plain affine
+        map of integers needs no temporaries: scaled integer DNs are always finite."""
         sc = self.scaling
-        if not (self.is_int and sc.k1 is None and sc.k2 is None):
-            out[...] = self(block)
-            return
-        np.multiply(block, np.float32(sc.scale), out=out, casting="unsafe")
-        if sc.offset:
-            out += np.float32(sc.offset)
+        if self.is_int and sc.k1 is None and sc.k2 is None:
+            np.multiply(block, np.float32(sc.scale), out=out, casting="unsafe")
+            if sc.offset:
+                out += np.float32(sc.offset)
+        else:  # float files as they are; thermal radiance through Planck's law (may be non-finite)
+            out[...] = sc.apply(block) if self.is_int else block
+            np.copyto(out, np.float32(np.nan), where=~np.isfinite(out))
         if self.nodata is not None and np.isfinite(self.nodata) and block.size:
             if block.min() <= self.nodata and block.max() >= self.nodata:  # usually one pass, no temporary
                 np.copyto(out, np.float32(np.nan), where=block == self.nodata)
@@ -296,8 +295,6 @@ def _assemble(
     data = data.assign_coords(band=[b.name for b in bands])
     data = data.transpose("band", "y", "x")
     data.attrs = {"sensor": sensor.id, "source": source}
-    import dask.array as dask_array
-
     raw = RawBands(dask_array.stack([layer.data for layer in layers]), convert)
     return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item, raw)
 

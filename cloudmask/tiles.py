@@ -419,10 +419,11 @@ class ChunkReader:
     first). Without a plan it is an LRU cache.
     """
 
-    def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None) -> None:
+    def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Any] | None = None) -> None:
         """``convert``: with ``arr`` holding stored values (e.g. 16-bit DNs, one band per chunk),
-        the per-band function that makes them physical float32, applied to what a window copies,
-        so the cache holds the compact stored chunks."""
+        per band a converter (a "function") whose ``into(stored, out)`` writes physical float32 values
+        (:class:`cloudmask.scene.ToPhysical`), applied to what a window copies, so the cache holds
+        the compact stored chunks."""
         import dask
         from dask.core import flatten
 
@@ -546,10 +547,8 @@ class ChunkReader:
             dst = out[boff[ib] : boff[ib + 1], sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
             if self.convert is None:
                 dst[...] = part
-            elif hasattr(self.convert[ib], "into"):
-                self.convert[ib].into(part, dst)  # straight into the window, no temporaries
             else:
-                dst[...] = self.convert[ib](part)
+                self.convert[ib].into(part, dst)  # straight into the window, no temporaries
         return out
 
 
