@@ -113,13 +113,14 @@ def case_floor(scene_path: str, out: str, threads: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "pixels": h * w}
 
 
-def case_mask(scene_path: str, out: str, threads: int, tile: int) -> dict[str, Any]:
+def case_mask(scene_path: str, out: str, threads: int, tile: int, matching: bool = True) -> dict[str, Any]:
     from cloudmask.mask import MaskOptions, mask_scene
     from cloudmask.tiles import TileOptions
 
     predictor, note = _predictor()
     t0 = time.perf_counter()
-    r = mask_scene(scene_path, out, predictor, MaskOptions(tiles=TileOptions(tile_size=tile, threads=threads), overwrite=True))
+    r = mask_scene(scene_path, out, predictor, MaskOptions(tiles=TileOptions(tile_size=tile, threads=threads),
+                                                             shadow_matching=matching, overwrite=True))
     return {"seconds": time.perf_counter() - t0, "pixels": int(r.megapixels * 1e6), "model": note, "halo": predictor.halo}
 
 
@@ -128,7 +129,10 @@ def _child(argv: list[str]) -> None:
 
     limit_memory_growth()  # what `cloudmask mask` does; applied to both cases alike
     kind, scene_path, out, threads, tile = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
-    res = case_floor(scene_path, out, threads) if kind == "floor" else case_mask(scene_path, out, threads, tile)
+    if kind == "floor":
+        res = case_floor(scene_path, out, threads)
+    else:
+        res = case_mask(scene_path, out, threads, tile, matching=kind != "mask-nomatch")
     ru = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = ru.ru_maxrss / 1024.0
     res["cpu_s"] = ru.ru_utime + ru.ru_stime  # less sensitive than wall time to other load on the machine
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="where scenes are written (kept for reuse); default a temp dir")
     ap.add_argument("--peers", action="store_true", help="also time ukis-csmask and s2cloudless (on one size)")
     ap.add_argument("--peers-size", type=int, default=None, help="scene edge the peers run on (default: the smallest)")
+    ap.add_argument("--matching-cost", action="store_true",
+                    help="also time the mask without cloud–shadow matching (column nomatch_s)")
     ap.add_argument("--repeat", type=int, default=1, help="run each case N times, keep the fastest")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -212,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio": round(masked["cpu_s"] / floor["cpu_s"], 1),
             "model": masked["model"][:60], "halo": masked["halo"],
         })
+        if args.matching_cost:
+            nm = best_of(args.repeat, "mask-nomatch", scene, work / f"nomatch_{size}_cloudmask.tif", args.threads, args.tile_size)
+            rows[-1]["nomatch_s"] = round(nm["seconds"], 2)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.peers and size == (args.peers_size or min(sizes)):
             peer_rows = run_peers(scene, work / "peers")
@@ -230,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_floor", "floor_cpu_s", "mask_cpu_s", "cpu_ratio"]
     for c in cols:
         table.add_column(c, justify="right")
+    if args.matching_cost:
+        cols.append("nomatch_s")
     for r in rows:
         table.add_row(*(str(r[c]) for c in cols))
     Console(width=160).print(table)

@@ -107,6 +107,7 @@ class RasterSink:
         tags: dict[str, str] | None = None,
         count_values: bool = False,
         tag: str = "raw",
+        readable: bool = False,
     ) -> None:
         self.dst = Path(dst)
         self.path = temp_path(self.dst, tag)
@@ -122,7 +123,7 @@ class RasterSink:
         if transform is not None:
             profile["transform"] = transform
         try:
-            self.ds = rasterio.open(self.path, "w", **profile)
+            self.ds = rasterio.open(self.path, "w+" if readable else "w", **profile)
             for i, d in enumerate(descriptions, start=1):
                 self.ds.set_band_description(i, d)
             if colormap:
@@ -149,6 +150,13 @@ class RasterSink:
             raise output_error(exc, self.dst) from None
         if self.counts is not None:
             self.counts += np.bincount(arr.ravel(), minlength=256)[:256]
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of band 1 back (a scratch sink opened with ``readable=True``)."""
+        try:
+            return self.ds.read(1, window=((y0, y1), (0, self.ds.width)))
+        except (OSError, RasterioError) as exc:
+            raise output_error(exc, self.dst) from None
 
     def close(self) -> None:
         if not self.ds.closed:

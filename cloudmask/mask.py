@@ -27,6 +27,7 @@ from rasterio.errors import RasterioError
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
 from cloudmask.scene import Scene, _is_url, read_scene
+from cloudmask.shadows import ShadowOptions
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
@@ -64,6 +65,7 @@ class MaskOptions:
     threshold: float | None = None
     dilate: int = 0
     binary: bool = False
+    shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
     overwrite: bool = False
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
 
@@ -452,6 +454,7 @@ def stac_item_for_mask(
         "cloudmask:class_fractions": {k: round(v, 6) for k, v in fractions.items()},
         "cloudmask:options": {
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
+            "shadow_matching": bool(options.shadow_matching and not options.binary),
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),
@@ -558,6 +561,11 @@ def mask_scene(
             **grid,
         )
         sinks = [mask_sink]
+        shadows = ShadowOptions() if options.shadow_matching and not options.binary else None
+        scratch = None
+        if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
+            scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True, **grid)
+            sinks.append(scratch)
         parts: list[Path] = []
         item_tmp = None
         try:
@@ -584,6 +592,7 @@ def mask_scene(
                 stream_mask(
                     graph, runner, write_mask, write_proba, threshold=options.threshold,
                     dilate=options.dilate, binary=options.binary, on_block=on_block,
+                    shadows=shadows, scratch=scratch,
                 )
             except CloudmaskError:
                 raise
@@ -595,7 +604,7 @@ def mask_scene(
                 s.close()
             commits: list[tuple[Path, Path]] = []
             if options.probabilities:
-                part = cog.translate(sinks[1].path, paths.proba, "average")
+                part = cog.translate(prob_sink.path, paths.proba, "average")
                 parts.append(part)
                 commits.append((part, paths.proba))
             mask_part = cog.translate(mask_sink.path, paths.mask, "nearest" if options.binary else "mode")

@@ -33,6 +33,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cloudmask.shadows import ShadowMatcher, ShadowOptions
+
 #: Number of classes the model predicts (0 clear, 1 thick cloud, 2 thin cloud, 3 shadow).
 N_CLASSES = 4
 #: Mask value for pixels without data.
@@ -891,12 +893,19 @@ def stream_mask(
     dilate: int = 0,
     binary: bool = False,
     on_block: Any = None,
+    shadows: ShadowOptions | None = None,
+    scratch: Any = None,
 ) -> None:
     """Run pass 1 block by block and overlap-add into a rolling buffer a few block rows tall.
 
     Rows are finished (normalised, classified, dilated, written with ``write_mask(y0, rows)``) as
     soon as no pending window can reach them, so memory depends on the scene *width* only. Gives
     exactly the blended result of :func:`predict_proba`.
+
+    With ``shadows`` (and not ``binary``) the classes go to ``scratch`` first (``scratch[y0:y1, :] =
+    rows``, ``scratch.read(y0, y1)``) while a :class:`~cloudmask.shadows.ShadowMatcher` learns the
+    scene's cloud–shadow displacement; a second, cheap pass over the uint8 rows resolves shadow
+    candidates, then dilates and writes them.
     """
     h, w = graph.shape
     d = graph.plan.depth
@@ -923,6 +932,13 @@ def stream_mask(
     fin = d  # first padded row not yet written (rows above d are the outer pad)
     dil = _RowDilator(dilate, h)
     total = ny * nx
+    matcher = ShadowMatcher(h, w, shadows) if shadows is not None and not binary else None
+    if matcher is not None and scratch is None:
+        raise ValueError("shadow matching needs a scratch raster for the second pass")
+
+    def finish(y0: int, cls: np.ndarray) -> None:
+        for yy, rows in dil.push(y0, cls):
+            write_mask(yy, to_binary(rows) if binary else rows)
 
     def emit(p0: int, p1: int) -> None:
         for q0 in range(p0, p1, EMIT_ROWS):  # in slices: per-row temporaries stay small on wide scenes
@@ -936,8 +952,10 @@ def stream_mask(
         if write_proba is not None:
             write_proba(y0, proba_to_uint8(proba, valid))
         cls = classify(proba, valid, threshold)
-        for yy, rows in dil.push(y0, cls):
-            write_mask(yy, to_binary(rows) if binary else rows)
+        if matcher is None:
+            finish(y0, cls)
+        else:
+            scratch[y0 : y0 + cls.shape[0], 0:w] = matcher.observe(y0, proba, cls)
 
     def fits(i: int) -> bool:
         return int(yoff[i]) + graph.ychunks[i] + 2 * d <= base + acc.shape[1]
@@ -990,6 +1008,10 @@ def stream_mask(
                 accept(*e)
     if early:  # cannot happen: every row completes once its blocks have arrived
         raise RuntimeError(f"{len(early)} tiled blocks were never placed")
+    if matcher is not None:
+        matcher.resolve()
+        for y0 in range(0, h, EMIT_ROWS):
+            finish(y0, matcher.apply(y0, scratch.read(y0, min(y0 + EMIT_ROWS, h))))
 
 
 __all__: list[Any] = [

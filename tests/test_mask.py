@@ -278,3 +278,32 @@ def test_stac_item_url_is_read_in_place_with_range_requests(tmp_path, predictor)
     served = log.read_text()
     assert '"GET /B04.tif HTTP/1.1" 206' in served  # partial content: read with Range requests
     assert _files(tmp_path / "out") == ["item_cloudmask.json", "item_cloudmask.tif"]  # nothing downloaded
+
+
+def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
+    """Clouds (bright band 1) each cast a dark patch 14 px down, 22 px left; two dark decoys lie
+    far from any cloud. A per-pixel model is unsure of all dark patches; matching confirms the cast
+    ones only, and no temporary is left beside the mask."""
+    from test_shadows import SHIFT, _disk_mask, _PointPredictor
+
+    h, w = 160, 200
+    centres = [(40, 70), (60, 150), (100, 110), (120, 60), (30, 180)]
+    cloud = _disk_mask((h, w), centres, 8)
+    shadow = _disk_mask((h, w), [(y + SHIFT[0], x + SHIFT[1]) for y, x in centres], 8) & ~cloud
+    decoy = _disk_mask((h, w), [(150, 190), (150, 10)], 6) & ~cloud & ~shadow
+    refl = np.full((13, h, w), 0.3, "float32")
+    refl[0][cloud] = 0.8
+    refl[0][shadow | decoy] = 0.05
+    src = write_raster(tmp_path / "S2A_MSIL2A_shadows.tif", np.round(refl * 10000 + 1000).astype("uint16"), nodata=0)
+    out = {}
+    for matching in (True, False):
+        dst = tmp_path / f"m{matching}" / "s_cloudmask.tif"
+        mask_scene(src, dst, _PointPredictor(), MaskOptions(tiles=SMALL, shadow_matching=matching))
+        with rasterio.open(dst) as m:
+            out[matching] = m.read(1)
+        item = json.loads(OutputPaths(dst).item.read_text())
+        assert item["properties"]["cloudmask:options"]["shadow_matching"] is matching
+        assert _files(dst.parent) == sorted(["s_cloudmask.tif", "s_cloudmask.json"])
+    assert not (out[False] == 3).any()
+    assert (out[True][shadow] == 3).mean() > 0.9 and not (out[True][decoy] == 3).any()
+    assert (out[True][cloud] == 1).all()

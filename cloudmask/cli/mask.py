@@ -135,6 +135,11 @@ def mask_cmd(
     ] = None,
     dilate: Annotated[int, typer.Option("--dilate", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
     binary: Annotated[bool, typer.Option("--binary", help="Write 1 = cloud (thick or thin), 0 = not cloud.")] = False,
+    shadow_matching: Annotated[
+        bool,
+        typer.Option("--shadow-matching/--no-shadow-matching",
+                     help="Find more shadows where the scene's clouds cast them (learnt cloud-to-shadow displacement)."),
+    ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
     overlap: Annotated[
@@ -168,7 +173,7 @@ def mask_cmd(
         sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        overwrite=overwrite, weights=str(weights) if weights else None,
+        shadow_matching=shadow_matching, overwrite=overwrite, weights=str(weights) if weights else None,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:
         results = mask_many(items, output, options, on_event=reporter)

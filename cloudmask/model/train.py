@@ -24,6 +24,7 @@ from cloudmask.errors import UsageError
 from cloudmask.model.data import Batch, PooledSimSource, RealSource, RealTile, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import save_weights
+from cloudmask.shadows import match_shadows
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
@@ -200,8 +201,10 @@ def scores(cm: np.ndarray, shadow: bool = True) -> dict[str, float]:
     return out
 
 
-def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]) -> dict[str, dict[str, float]]:
-    """Pooled scores per named set of (x, y, desc, shadow_labelled) tiles."""
+def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]],
+                  match: bool = False) -> dict[str, dict[str, float]]:
+    """Pooled scores per named set of (x, y, desc, shadow_labelled) tiles; ``match``: classes after
+    cloud–shadow matching (:mod:`cloudmask.shadows`, as ``cloudmask mask`` writes them)."""
     net.eval()
     device = next(net.parameters()).device  # validation runs where training does (GPU or CPU)
     out = {}
@@ -211,7 +214,9 @@ def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarr
         any_sh = False
         for x, y, d, sh in tiles:
             prob = net.predict_proba(torch.from_numpy(x[None]).to(device), torch.from_numpy(d).to(device))[0].cpu().numpy()
-            pred = prob.argmax(0)
+            pred = prob.argmax(0).astype("uint8")
+            if match:
+                pred = match_shadows(prob, pred)
             c = confusion(pred, y)
             cm += c
             if sh:

@@ -1,0 +1,162 @@
+"""Cloud–shadow geometry matching: the scene's own clouds say where their shadows can be.
+
+Why: a shadow lies where its cloud is displaced along the sun azimuth, by a distance set by the
+cloud's height and the sun's elevation — at 10–30 m often 30–500 px away, beyond the network's
+receptive field. So the network alone misses many shadows (real-tile recall ~35–40 %). This step,
+in the spirit of Fmask's cloud–shadow matching but needing no sun angles or cloud heights:
+
+1. Learn the scene's **displacement kernel** ``K``: for every shift ``d``, how much more P(shadow)
+   than the scene's average the network puts on the clear ground at ``p + d`` of every cloud pixel
+   ``p`` (two FFT cross-correlations: cloud map × P(shadow), cloud map × clear ground), per cloud
+   pixel. ``K`` holds the shifts scoring at least ``frac`` of the peak — the sun direction with the
+   range of cloud heights the scene shows.
+2. The **shadow zone** is the cloud map dilated by ``K``.
+3. Inside the zone, a clear pixel becomes shadow when ``(1 + boost) · P(shadow) > P(clear)``;
+   outside, nothing changes. Clouds, and scenes with no clear lift (no shadows, no clouds, all
+   cloud), are left alone.
+
+The kernel is learnt on a grid coarsened to at most ``LOWRES`` cells a side, so the FFTs stay small
+for any scene; the streaming mask path (:func:`cloudmask.tiles.stream_mask`) feeds rows in with
+:meth:`ShadowMatcher.observe`, calls :meth:`ShadowMatcher.resolve` once, then :meth:`ShadowMatcher.apply`
+to the rows it re-reads — the same result as :func:`match_shadows` on the whole array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+#: Internal code for "clear, but shadow if inside the zone" between the passes (never written out).
+CANDIDATE = 4
+#: The kernel is learnt on a grid of at most this many cells a side.
+LOWRES = 512
+
+
+@dataclass(frozen=True)
+class ShadowOptions:
+    """Knobs of the matching step (coarse choices; the sweep is in docs/model.md)."""
+
+    boost: float = 3.0  # inside the zone, P(shadow) counts (1 + boost) times against P(clear)
+    frac: float = 0.3  # shifts whose lift is ≥ frac × the peak lift form the kernel
+    min_lift: float = 0.02  # peak excess P(shadow) per cloud pixel below which a scene shows no pairing
+    min_shift_px: float = 3.0  # shifts shorter than this are cloud edges, not shadows
+    min_support: float = 0.05  # a shift counts once this fraction of the clouds lands on clear ground
+    min_cloud_px: int = 20
+    max_cloud_fraction: float = 0.95
+
+
+def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``c[d] = Σ_p a(p)·b(p + d)`` for every shift, centred: index ``(h, w)`` is shift 0."""
+    h, w = a.shape
+    fa = sfft.rfft2(a, (2 * h, 2 * w))
+    fb = sfft.rfft2(b, (2 * h, 2 * w))
+    return np.fft.fftshift(sfft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
+
+
+def _spread(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``z[q] = Σ_d a(q − d)·kernel(d)`` with ``kernel`` centred as :func:`_xcorr` returns it."""
+    h, w = a.shape
+    shape = (sfft.next_fast_len(3 * h), sfft.next_fast_len(3 * w))
+    full = sfft.irfft2(sfft.rfft2(a, shape) * sfft.rfft2(kernel, shape), shape)
+    return full[h : 2 * h, w : 2 * w]
+
+
+class ShadowMatcher:
+    """Accumulates coarse cloud / P(shadow) maps row by row, then resolves candidate pixels."""
+
+    def __init__(self, height: int, width: int, options: ShadowOptions | None = None) -> None:
+        self.opt = options or ShadowOptions()
+        self.h, self.w = height, width
+        self.f = max(1, math.ceil(max(height, width) / LOWRES))
+        lh, lw = -(-height // self.f), -(-width // self.f)
+        self._cloud = np.zeros((lh, lw), "float64")  # cloud pixels per cell
+        self._clear = np.zeros((lh, lw), "float64")  # valid non-cloud pixels per cell
+        self._shadow = np.zeros((lh, lw), "float64")  # Σ P(shadow) over valid non-cloud pixels
+        self._cols = np.arange(width) // self.f
+        # statistics are sampled every ``step`` px (≥ 16 samples per cell): the maps are coarse anyway
+        self.step = max(1, self.f // 4)
+        xs = np.arange(0, width, self.step) // self.f
+        self._col_starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+        self.zone: np.ndarray | None = None  # coarse bool map after resolve()
+        self.active = False
+
+    def _cells(self, rows: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Sum the sampled pixels of a (rows, w/s) map into coarse cells: (cells touched, lw)."""
+        cols = np.add.reduceat(a, self._col_starts, axis=1, dtype="float64")
+        cell = rows // self.f
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        return np.add.reduceat(cols, starts, axis=0)
+
+    def observe(self, y0: int, proba: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        """Record rows ``y0:y0+len`` (``proba`` (4, r, w), ``cls`` from :func:`classify`) and
+        return ``cls`` with clear pixels that would turn shadow inside the zone marked CANDIDATE."""
+        out = cls.copy()
+        out[(cls == 0) & (np.float32(1.0 + self.opt.boost) * proba[3] > proba[0])] = CANDIDATE
+        # statistics from every s-th row and column (absolute positions, so any row split agrees)
+        s = self.step
+        first = (-y0) % s
+        if first >= cls.shape[0]:
+            return out
+        c, p_sh = cls[first::s, ::s], proba[3, first::s, ::s]
+        rows = np.arange(y0 + first, y0 + cls.shape[0], s)
+        ground = (c == 0) | (c == 3)
+        r0 = int(rows[0]) // self.f
+        for acc, m in ((self._cloud, ((c == 1) | (c == 2)).view("uint8")), (self._clear, ground.view("uint8")),
+                       (self._shadow, np.where(ground, p_sh, np.float32(0.0)))):
+            cells = self._cells(rows, m) * (s * s)  # in pixels
+            acc[r0 : r0 + cells.shape[0]] += cells
+        return out
+
+    def resolve(self) -> bool:
+        """Learn the displacement kernel and the shadow zone; False when the scene shows none."""
+        o, f = self.opt, self.f
+        cloud, clear, shadow = self._cloud, self._clear, self._shadow
+        n_cloud, n_valid = cloud.sum(), cloud.sum() + clear.sum()
+        self.active = False
+        if n_cloud < o.min_cloud_px or n_valid == 0 or n_cloud / n_valid > o.max_cloud_fraction or clear.sum() == 0:
+            return False
+        num = _xcorr(cloud, shadow)
+        den = _xcorr(cloud, clear)
+        base = shadow.sum() / clear.sum()
+        # excess shadow mass per cloud pixel: the lift weighted by how much of the clouds the shift
+        # keeps on clear ground in the scene, so a shift that maps one cloud onto one dark patch
+        # (little support) cannot outvote the shift that holds for all of them
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lift = np.where(den > o.min_support * n_cloud, (num - base * den) / n_cloud, 0.0)
+        lh, lw = cloud.shape
+        yy, xx = np.ogrid[-lh:lh, -lw:lw]
+        lift[(yy * yy + xx * xx) * f * f < max(o.min_shift_px, 1.0) ** 2] = 0.0
+        lift[lh, lw] = 0.0
+        peak = float(lift.max())
+        if not peak > o.min_lift:
+            return False
+        kernel = (lift >= o.frac * peak).astype("float64")
+        # the clouds shifted by every kernel displacement
+        self.zone = _spread(cloud / (f * f), kernel) > 0.25  # a quarter of the cell under a shifted cloud
+        self.active = bool(self.zone.any())
+        return self.active
+
+    def apply(self, y0: int, rows: np.ndarray) -> np.ndarray:
+        """CANDIDATE pixels of rows ``y0:…`` → shadow inside the zone, clear outside (in place)."""
+        cand = rows == CANDIDATE
+        if not cand.any():
+            return rows
+        if self.active and self.zone is not None:
+            z = self.zone[(np.arange(y0, y0 + rows.shape[0]) // self.f)[:, None], self._cols[None, :]]
+            rows[cand & z] = 3
+        rows[rows == CANDIDATE] = 0
+        return rows
+
+
+def match_shadows(proba: np.ndarray, cls: np.ndarray, options: ShadowOptions | None = None) -> np.ndarray:
+    """Whole-array form: (4, h, w) probabilities and their classes → classes with matched shadows."""
+    m = ShadowMatcher(cls.shape[0], cls.shape[1], options)
+    marked = m.observe(0, proba, cls)
+    m.resolve()
+    return m.apply(0, marked)
+
+
+__all__ = ["CANDIDATE", "LOWRES", "ShadowOptions", "ShadowMatcher", "match_shadows"]

@@ -1,0 +1,145 @@
+"""Cloud–shadow geometry matching: shadows confirmed where the scene's clouds cast them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cloudmask.shadows as shadows
+from cloudmask.shadows import CANDIDATE, ShadowMatcher, match_shadows
+from cloudmask.tiles import NODATA, classify
+
+SHIFT = (14, -22)  # where every cloud's shadow lies, in px (dy, dx)
+
+
+def _disk_mask(shape: tuple[int, int], centres: list[tuple[int, int]], r: int) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    m = np.zeros(shape, bool)
+    for cy, cx in centres:
+        m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return m
+
+
+def _scene(seed: int = 0, shape: tuple[int, int] = (240, 300)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities where the network is unsure of shadows: true shadows and dark decoys (water,
+    away from any cloud) both get P(shadow) 0.3 against P(clear) 0.7."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    centres = [(int(rng.integers(30, h - 40)), int(rng.integers(40, w - 20))) for _ in range(7)]
+    cloud = _disk_mask(shape, centres, 9)
+    shadow = _disk_mask(shape, [(cy + SHIFT[0], cx + SHIFT[1]) for cy, cx in centres], 9) & ~cloud
+    decoy = _disk_mask(shape, [(8, 8), (h - 10, w - 10)], 7) & ~cloud & ~shadow
+    p = np.zeros((4, h, w), "float32")
+    p[0] = 0.9
+    p[3] = 0.1
+    p[0][shadow | decoy], p[3][shadow | decoy] = 0.7, 0.3
+    p[:, cloud] = np.array([0.05, 0.85, 0.05, 0.05], "float32")[:, None]
+    return p, cloud, shadow, decoy
+
+
+def test_shadows_displaced_from_their_clouds_are_found_and_decoys_are_not():
+    p, cloud, shadow, decoy = _scene()
+    cls = classify(p, np.ones(cloud.shape, bool))
+    assert not (cls == 3).any()  # the network alone calls no shadow here
+    out = match_shadows(p, cls)
+    assert (out[shadow] == 3).mean() > 0.95
+    assert not (out[decoy] == 3).any()
+    assert (out[cloud] == 1).all()  # clouds are never touched
+    assert not (out == CANDIDATE).any()
+
+
+def test_a_scene_without_clouds_is_left_as_the_network_said():
+    p, cloud, shadow, decoy = _scene()
+    p[:, cloud] = np.array([0.9, 0.0, 0.0, 0.1], "float32")[:, None]
+    cls = classify(p, np.ones(cloud.shape, bool))
+    np.testing.assert_array_equal(match_shadows(p, cls), cls)
+
+
+def test_no_pairing_between_clouds_and_shadow_evidence_changes_nothing():
+    p, cloud, shadow, decoy = _scene()
+    p[0][shadow], p[3][shadow] = 0.9, 0.1  # the network sees nothing dark next to the clouds
+    cls = classify(p, np.ones(cloud.shape, bool))
+    m = ShadowMatcher(*cls.shape)
+    marked = m.observe(0, p, cls)
+    assert not m.resolve()
+    np.testing.assert_array_equal(m.apply(0, marked), cls)
+
+
+@pytest.mark.parametrize("lowres", [1024, 64, 20])
+def test_rows_fed_in_pieces_give_the_whole_array_result(monkeypatch, lowres):
+    monkeypatch.setattr(shadows, "LOWRES", lowres)  # 64: 5 px per cell; 20: 15 px, every 3rd px sampled
+    p, cloud, shadow, decoy = _scene(seed=3)
+    valid = np.ones(cloud.shape, bool)
+    valid[:, :6] = False
+    cls = classify(p, valid)
+    want = match_shadows(p, cls)
+    m = ShadowMatcher(*cls.shape)
+    assert (m.f, m.step) == {1024: (1, 1), 64: (5, 1), 20: (15, 3)}[lowres]
+    cuts = [0, 17, 64, 65, 130, 201, cls.shape[0]]
+    marked = np.concatenate([m.observe(a, p[:, a:b], cls[a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
+    assert m.resolve()
+    got = np.concatenate([m.apply(a, marked[a:b].copy()) for a, b in zip(cuts[:-1], cuts[1:])])
+    np.testing.assert_array_equal(got, want)
+    assert (got[:, :6] == NODATA).all()
+    assert (got[shadow & valid] == 3).mean() > 0.9
+
+
+class _PointPredictor:
+    """Per-pixel model (halo 0): band 0 bright → cloud, band 0 dark → unsure shadow."""
+
+    halo = 0
+
+    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+        b0 = x[:, 0]
+        p = np.empty((x.shape[0], 4, *x.shape[2:]), "float32")
+        bright, dark = b0 > 0.5, b0 < 0.1
+        p[:, 0] = np.where(bright, 0.05, np.where(dark, 0.7, 0.9))
+        p[:, 1] = np.where(bright, 0.85, 0.0)
+        p[:, 2] = np.where(bright, 0.05, 0.0)
+        p[:, 3] = 1 - p[:, 0] - p[:, 1] - p[:, 2]
+        return p
+
+
+class _Scratch:
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.a = np.full(shape, 77, "uint8")
+
+    def __setitem__(self, key, rows):
+        self.a[key] = rows
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        return self.a[y0:y1].copy()
+
+
+@pytest.mark.parametrize("dilate", [0, 2])
+def test_streamed_mask_matches_shadows_like_the_whole_scene(s2_desc, dilate):
+    from cloudmask.tiles import LocalRunner, TileOptions, dilate_classes, stream_mask, weighted_graph
+
+    p, cloud, shadow, decoy = _scene(seed=1)
+    x = np.full((13, *cloud.shape), 0.3, "float32")
+    x[0][cloud] = 0.8
+    x[0][shadow | decoy] = 0.05
+    x[:, :, :4] = np.nan
+    valid = np.isfinite(x).all(0)
+    pred = _PointPredictor()
+    want_p = pred.predict_proba_batch(np.nan_to_num(x)[None], s2_desc)[0]
+    want = dilate_classes(match_shadows(want_p, classify(want_p, valid)), dilate)
+    got = np.full(cloud.shape, 77, "uint8")
+
+    def put(y0, rows):
+        got[y0 : y0 + rows.shape[0]] = rows
+
+    graph = weighted_graph(x, s2_desc, pred, TileOptions(tile_size=48, threads=2))
+    stream_mask(graph, LocalRunner(2), put, dilate=dilate, shadows=shadows.ShadowOptions(), scratch=_Scratch(cloud.shape))
+    np.testing.assert_array_equal(got, want)
+    assert (got[shadow & valid] == 3).mean() > 0.9 and not (got[decoy & valid] == 3).any()
+    with pytest.raises(ValueError, match="scratch"):
+        stream_mask(graph, LocalRunner(1), put, shadows=shadows.ShadowOptions())
+
+
+@pytest.fixture(scope="module")
+def s2_desc() -> np.ndarray:
+    from cloudmask.registry import load_registry
+
+    s = load_registry().get_sensor("sentinel2")
+    return s.descriptors(list(s.bands))
