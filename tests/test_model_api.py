@@ -141,8 +141,8 @@ def test_fast_path_matches_masked_path_and_training_forward() -> None:
     d[5, 4] = 1.0  # make one band thermal
     x[5] = 290.0 + 10 * x[5]
     fast = p.predict_proba(x, d)
-    with torch.no_grad():
-        ref = torch.softmax(p.net(torch.from_numpy(x[None]), torch.from_numpy(d)), 1)[0].numpy()
+    with torch.enable_grad():  # the training code path (inference takes in-place/batched shortcuts)
+        ref = torch.softmax(p.net(torch.from_numpy(x[None]), torch.from_numpy(d)), 1)[0].detach().numpy()
     assert np.abs(fast - ref).max() < 1e-5
     x2 = x.copy()
     x2[1, 0, 0] = np.nan  # forces the masked path in that chunk; elsewhere unchanged maths
@@ -205,3 +205,25 @@ def test_finite_hint_skips_only_a_check(predictor: Predictor) -> None:
         np.testing.assert_array_equal(predictor.predict_proba(x, d, finite=True), predictor.predict_proba(x, d))
         np.testing.assert_array_equal(predictor.predict_proba(x, d, region=(5, h - 3, 8, w), finite=True),
                                       predictor.predict_proba(x, d, region=(5, h - 3, 8, w)))
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_set_encoder_inference_path_equals_training_path(partial: bool) -> None:
+    import torch
+
+    from cloudmask.model.encoders import SetEncoder
+
+    torch.manual_seed(3)
+    enc = SetEncoder(16, 8)
+    v, lv = torch.randn(2, 5, 9, 7), torch.randn(2, 5, 9, 7)
+    m = (torch.rand(2, 5, 9, 7) > 0.4).float() if partial else torch.ones(2, 5, 9, 7)
+    m[0, :, 0, 0] = 0.0 if partial else 1.0  # a pixel with no valid band pools to zeros
+    emb = torch.randn(5, 16)
+    with torch.enable_grad():
+        ref = enc(v * m, lv * m, m, emb).detach()
+    with torch.inference_mode():
+        got = enc(v * m, lv * m, m, emb)
+    assert got.shape == ref.shape == (2, 16, 9, 7)
+    assert (got - ref).abs().max() < 1e-5
+    if partial:
+        assert got[0, :, 0, 0].abs().max() == 0

@@ -61,19 +61,45 @@ class SetEncoder(BandEncoder):
         def per_band(t: torch.Tensor) -> torch.Tensor:  # (n, C) -> broadcastable (1, n, 1, 1, C)
             return t.reshape(1, n, 1, 1, c)
 
+        if not torch.is_grad_enabled():
+            return self._infer(v, lv, m, g1, f2, emb)
         h = torch.addcmul(per_band(g1[:, :, 2]), v[..., None], per_band(g1[:, :, 0]))
-        if torch.is_grad_enabled():
-            h = torch.relu(torch.addcmul(h, lv[..., None], per_band(g1[:, :, 1])))
-            h = torch.matmul(h, self.mix.T)
-            h = torch.relu(torch.addcmul(per_band(f2[:, :, 1]), h, 1.0 + per_band(f2[:, :, 0]))) * m[..., None]
-        else:  # inference: same maths, in place
-            h = h.addcmul_(lv[..., None], per_band(g1[:, :, 1])).relu_()
-            h = torch.matmul(h, self.mix.T)
-            h = h.mul_(1.0 + per_band(f2[:, :, 0])).add_(per_band(f2[:, :, 1])).relu_().mul_(m[..., None])
+        h = torch.relu(torch.addcmul(h, lv[..., None], per_band(g1[:, :, 1])))
+        h = torch.matmul(h, self.mix.T)
+        h = torch.relu(torch.addcmul(per_band(f2[:, :, 1]), h, 1.0 + per_band(f2[:, :, 0]))) * m[..., None]
         ea = _band_softmax_weights(self.att(emb))  # (n, C)
         num = (h * ea.view(1, n, 1, 1, c)).sum(dim=1)  # (B, h, w, C)
         den = torch.matmul(m.permute(0, 2, 3, 1), ea).clamp(min=1e-6)  # (B, h, w, n) @ (n, C)
         return torch.cat([num / den, h.amax(dim=1)], dim=-1).permute(0, 3, 1, 2)  # channels-last, like the context net
+
+    def _infer(self, v: torch.Tensor, lv: torch.Tensor, m: torch.Tensor, g1: torch.Tensor, f2: torch.Tensor,
+               emb: torch.Tensor) -> torch.Tensor:
+        """The same maths as training, band-major (n, pixels, C) so that each layer is one batched
+        product with the per-band terms folded into its weights: the FiLM scale into the shared
+        C→C matrix, the biases into ``baddbmm``. About half the passes over the largest tensor."""
+        b, n, hh, ww = v.shape
+        c = self.width
+        x = torch.stack([v, lv, torch.ones_like(v)], dim=-1).permute(1, 0, 2, 3, 4).reshape(n, b * hh * ww, 3)
+        # biases ride on columns of ones: layer 1 gets one in its input and passes one on (relu(1) = 1)
+        w1 = torch.zeros(n, 3, c + 1, dtype=v.dtype)
+        w1[:, :, :c] = g1.transpose(1, 2)
+        w1[:, 2, c] = 1.0
+        h = torch.bmm(x, w1).relu_()  # (n, N, C + 1)
+        w2 = torch.cat([self.mix.T[None] * (1.0 + f2[:, None, :, 0]), f2[:, None, :, 1]], dim=1)  # (n, C + 1, C)
+        h = torch.bmm(h, w2).relu_()
+        mb = m.permute(1, 0, 2, 3).reshape(n, b * hh * ww, 1)
+        all_valid = bool((mb == 1).all())
+        if not all_valid:
+            h.mul_(mb)
+        ea = _band_softmax_weights(self.att(emb))  # (n, C)
+        num = h[0] * ea[0]
+        peak = h[0].clone()
+        for i in range(1, n):
+            num.addcmul_(h[i], ea[i])
+            torch.maximum(peak, h[i], out=peak)
+        den = ea.sum(0) if all_valid else torch.mm(mb[..., 0].T, ea)  # (C,) or (N, C)
+        num.div_(den.clamp(min=1e-6))
+        return torch.cat([num, peak], dim=-1).view(b, hh, ww, 2 * c).permute(0, 3, 1, 2)
 
 
 class PairwiseEncoder(BandEncoder):
