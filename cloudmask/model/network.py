@@ -195,25 +195,34 @@ class CloudNet(nn.Module):
         return self.fuse4(torch.relu(up8 + f4)).contiguous()  # the head slices it by rows: channels-first
 
     def _head(self, x: torch.Tensor, desc: torch.Tensor, a4: torch.Tensor, fw: tuple[torch.Tensor, torch.Tensor],
-              fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+              fast: bool, cols: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage C (per pixel, full resolution) for rows matching ``a4`` (x rows = 4 × a4 rows).
 
+        ``cols`` = (c0, c1): ``a4`` covers only columns c0:c1 of ``x`` (c1 − c0 = 4 × its width).
         Returns logits and, when some pixel needed masking, the any-band-valid map.
         """
         if fast:  # no invalid pixel: fold the thermal affine and the constant denominator into the weights
             scale, offset = band_affine(desc)
             wv, wm = fw
             wv = wv / wm.sum()
-            fine = _mix(wv * scale.view(1, -1), x) + (wv @ offset).view(1, -1, 1, 1)
+            # the mixture runs on whole rows (a plain product, where a column slice would be copied
+            # first) and is sliced after; its constant goes on a4 before the upsampling (the
+            # bilinear weights sum to one), 16× fewer values than adding it at full resolution
+            fine = _mix(wv * scale.view(1, -1), x)
+            if cols is not None:
+                fine = fine[..., cols[0] : cols[1]]
+            a4 = a4 + (wv @ offset).view(1, -1, 1, 1)
             valid = None
         else:
+            if cols is not None:
+                x = x[..., cols[0] : cols[1]]
             v, m = normalise_inputs(x, desc)
             fine = self.fine(v, m, fw)
             valid = m.amax(dim=1)
         pre = F.interpolate(a4, scale_factor=4, mode="bilinear", align_corners=False).add_(fine) if not self.training else (
             F.interpolate(a4, scale_factor=4, mode="bilinear", align_corners=False) + fine
         )
-        return self.out(torch.relu(pre)), valid
+        return self.out(torch.relu(pre) if torch.is_grad_enabled() else pre.relu_()), valid
 
     # ------------------------------------------------------------------ entry points
 
@@ -260,14 +269,15 @@ class CloudNet(nn.Module):
         # slice equals the same columns of the full upsampling (as for the row chunks below).
         clo, chi = max(x0 // 4 - 1, 0), min(-(-x1 // 4) + 1, a4.shape[-1])
         a4 = a4[..., clo:chi]
-        xcols = x[..., clo * 4 : chi * 4]
+        cols = (clo * 4, chi * 4)
         coff = x0 - clo * 4
         fw = self.fine.weights(emb)
         out = x.new_empty(x.shape[0], N_CLASSES, y1 - y0, x1 - x0)
         for r in range(y0, y1, chunk):
             lo, hi = max(r // 4 - 1, 0), min((r + chunk) // 4 + 1, a4.shape[-2])
-            xs = xcols[..., lo * 4 : hi * 4, :]
-            logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, self._all_valid(xs, desc, finite))
+            xs = x[..., lo * 4 : hi * 4, :]
+            fast = self._all_valid(xs[..., cols[0] : cols[1]], desc, finite)
+            logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, cols)
             off = r - lo * 4
             n_rows = min(chunk, y1 - r)
             prob = torch.softmax(logits[:, :, off : off + n_rows, coff : coff + x1 - x0], dim=1)
