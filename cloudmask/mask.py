@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
 from cloudmask.scene import Scene, _is_url, read_scene
-from cloudmask.shadows import ShadowOptions
+from cloudmask.shadows import ShadowMatcher, ShadowOptions
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
@@ -419,9 +419,11 @@ def _bounds_wgs84(scene: Scene) -> list[float] | None:
 
 
 def stac_item_for_mask(
-    scene: Scene, paths: OutputPaths, counts: np.ndarray, predictor: Any, options: MaskOptions, seconds: float
+    scene: Scene, paths: OutputPaths, counts: np.ndarray, predictor: Any, options: MaskOptions, seconds: float,
+    matcher: ShadowMatcher | None = None,
 ) -> dict[str, Any]:
-    """A small STAC item describing the mask: source, sensor, model, class fractions."""
+    """A small STAC item describing the mask: source, sensor, model, class fractions, and what
+    cloud–shadow matching learnt (its cloud → shadow shift points away from the sun)."""
     valid = int(counts[:255].sum())
     total = int(counts.sum())
     names = {0: "clear", 1: "cloud"} if options.binary else CLASSES
@@ -458,6 +460,10 @@ def stac_item_for_mask(
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),
+        **({"cloudmask:shadow_matching": {
+            "applied": matcher.active, "excess": round(matcher.peak, 4),
+            "shift_px": list(matcher.shift) if matcher.active and matcher.shift else None,
+        }} if matcher is not None else {}),
         "proj:shape": [h, w],
         "proj:transform": list(scene.transform)[:6],
     }
@@ -589,7 +595,7 @@ def mask_scene(
 
             runner = DistributedRunner(client) if client is not None else LocalRunner(options.tiles.threads)
             try:
-                stream_mask(
+                matcher = stream_mask(
                     graph, runner, write_mask, write_proba, threshold=options.threshold,
                     dilate=options.dilate, binary=options.binary, on_block=on_block,
                     shadows=shadows, scratch=scratch,
@@ -610,7 +616,7 @@ def mask_scene(
             mask_part = cog.translate(mask_sink.path, paths.mask, "nearest" if options.binary else "mode")
             parts.append(mask_part)
             seconds = time.perf_counter() - t0
-            item = stac_item_for_mask(scene, paths, mask_sink.counts, predictor, options, seconds)
+            item = stac_item_for_mask(scene, paths, mask_sink.counts, predictor, options, seconds, matcher)
             item_tmp = paths.item.with_name(f".{paths.item.name}.cmtmp-{os.getpid()}")
             try:
                 item_tmp.write_text(json.dumps(item, indent=1) + "\n", encoding="utf-8")

@@ -15,8 +15,8 @@ in the spirit of Fmask's cloud–shadow matching but needing no sun angles or cl
    outside, nothing changes. Clouds, and scenes with no clear lift (no shadows, no clouds, all
    cloud), are left alone.
 
-The kernel is learnt on a grid coarsened to at most ``LOWRES`` cells a side, so the FFTs stay small
-for any scene; the streaming mask path (:func:`cloudmask.tiles.stream_mask`) feeds rows in with
+The kernel is learnt on a grid coarsened to at most ``LOWRES`` cells a side (cells of ≥ ``MIN_CELL``
+px), so the FFTs stay small for any scene; the streaming mask path (:func:`cloudmask.tiles.stream_mask`) feeds rows in with
 :meth:`ShadowMatcher.observe`, calls :meth:`ShadowMatcher.resolve` once, then :meth:`ShadowMatcher.apply`
 to the rows it re-reads — the same result as :func:`match_shadows` on the whole array.
 """
@@ -27,12 +27,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft as sfft
 
 #: Internal code for "clear, but shadow if inside the zone" between the passes (never written out).
 CANDIDATE = 4
-#: The kernel is learnt on a grid of at most this many cells a side.
+#: The kernel is learnt on a grid of at most this many cells a side, of at least MIN_CELL px.
 LOWRES = 512
+MIN_CELL = 4
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,35 @@ class ShadowOptions:
     max_cloud_fraction: float = 0.95
 
 
+def _fast_len(n: int) -> int:
+    """Smallest 2^a·3^b·5^c ≥ n: FFT sizes without large prime factors."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            v = p35
+            while v < n:
+                v *= 2
+            best = min(best, v)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``c[d] = Σ_p a(p)·b(p + d)`` for every shift, centred: index ``(h, w)`` is shift 0."""
     h, w = a.shape
-    fa = sfft.rfft2(a, (2 * h, 2 * w))
-    fb = sfft.rfft2(b, (2 * h, 2 * w))
-    return np.fft.fftshift(sfft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
+    fa = np.fft.rfft2(a, (2 * h, 2 * w))
+    fb = np.fft.rfft2(b, (2 * h, 2 * w))
+    return np.fft.fftshift(np.fft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
 
 
 def _spread(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``z[q] = Σ_d a(q − d)·kernel(d)`` with ``kernel`` centred as :func:`_xcorr` returns it."""
     h, w = a.shape
-    shape = (sfft.next_fast_len(3 * h), sfft.next_fast_len(3 * w))
-    full = sfft.irfft2(sfft.rfft2(a, shape) * sfft.rfft2(kernel, shape), shape)
+    shape = (_fast_len(3 * h), _fast_len(3 * w))
+    full = np.fft.irfft2(np.fft.rfft2(a, shape) * np.fft.rfft2(kernel, shape), shape)
     return full[h : 2 * h, w : 2 * w]
 
 
@@ -70,7 +86,7 @@ class ShadowMatcher:
     def __init__(self, height: int, width: int, options: ShadowOptions | None = None) -> None:
         self.opt = options or ShadowOptions()
         self.h, self.w = height, width
-        self.f = max(1, math.ceil(max(height, width) / LOWRES))
+        self.f = max(MIN_CELL, math.ceil(max(height, width) / LOWRES))
         lh, lw = -(-height // self.f), -(-width // self.f)
         self._cloud = np.zeros((lh, lw), "float64")  # cloud pixels per cell
         self._clear = np.zeros((lh, lw), "float64")  # valid non-cloud pixels per cell
@@ -82,6 +98,8 @@ class ShadowMatcher:
         self._col_starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
         self.zone: np.ndarray | None = None  # coarse bool map after resolve()
         self.active = False
+        self.peak = 0.0  # excess P(shadow) per cloud pixel at the best shift
+        self.shift: tuple[int, int] | None = None  # that shift (dy, dx) in px: cloud → shadow
 
     def _cells(self, rows: np.ndarray, a: np.ndarray) -> np.ndarray:
         """Sum the sampled pixels of a (rows, w/s) map into coarse cells: (cells touched, lw)."""
@@ -113,11 +131,13 @@ class ShadowMatcher:
     def resolve(self) -> bool:
         """Learn the displacement kernel and the shadow zone; False when the scene shows none."""
         o, f = self.opt, self.f
-        cloud, clear, shadow = self._cloud, self._clear, self._shadow
-        n_cloud, n_valid = cloud.sum(), cloud.sum() + clear.sum()
+        n_cloud, n_clear = float(self._cloud.sum()), float(self._clear.sum())
         self.active = False
-        if n_cloud < o.min_cloud_px or n_valid == 0 or n_cloud / n_valid > o.max_cloud_fraction or clear.sum() == 0:
+        if n_cloud < o.min_cloud_px or n_clear == 0 or n_cloud / (n_cloud + n_clear) > o.max_cloud_fraction:
             return False
+        # per-cell fractions (and mean P(shadow) mass), so every score below is per cloud pixel
+        cloud, clear, shadow = self._cloud / (f * f), self._clear / (f * f), self._shadow / (f * f)
+        n_cloud = float(cloud.sum())
         num = _xcorr(cloud, shadow)
         den = _xcorr(cloud, clear)
         base = shadow.sum() / clear.sum()
@@ -130,12 +150,14 @@ class ShadowMatcher:
         yy, xx = np.ogrid[-lh:lh, -lw:lw]
         lift[(yy * yy + xx * xx) * f * f < max(o.min_shift_px, 1.0) ** 2] = 0.0
         lift[lh, lw] = 0.0
-        peak = float(lift.max())
+        at = np.unravel_index(int(np.argmax(lift)), lift.shape)
+        peak = self.peak = float(lift[at])
+        self.shift = ((int(at[0]) - lh) * f, (int(at[1]) - lw) * f)
         if not peak > o.min_lift:
             return False
         kernel = (lift >= o.frac * peak).astype("float64")
         # the clouds shifted by every kernel displacement
-        self.zone = _spread(cloud / (f * f), kernel) > 0.25  # a quarter of the cell under a shifted cloud
+        self.zone = _spread(cloud, kernel) > 0.25  # a quarter of the cell under a shifted cloud
         self.active = bool(self.zone.any())
         return self.active
 

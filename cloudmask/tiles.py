@@ -895,7 +895,7 @@ def stream_mask(
     on_block: Any = None,
     shadows: ShadowOptions | None = None,
     scratch: Any = None,
-) -> None:
+) -> ShadowMatcher | None:
     """Run pass 1 block by block and overlap-add into a rolling buffer a few block rows tall.
 
     Rows are finished (normalised, classified, dilated, written with ``write_mask(y0, rows)``) as
@@ -905,7 +905,7 @@ def stream_mask(
     With ``shadows`` (and not ``binary``) the classes go to ``scratch`` first (``scratch[y0:y1, :] =
     rows``, ``scratch.read(y0, y1)``) while a :class:`~cloudmask.shadows.ShadowMatcher` learns the
     scene's cloud–shadow displacement; a second, cheap pass over the uint8 rows resolves shadow
-    candidates, then dilates and writes them.
+    candidates, then dilates and writes them. Returns that matcher (what it learnt), else None.
     """
     h, w = graph.shape
     d = graph.plan.depth
@@ -1012,6 +1012,7 @@ def stream_mask(
         matcher.resolve()
         for y0 in range(0, h, EMIT_ROWS):
             finish(y0, matcher.apply(y0, scratch.read(y0, min(y0 + EMIT_ROWS, h))))
+    return matcher
 
 
 __all__: list[Any] = [

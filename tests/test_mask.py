@@ -303,6 +303,11 @@ def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
             out[matching] = m.read(1)
         item = json.loads(OutputPaths(dst).item.read_text())
         assert item["properties"]["cloudmask:options"]["shadow_matching"] is matching
+        if matching:  # the learnt cloud → shadow shift: 14 px down, 22 px left, to a 4 px cell
+            learnt = item["properties"]["cloudmask:shadow_matching"]
+            assert learnt["applied"] and abs(learnt["shift_px"][0] - 14) <= 4 and abs(learnt["shift_px"][1] + 22) <= 4
+        else:
+            assert "cloudmask:shadow_matching" not in item["properties"]
         assert _files(dst.parent) == sorted(["s_cloudmask.tif", "s_cloudmask.json"])
     assert not (out[False] == 3).any()
     assert (out[True][shadow] == 3).mean() > 0.9 and not (out[True][decoy] == 3).any()

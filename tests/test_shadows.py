@@ -9,7 +9,7 @@ import cloudmask.shadows as shadows
 from cloudmask.shadows import CANDIDATE, ShadowMatcher, match_shadows
 from cloudmask.tiles import NODATA, classify
 
-SHIFT = (14, -22)  # where every cloud's shadow lies, in px (dy, dx)
+SHIFT = (14, -22)  # where every cloud's shadow lies, in px (dy, dx) at scale k = 1
 
 
 def _disk_mask(shape: tuple[int, int], centres: list[tuple[int, int]], r: int) -> np.ndarray:
@@ -20,15 +20,16 @@ def _disk_mask(shape: tuple[int, int], centres: list[tuple[int, int]], r: int) -
     return m
 
 
-def _scene(seed: int = 0, shape: tuple[int, int] = (240, 300)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _scene(seed: int = 0, k: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities where the network is unsure of shadows: true shadows and dark decoys (water,
-    away from any cloud) both get P(shadow) 0.3 against P(clear) 0.7."""
+    away from any cloud) both get P(shadow) 0.3 against P(clear) 0.7. ``k`` scales the layout
+    (k = 2: 240×300 px, clouds of radius 18 px, shadows 28 px down and 44 px left of them)."""
     rng = np.random.default_rng(seed)
-    h, w = shape
-    centres = [(int(rng.integers(30, h - 40)), int(rng.integers(40, w - 20))) for _ in range(7)]
-    cloud = _disk_mask(shape, centres, 9)
-    shadow = _disk_mask(shape, [(cy + SHIFT[0], cx + SHIFT[1]) for cy, cx in centres], 9) & ~cloud
-    decoy = _disk_mask(shape, [(8, 8), (h - 10, w - 10)], 7) & ~cloud & ~shadow
+    h, w = shape = (120 * k, 150 * k)
+    centres = [(int(rng.integers(15 * k, h - 20 * k)), int(rng.integers(20 * k, w - 10 * k))) for _ in range(7)]
+    cloud = _disk_mask(shape, centres, 9 * k)
+    shadow = _disk_mask(shape, [(cy + SHIFT[0] * k, cx + SHIFT[1] * k) for cy, cx in centres], 9 * k) & ~cloud
+    decoy = _disk_mask(shape, [(4 * k, 4 * k), (h - 5 * k, w - 5 * k)], 4 * k) & ~cloud & ~shadow
     p = np.zeros((4, h, w), "float32")
     p[0] = 0.9
     p[3] = 0.1
@@ -65,16 +66,37 @@ def test_no_pairing_between_clouds_and_shadow_evidence_changes_nothing():
     np.testing.assert_array_equal(m.apply(0, marked), cls)
 
 
-@pytest.mark.parametrize("lowres", [1024, 64, 20])
-def test_rows_fed_in_pieces_give_the_whole_array_result(monkeypatch, lowres):
+@pytest.mark.parametrize("with_shadows", [True, False])
+def test_the_evidence_is_scored_alike_on_fine_and_coarse_grids(monkeypatch, with_shadows):
+    """Scores are per cloud pixel whatever the cell size: the decision and the shift agree."""
+    p, cloud, shadow, decoy = _scene(seed=2)
+    if not with_shadows:
+        p[0][shadow], p[3][shadow] = 0.9, 0.1
+    cls = classify(p, np.ones(cloud.shape, bool))
+    got = {}
+    for cell in (1, 4):
+        monkeypatch.setattr(shadows, "MIN_CELL", cell)
+        m = ShadowMatcher(*cls.shape)
+        m.observe(0, p, cls)
+        got[cell] = (m.resolve(), m.peak, m.shift)
+    assert got[1][0] == got[4][0] == with_shadows
+    assert got[4][1] == pytest.approx(got[1][1], rel=0.25)
+    if with_shadows:
+        assert got[1][2] == (2 * SHIFT[0], 2 * SHIFT[1])
+        assert np.hypot(got[4][2][0] - got[1][2][0], got[4][2][1] - got[1][2][1]) <= 4 * 1.5
+
+
+@pytest.mark.parametrize("lowres, min_cell", [(1024, 1), (1024, 4), (64, 4), (20, 4)])
+def test_rows_fed_in_pieces_give_the_whole_array_result(monkeypatch, lowres, min_cell):
     monkeypatch.setattr(shadows, "LOWRES", lowres)  # 64: 5 px per cell; 20: 15 px, every 3rd px sampled
+    monkeypatch.setattr(shadows, "MIN_CELL", min_cell)
     p, cloud, shadow, decoy = _scene(seed=3)
     valid = np.ones(cloud.shape, bool)
     valid[:, :6] = False
     cls = classify(p, valid)
     want = match_shadows(p, cls)
     m = ShadowMatcher(*cls.shape)
-    assert (m.f, m.step) == {1024: (1, 1), 64: (5, 1), 20: (15, 3)}[lowres]
+    assert (m.f, m.step) == {(1024, 1): (1, 1), (1024, 4): (4, 1), (64, 4): (5, 1), (20, 4): (15, 3)}[lowres, min_cell]
     cuts = [0, 17, 64, 65, 130, 201, cls.shape[0]]
     marked = np.concatenate([m.observe(a, p[:, a:b], cls[a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
     assert m.resolve()
