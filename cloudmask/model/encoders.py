@@ -76,12 +76,14 @@ class SetEncoder(BandEncoder):
                emb: torch.Tensor) -> torch.Tensor:
         """The same maths as training, band-major (n, pixels, C) so that each layer is one batched
         product with the per-band terms folded into its weights: the FiLM scale into the shared
-        C→C matrix, the biases into ``baddbmm``. About half the passes over the largest tensor."""
+        C→C matrix, the biases onto a column of ones (``baddbmm``/``addmm`` would first copy the
+        broadcast bias into the whole output, slower than the product). About half the passes over
+        the largest tensor."""
         b, n, hh, ww = v.shape
         c = self.width
         x = torch.stack([v, lv, torch.ones_like(v)], dim=-1).permute(1, 0, 2, 3, 4).reshape(n, b * hh * ww, 3)
         # biases ride on columns of ones: layer 1 gets one in its input and passes one on (relu(1) = 1)
-        w1 = torch.zeros(n, 3, c + 1, dtype=v.dtype)
+        w1 = v.new_zeros(n, 3, c + 1)  # same dtype and device as the input
         w1[:, :, :c] = g1.transpose(1, 2)
         w1[:, 2, c] = 1.0
         h = torch.bmm(x, w1).relu_()  # (n, N, C + 1)
