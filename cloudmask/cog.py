@@ -190,6 +190,9 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
             _cog_translate(
                 str(raw), str(part), profile, overview_resampling=overview_resampling,
                 in_memory=False, quiet=True, use_cog_driver=False,
+                # runs after the model's workers are done: GDAL may compress and build overviews
+                # on every core (4096² mask: 0.47 → 0.35 s)
+                config={"GDAL_NUM_THREADS": "ALL_CPUS"},
             )
     except (OSError, RasterioError) as exc:
         remove_quietly(part)
