@@ -120,3 +120,14 @@ def test_weights_option_loads_a_user_model_and_rejects_a_corrupt_one(tmp_path):
     res = CliRunner().invoke(app, ["mask", str(scene), "--sensor", "sentinel2", "-o", str(tmp_path / "o"), "--weights", str(bundled), "--json"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "x_cloudmask.tif").exists()
+
+
+@pytest.mark.parametrize("flag, applied", [([], True), (["--no-shadow-matching"], False), (["--binary"], False)])
+def test_shadow_matching_flag_reaches_the_stac_item(tmp_path, flag, applied):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", *flag, *FAST])
+    assert res.exit_code == 0, res.output
+    props = json.loads((tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.json").read_text())["properties"]
+    assert props["cloudmask:options"]["shadow_matching"] is applied
+    assert ("cloudmask:shadow_matching" in props) is applied
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["S2A_MSIL2A_a_cloudmask.json", "S2A_MSIL2A_a_cloudmask.tif"]
