@@ -44,6 +44,10 @@ CHUNK = 1024
 _RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
 
 
+#: Elements per slab in :meth:`ToPhysical.into` (float32: 256 KB, well inside L2).
+_SLAB = 65536
+
+
 @dataclass(frozen=True)
 class ToPhysical:
     """DN → physical float32 with NaN for nodata, elementwise (any block shape). Float files are
@@ -62,16 +66,28 @@ class ToPhysical:
         """Write the physical values of ``block`` into ``out`` (float32, same shape). A plain affine
         map of integers needs no temporaries: scaled integer DNs are always finite."""
         sc = self.scaling
+        nodata = self.nodata if self.nodata is not None and np.isfinite(self.nodata) and block.size else None
+        if nodata is not None and not (block.min() <= nodata <= block.max()):
+            nodata = None  # usually one cheap pass over the stored values, no temporary
         if self.is_int and sc.k1 is None and sc.k2 is None:
-            np.multiply(block, np.float32(sc.scale), out=out, casting="unsafe")
-            if sc.offset:
-                out += np.float32(sc.offset)
-        else:  # float files as they are; thermal radiance through Planck's law (may be non-finite)
-            out[...] = sc.apply(block) if self.is_int else block
-            np.copyto(out, np.float32(np.nan), where=~np.isfinite(out))
-        if self.nodata is not None and np.isfinite(self.nodata) and block.size:
-            if block.min() <= self.nodata and block.max() >= self.nodata:  # usually one pass, no temporary
-                np.copyto(out, np.float32(np.nan), where=block == self.nodata)
+            scale, offset = np.float32(sc.scale), np.float32(sc.offset)
+            # in row slabs of ~256 KB: every pass after the first finds the slab still in cache (a
+            # window is tens of MB, so whole-array passes would each go to memory)
+            step = max(1, _SLAB // max(1, block[..., 0, :].size)) if block.ndim >= 2 else 1
+            for r in range(0, block.shape[-2], step) if block.ndim >= 2 else [None]:
+                rows = (..., slice(r, r + step), slice(None)) if r is not None else (...,)
+                o, b = out[rows], block[rows]
+                np.multiply(b, scale, out=o, casting="unsafe")
+                if offset:
+                    o += offset
+                if nodata is not None:
+                    np.copyto(o, np.float32(np.nan), where=b == nodata)
+            return
+        # float files as they are; thermal radiance through Planck's law (may be non-finite)
+        out[...] = sc.apply(block) if self.is_int else block
+        np.copyto(out, np.float32(np.nan), where=~np.isfinite(out))
+        if nodata is not None:
+            np.copyto(out, np.float32(np.nan), where=block == nodata)
 
 
 @dataclass(frozen=True)

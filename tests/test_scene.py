@@ -105,3 +105,23 @@ def test_not_georeferenced_file_is_read_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="not georeferenced"):
         scene = read_scene(path, "sentinel2")
     assert scene.crs is None and scene.shape == (16, 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 300, 512), (2, 7, 5), (37,)])
+def test_dn_conversion_into_strided_windows_matches_plain_maths(shape):
+    """DN → reflectance in cache-sized row slabs: every slab scaled, offset and nodata-masked."""
+    from cloudmask.registry import Scaling
+    from cloudmask.scene import ToPhysical
+
+    rng = np.random.default_rng(0)
+    dn = rng.integers(1, 12000, shape, dtype=np.uint16)
+    dn.reshape(-1)[-3] = 0  # nodata in the last slab only
+    conv = ToPhysical(Scaling(scale=1e-4, offset=-0.1, nodata=0.0), True, 0.0)
+    want = dn.astype(np.float32) * np.float32(1e-4) + np.float32(-0.1)
+    want[dn == 0] = np.nan
+    big = np.full((3, *shape[:-1], shape[-1] + 9), 7.0, np.float32)  # a strided destination
+    dst = big[1, ..., 4 : 4 + shape[-1]]
+    conv.into(dn, dst)
+    np.testing.assert_array_equal(dst, want)
+    assert (big[0] == 7.0).all() and (big[1, ..., :4] == 7.0).all() and (big[1, ..., 4 + shape[-1] :] == 7.0).all()
+    np.testing.assert_array_equal(conv(dn), want)
