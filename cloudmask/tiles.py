@@ -278,7 +278,8 @@ def _predict_block(
             if proba.shape != (len(group), N_CLASSES, oy1 - oy0, ox1 - ox0):
                 raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, oy1 - oy0, ox1 - ox0)}")
             for (y0, x0), p in zip(group, proba):
-                acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += np.nan_to_num(p[:_W]) * w2
+                p3 = np.nan_to_num(p[:_W] * w2, copy=False)  # one temporary (the model's array is not ours)
+                acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += p3
     return acc
 
 
