@@ -8,8 +8,9 @@ in the spirit of Fmask's cloud–shadow matching but needing no sun angles or cl
 1. Learn the scene's **displacement kernel** ``K``: for every shift ``d``, how much more P(shadow)
    than the scene's average the network puts on the clear ground at ``p + d`` of every cloud pixel
    ``p`` (two FFT cross-correlations: cloud map × P(shadow), cloud map × clear ground), per cloud
-   pixel. ``K`` holds the shifts scoring at least ``frac`` of the peak — the sun direction with the
-   range of cloud heights the scene shows.
+   pixel, less what the opposite shift shows too (a shadow lies on one side of its cloud; dark rims
+   and halos surround it). ``K`` holds the shifts scoring at least ``frac`` of the peak — the sun
+   direction with the range of cloud heights the scene shows.
 2. The **shadow zone** is the cloud map dilated by ``K``.
 3. Inside the zone, a clear pixel becomes shadow when ``(1 + boost) · P(shadow) > P(clear)``;
    outside, nothing changes. Clouds, and scenes with no clear lift (no shadows, no clouds, all
@@ -70,6 +71,11 @@ def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     fa = np.fft.rfft2(a, (2 * h, 2 * w))
     fb = np.fft.rfft2(b, (2 * h, 2 * w))
     return np.fft.fftshift(np.fft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
+
+
+def _negate_shift(a: np.ndarray) -> np.ndarray:
+    """``b[d] = a[−d]`` for a map centred as :func:`_xcorr` returns it."""
+    return np.roll(a[::-1, ::-1], (1, 1), axis=(0, 1))
 
 
 def _spread(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -146,6 +152,9 @@ class ShadowMatcher:
         # (little support) cannot outvote the shift that holds for all of them
         with np.errstate(invalid="ignore", divide="ignore"):
             lift = np.where(den > o.min_support * n_cloud, (num - base * den) / n_cloud, 0.0)
+        # a shadow lies on one side of its cloud; dark rims, thin-cloud halos and the like surround
+        # it: keep only what the opposite shift does not show as well
+        lift -= np.maximum(_negate_shift(lift), 0.0)
         lh, lw = cloud.shape
         yy, xx = np.ogrid[-lh:lh, -lw:lw]
         lift[(yy * yy + xx * xx) * f * f < max(o.min_shift_px, 1.0) ** 2] = 0.0

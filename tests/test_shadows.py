@@ -66,6 +66,21 @@ def test_no_pairing_between_clouds_and_shadow_evidence_changes_nothing():
     np.testing.assert_array_equal(m.apply(0, marked), cls)
 
 
+def test_a_dark_rim_all_round_the_clouds_is_not_taken_for_their_shadows():
+    """Unsure-shadow pixels on every side of each cloud (dark rims, halos) pair with no one shift."""
+    from scipy import ndimage
+
+    p, cloud, shadow, decoy = _scene(seed=4)
+    p[0][shadow], p[3][shadow] = 0.9, 0.1
+    rim = ndimage.binary_dilation(cloud, iterations=6) & ~cloud
+    p[0][rim], p[3][rim] = 0.7, 0.3
+    cls = classify(p, np.ones(cloud.shape, bool))
+    m = ShadowMatcher(*cls.shape)
+    marked = m.observe(0, p, cls)
+    assert not m.resolve()
+    assert not (m.apply(0, marked) == 3).any()
+
+
 @pytest.mark.parametrize("with_shadows", [True, False])
 def test_the_evidence_is_scored_alike_on_fine_and_coarse_grids(monkeypatch, with_shadows):
     """Scores are per cloud pixel whatever the cell size: the decision and the shift agree."""
