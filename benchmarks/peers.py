@@ -70,14 +70,11 @@ def _pick(scene: Scene, wanted: dict[str, tuple[str, ...]]) -> dict[str, int]:
     return out
 
 
-#: Seconds the last peer spent reading its bands from the scene (reported beside its model time).
-READ_S: dict[str, float] = {}
-
 #: "auto" uses the 6-band model when the scene has SWIR bands; "4" forces the 4-band (RGB + NIR) model.
 UKIS_MODEL = {"bands": "auto"}
 
 
-def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float, str]:
+def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float, float, str]:
     try:
         from ukis_csmask.mask import CSmask
     except ImportError as exc:
@@ -93,7 +90,7 @@ def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float,
     img = np.moveaxis(data, 0, -1).astype("float32")
     valid = np.isfinite(img).all(axis=-1)
     img[~valid] = 0
-    READ_S["last"] = time.perf_counter() - t0
+    read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-image warning on 128 px patches
@@ -103,10 +100,10 @@ def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float,
     raw = cs.csm[..., 0]
     out = np.select([raw == 1, raw == 2], [1, 3], 0).astype("uint8")
     out[~valid] = 255
-    return out, seconds, f"{len(names)}-band {level} model"
+    return out, read_s, seconds, f"{len(names)}-band {level} model"
 
 
-def run_s2cloudless(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float, str]:
+def run_s2cloudless(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float, float, str]:
     if scene.sensor.id != "sentinel2":
         raise Skip(f"Sentinel-2 only (scene is {scene.sensor.id})")
     have = {b.name: i for i, b in enumerate(scene.bands)}
@@ -122,7 +119,7 @@ def run_s2cloudless(scene: Scene, level: str, threads: int) -> tuple[np.ndarray,
     img = np.moveaxis(data, 0, -1).astype("float32")
     valid = np.isfinite(img).all(axis=-1)
     img[~valid] = 0
-    READ_S["last"] = time.perf_counter() - t0
+    read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     det = S2PixelCloudDetector(threshold=0.4, average_over=4, dilation_size=2, all_bands=False)
     mask = det.get_cloud_masks(img[None])[0]
@@ -130,10 +127,11 @@ def run_s2cloudless(scene: Scene, level: str, threads: int) -> tuple[np.ndarray,
     out = (mask > 0).astype("uint8")
     out[~valid] = 255
     note = "L1C model" + ("" if level == "l1c" else f" on {level} input (trained on L1C TOA)")
-    return out, seconds, note
+    return out, read_s, seconds, note
 
 
-PEERS: dict[str, Callable[[Scene, str, int], tuple[np.ndarray, float, str]]] = {
+#: peer -> run(scene, level, threads) -> (mask, seconds reading its bands, seconds in its model, note)
+PEERS: dict[str, Callable[[Scene, str, int], tuple[np.ndarray, float, float, str]]] = {
     "ukis-csmask": run_ukis,
     "s2cloudless": run_s2cloudless,
 }
@@ -199,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         for peer in peers:
             row: dict[str, Any] = {"scene": key, "peer": peer, "pixels": h * w}
             try:
-                mask, seconds, note = PEERS[peer](scene, args.level, args.threads)
+                mask, read_s, seconds, note = PEERS[peer](scene, args.level, args.threads)
             except Skip as why:
                 row["status"] = f"skipped: {why}"
                 rows.append(row)
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / peer / f"{key}.tif"
             t0 = time.perf_counter()
             _write(mask, scene, out)
-            io_s = READ_S.pop("last", 0.0) + time.perf_counter() - t0
+            io_s = read_s + time.perf_counter() - t0
             row.update(seconds=seconds, s_per_mpx=seconds / (h * w / 1e6), status=note, mask=str(out),
                        io_seconds=io_s, e2e_s_per_mpx=(seconds + io_s) / (h * w / 1e6),
                        cloud_fraction=float(np.isin(mask, (1, 2)).sum() / max(1, (mask != 255).sum())))

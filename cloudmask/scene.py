@@ -73,10 +73,10 @@ class ToPhysical:
             scale, offset = np.float32(sc.scale), np.float32(sc.offset)
             # in row slabs of ~256 KB: every pass after the first finds the slab still in cache (a
             # window is tens of MB, so whole-array passes would each go to memory)
-            step = max(1, _SLAB // max(1, block[..., 0, :].size)) if block.ndim >= 2 else 1
-            for r in range(0, block.shape[-2], step) if block.ndim >= 2 else [None]:
-                rows = (..., slice(r, r + step), slice(None)) if r is not None else (...,)
-                o, b = out[rows], block[rows]
+            b2, o2 = (block, out) if block.ndim >= 2 else (block[None], out[None])
+            step = max(1, _SLAB // max(1, b2[..., 0, :].size))
+            for r in range(0, b2.shape[-2], step):
+                o, b = o2[..., r : r + step, :], b2[..., r : r + step, :]
                 np.multiply(b, scale, out=o, casting="unsafe")
                 if offset:
                     o += offset

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft as sfft
 
 #: Internal code for "clear, but shadow if inside the zone" between the passes (never written out).
 CANDIDATE = 4
@@ -49,28 +50,12 @@ class ShadowOptions:
     max_cloud_fraction: float = 0.95
 
 
-def _fast_len(n: int) -> int:
-    """Smallest 2^a·3^b·5^c ≥ n: FFT sizes without large prime factors."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            v = p35
-            while v < n:
-                v *= 2
-            best = min(best, v)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
 def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``c[d] = Σ_p a(p)·b(p + d)`` for every shift, centred: index ``(h, w)`` is shift 0."""
     h, w = a.shape
-    fa = np.fft.rfft2(a, (2 * h, 2 * w))
-    fb = np.fft.rfft2(b, (2 * h, 2 * w))
-    return np.fft.fftshift(np.fft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
+    fa = sfft.rfft2(a, (2 * h, 2 * w))
+    fb = sfft.rfft2(b, (2 * h, 2 * w))
+    return sfft.fftshift(sfft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
 
 
 def _negate_shift(a: np.ndarray) -> np.ndarray:
@@ -81,8 +66,8 @@ def _negate_shift(a: np.ndarray) -> np.ndarray:
 def _spread(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``z[q] = Σ_d a(q − d)·kernel(d)`` with ``kernel`` centred as :func:`_xcorr` returns it."""
     h, w = a.shape
-    shape = (_fast_len(3 * h), _fast_len(3 * w))
-    full = np.fft.irfft2(np.fft.rfft2(a, shape) * np.fft.rfft2(kernel, shape), shape)
+    shape = (sfft.next_fast_len(3 * h, real=True), sfft.next_fast_len(3 * w, real=True))
+    full = sfft.irfft2(sfft.rfft2(a, shape) * sfft.rfft2(kernel, shape), shape)
     return full[h : 2 * h, w : 2 * w]
 
 

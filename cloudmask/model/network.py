@@ -164,41 +164,40 @@ class CloudNet(nn.Module):
         th = torch.nonzero(desc[:, 4] > 0.5).flatten()
         return th.numel() == 0 or bool((x[:, th] > 100.0).all())
 
-    def _pool(self, x: torch.Tensor, desc: torch.Tensor, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage A (per pixel): 4×4 sums of normalised values (zero where invalid) and valid fractions."""
+    def _pool(self, x: torch.Tensor, desc: torch.Tensor, fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage A (per pixel): 4×4 sums of normalised values (zero where invalid) and valid
+        fractions (None when ``fast``: every pixel valid)."""
         if fast:
             scale, offset = band_affine(desc)
-            v4 = _mean4(x).mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
-            return v4, torch.ones_like(v4)
+            return _mean4(x).mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1)), None
         v, m = normalise_inputs(x, desc)
         return _mean4(v), _mean4(m)
 
     def _context(self, v4: torch.Tensor, m4: torch.Tensor | None, desc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Stage B at 1/4 and 1/8: -> (B, head_width, h/4, w/4), the head's upsampled input.
         ``m4=None``: every input pixel was valid (the masking passes are skipped; same result)."""
-        if m4 is None:
-            v4n = v4.clamp(-4.0, 4.0)
+        if m4 is None:  # every pixel valid: no masking passes
+            v4n, mask4 = v4.clamp(-4.0, 4.0), None
             lv4 = log_feature(v4n, desc)
-            lin = torch.cat([self.lin4(v4n, None, self.lin4.weights(emb)), self.lin4_log(lv4, None, self.lin4_log.weights(emb))], 1)
             any4 = torch.ones_like(v4[:, :1])
         else:
-            v4n = (v4 / m4.clamp(min=1e-6)).clamp(-4.0, 4.0)
             mask4 = (m4 > 0).to(v4.dtype)
-            v4n = v4n * mask4
+            v4n = (v4 / m4.clamp(min=1e-6)).clamp(-4.0, 4.0) * mask4
             lv4 = log_feature(v4n, desc) * mask4
-            lin = torch.cat([self.lin4(v4n, mask4, self.lin4.weights(emb)), self.lin4_log(lv4, mask4, self.lin4_log.weights(emb))], 1)
             any4 = m4.amax(dim=1, keepdim=True)
+        lin = torch.cat([self.lin4(v4n, mask4, self.lin4.weights(emb)), self.lin4_log(lv4, mask4, self.lin4_log.weights(emb))], 1)
         # The context runs channels-last: oneDNN's depthwise 3×3 is up to 25× faster on it than on
         # channels-first maps this size, and the 1×1 layers (_mix) are plain products either way.
         f4 = self.stem4(torch.cat([lin, any4], dim=1).contiguous(memory_format=torch.channels_last))
-        if m4 is None:
+        if mask4 is None:
             v8 = F.avg_pool2d(v4n, 2)
-            enc = self.encoder(v8, log_feature(v8, desc), torch.ones_like(v8), emb)
+            lv8, mask8 = log_feature(v8, desc), torch.ones_like(v8)
         else:
-            v8, m8 = _wpool(v4n * mask4, mask4, 2)
+            v8, m8 = _wpool(v4n, mask4, 2)  # v4n is already zero where invalid
             mask8 = (m8 > 0).to(v8.dtype)
             v8 = v8 * mask8
-            enc = self.encoder(v8, log_feature(v8, desc) * mask8, mask8, emb)
+            lv8 = log_feature(v8, desc) * mask8
+        enc = self.encoder(v8, lv8, mask8, emb)
         f8 = self.down8(torch.cat([F.avg_pool2d(f4, 2), enc, F.avg_pool2d(any4, 2)], dim=1).contiguous(memory_format=torch.channels_last))
         f8 = self.ctx8(f8)
         # project to c4 at 1/8 *before* upsampling (linear ops commute), then add: no wide concat at 1/4
@@ -271,11 +270,11 @@ class CloudNet(nn.Module):
         pooled = []
         for r in range(0, rows, chunk):
             xs = x[..., r : r + chunk, :]
-            fast = self._all_valid(xs, desc, finite)
-            pooled.append((*self._pool(xs, desc, fast), fast))
+            pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, finite)))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
-        m4 = None if all(p[2] for p in pooled) else torch.cat([p[1] for p in pooled], dim=-2)
+        m4 = None if all(m is None for _, m in pooled) else torch.cat(
+            [torch.ones_like(v) if m is None else m for v, m in pooled], dim=-2)
         del pooled
         a4 = self._context(v4, m4, desc, emb)
         # Columns of the region plus one 1/4-res column each side, so bilinear upsampling of the
