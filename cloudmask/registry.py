@@ -2,7 +2,8 @@
 
 The registry is what makes the model sensor-independent: every band a scene carries is described by
 its spectral facts (:meth:`Band.descriptor`), so a sensor the model never saw only needs a YAML file.
-Files are read with ``yaml.safe_load`` and checked field by field, so a user's typo is reported with
+Files are read with YAML's safe loader (libyaml's C build when present: ~10× faster, same
+safe subset) and checked field by field, so a user's typo is reported with
 the file and field that hold it rather than as a crash deep in inference.
 
 Search order (later wins for the same ``id``): the bundled ``sensors/`` directory, each directory in
@@ -270,11 +271,16 @@ class _Checker:
         )
 
 
+# libyaml's C parser when PyYAML was built with it: the registry is read at every start of the CLI,
+# and the pure-Python parser took ~0.3 s of it. Both build only plain Python objects (safe loading).
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_sensor_file(path: Path) -> Sensor:
     """Parse and validate one sensor YAML file."""
     c = _Checker(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"

@@ -372,6 +372,8 @@ def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, f
         ("id: x\nname: [unclosed\n", "not valid YAML"),
         ("id: x\nproducts: {a: 1}\n", "products.a: expected a mapping"),
         ("", "top level: expected a mapping, got NoneType"),
+        # safe loading (C or Python): a tag that would build a Python object is refused, not run
+        ("id: !!python/object/apply:os.system ['echo owned']\n", "not valid YAML"),
     ],
 )
 def test_structurally_bad_files(tmp_path: Path, text: str, fragment: str) -> None:
