@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
 
 #: Number of classes the model predicts (0 clear, 1 thick cloud, 2 thin cloud, 3 shadow).
@@ -64,26 +65,6 @@ class ProbaPredictor(Protocol):
     halo: int
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How a scene is cut up. Defaults suit a CPU: ~768 px cores (~1070–1130 px windows with the
-    bundled model's halo), one window per task, which keeps peak memory under ~1.5 GB with two
-    threads; raise ``batch_size`` on a GPU.
-
-    tile_size: target core edge of one model window in pixels; the scene is split into near-equal
-        cores on the 8 px grid (:func:`even_split`), so actual cores are within ~±30 % of it.
-    overlap: pixels of extra input per window side (context + feather); default ``halo + 8``: with the full halo
-        of context, neighbouring windows already agree, so a thin feather is enough.
-    batch_size: windows per model call (one Dask task predicts one batch of adjacent windows).
-    threads: local Dask worker threads; default all cores.
-    """
-
-    tile_size: int = 768
-    overlap: int | None = None
-    batch_size: int = 1
-    threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,8 +13,10 @@ from rich.table import Table
 from cloudmask.cli.app import app
 from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
-from cloudmask.mask import MaskOptions, MaskResult, mask_many, read_list_file, summarise
-from cloudmask.tiles import TileOptions
+from cloudmask.options import TileOptions
+
+if TYPE_CHECKING:
+    from cloudmask.mask import MaskResult
 
 
 def _bands(value: str | None) -> list[str] | None:
@@ -163,6 +165,10 @@ def mask_cmd(
     Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
     Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request.
     """
+    # imported here: the mask stack (Dask, xarray, rasterio) costs ~1 s that --help, sensors and
+    # fetch need not pay
+    from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
+
     use_sensors_dirs(sensors_dir)
     items = list(inputs or []) + list(stac_item or [])
     if from_file is not None:

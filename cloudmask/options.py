@@ -1,0 +1,29 @@
+"""Option records that the CLI needs before any scene is read.
+
+Kept apart from :mod:`cloudmask.tiles` (which imports Dask and xarray) so that building the
+command line (``cloudmask --help``, ``sensors``, ``fetch``) does not pay for those imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How a scene is cut up. Defaults suit a CPU: ~768 px cores (~1070–1130 px windows with the
+    bundled model's halo), one window per task, which keeps peak memory under ~1.5 GB with two
+    threads; raise ``batch_size`` on a GPU.
+
+    tile_size: target core edge of one model window in pixels; the scene is split into near-equal
+        cores on the 8 px grid (:func:`cloudmask.tiles.even_split`), so actual cores are within ~±30 % of it.
+    overlap: pixels of extra input per window side (context + feather); default ``halo + 8``: with the full halo
+        of context, neighbouring windows already agree, so a thin feather is enough.
+    batch_size: windows per model call (one Dask task predicts one batch of adjacent windows).
+    threads: local Dask worker threads; default all cores.
+    """
+
+    tile_size: int = 768
+    overlap: int | None = None
+    batch_size: int = 1
+    threads: int | None = None
