@@ -271,8 +271,9 @@ class _Checker:
         )
 
 
-# libyaml's C parser when PyYAML was built with it: the registry is read at every start of the CLI,
-# and the pure-Python parser took ~0.3 s of it. Both build only plain Python objects (safe loading).
+# libyaml's C parser when PyYAML was built with it: the registry is read at every start of the CLI
+# (the bundled files: 0.068 s with the pure-Python parser, 0.007 s with this one). Both build only
+# plain Python objects (safe loading).
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
