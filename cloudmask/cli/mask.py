@@ -40,6 +40,7 @@ class _Reporter:
             )
         self.scenes: Any = None
         self.blocks: Any = None
+        self.many = False  # live failure lines only in multi-scene runs (one scene: its error ends the run)
 
     def __enter__(self) -> _Reporter:
         if self.progress:
@@ -56,6 +57,7 @@ class _Reporter:
             return
         if kind == "run-start":
             self.scenes = p.add_task("scenes", total=payload["scenes"])
+            self.many = payload["scenes"] > 1
         elif kind == "scene-start":
             name = Path(str(payload["source"])).name
             if self.blocks is not None:
@@ -71,7 +73,7 @@ class _Reporter:
                 self.blocks = None
             if self.scenes is not None:
                 p.advance(self.scenes)
-            if r.status == "failed":
+            if r.status == "failed" and self.many:
                 p.console.print(f"[red]failed:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
 
 

@@ -63,6 +63,16 @@ def test_archive_with_a_corrupt_scene_continues_and_exits_1(tmp_path):
     assert (tmp_path / "out" / "y" / "S2B_three_cloudmask.tif").is_file()
 
 
+def test_one_failing_scene_reports_its_error_once(tmp_path):
+    """A single scene: the table row and one error line, no live "failed:" line repeating it."""
+    bad = tmp_path / "S2A_bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    res = runner.invoke(app, ["mask", str(bad), "-o", str(tmp_path / "out"), *FAST], env={"COLUMNS": "250"})
+    assert res.exit_code != 0
+    assert res.stderr.count("cannot read raster") == 1 and "failed:" not in res.stderr, res.stderr
+    assert "failed" in res.stdout  # the summary table
+
+
 def test_quiet_mode_prints_nothing_on_success(tmp_path):
     src = _s2(tmp_path / "S2A_q.tif")
     res = runner.invoke(app, ["mask", str(src), "--quiet", *FAST])
