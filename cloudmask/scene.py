@@ -244,7 +244,13 @@ def _open(path: str) -> rasterio.io.DatasetReader:
 
 
 def _one_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """First line of an error; rasterio's "See previous exception" wrapper gives way to GDAL's own
+    message (the cause), which says what failed."""
+    text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if "previous exception" in text and cause is not None and str(cause).strip():
+        text = str(cause).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToPhysical:
