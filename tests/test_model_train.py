@@ -195,3 +195,46 @@ def test_train_init_fine_tunes_from_saved_weights(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="architecture differs"):
         train(load_config(None, [f"out={tmp_path / 'c'}", f"train.init={tmp_path / 'a' / 'best.safetensors'}",
                                  *tiny, "model.c8=12"]))
+
+
+def test_ema_weights_are_what_is_validated_and_saved(tmp_path: Path) -> None:
+    """train.ema: best.safetensors holds the moving average, not the latest weights. The average
+    starts from the weights after the first step; with a decay of ~1 it stays there, while the
+    trained weights move on."""
+    from safetensors.torch import load_file
+
+    from cloudmask.model.train import train
+
+    run = [*TINY_RUN, "train.lr=0.05"]
+    train(load_config(None, [f"out={tmp_path / 'one'}", *run, "train.steps=1"]))
+    first = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    train(load_config(None, [f"out={tmp_path / 'e'}", *run, "train.steps=3", "train.ema=0.999999"]))
+    saved = load_file(str(tmp_path / "e" / "best.safetensors"))  # as trained (loading folds BatchNorm)
+    state = torch.load(tmp_path / "e" / "last.pt", weights_only=True)
+    learned = [k for k in first if "running_" not in k and "num_batches" not in k]
+    assert all(torch.allclose(first[k].float(), saved[k].float(), atol=1e-4) for k in learned)
+    assert not all(torch.allclose(first[k].float(), state["model"][k].float(), atol=1e-4) for k in learned)
+    assert int(state["ema"]["n_averaged"]) == 3
+
+
+def test_resume_with_ema_continues_exactly(tmp_path: Path) -> None:
+    from cloudmask.model.train import train
+
+    tiny = [*TINY_RUN, "train.steps=3", "train.ema=0.5"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done: int, total: int, info: dict) -> None:
+        if done == 2:
+            raise Stop
+
+    train(load_config(None, [f"out={tmp_path / 'a'}", *tiny]))
+    with pytest.raises(Stop):
+        train(load_config(None, [f"out={tmp_path / 'b'}", *tiny]), progress=stop_after_two)
+    train(load_config(None, [f"out={tmp_path / 'b'}", *tiny]), resume=True)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["ema"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k

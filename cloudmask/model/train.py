@@ -63,6 +63,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "init": None,  # weights to start from (fine-tuning); None = random initialisation
         "max_minutes": None,  # wall-clock budget: stop (with a final validation) when it is spent
         "schedule": "steps",  # "steps": cosine over train.steps; "time": cosine over max(step, time) progress
+        "ema": 0.0,  # >0: validate and save an exponential moving average of the weights with this decay
     },
     "val": {"sensors": ["sentinel2", "landsat8"], "scenes": 6, "size": 192, "seed": 12345},
 }
@@ -307,6 +308,13 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    # An average of the recent weights is validated and saved instead of the latest ones: with small
+    # batches the latest weights swing by several F1 points between validations.
+    ema = None
+    if float(tcfg.get("ema") or 0.0) > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema"])), use_buffers=True)
     sim_src: SimSource | PooledSimSource = SimSource(dcfg, rng_sim)
     real_src = None
     val_sets = sim_val_sets(cfg)
@@ -325,6 +333,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             raise UsageError(f"--resume: no checkpoint at {ckpt}")
         state = torch.load(ckpt, map_location=device, weights_only=True)
         net.load_state_dict(state["model"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, best = int(state["step"]), float(state["best"])
@@ -362,6 +372,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
             lv = float(loss.detach())
             loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
             done = step + 1
@@ -369,19 +381,20 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             record: dict[str, Any] = {"step": done, "loss": round(lv, 4), "source": batch.source, "n_bands": int(d.shape[0]),
                                       "lr": sched.get_last_lr()[0], "elapsed_s": round(elapsed(), 1)}
             if done % int(tcfg["val_every"]) == 0 or done == steps or timed_out:
-                metrics = evaluate_sets(net, val_sets)
+                judged = net if ema is None else ema.module
+                metrics = evaluate_sets(judged, val_sets)
                 score = _selection_score(metrics)
                 record["val"] = metrics
                 record["score"] = score
                 last_metrics = {k: {m: round(v, 2) for m, v in s.items()} for k, s in metrics.items()}
                 if score > best:
                     best, best_metrics = score, metrics
-                    save_weights(net.cpu(), out / "best.safetensors", str(cfg["version"]),
+                    save_weights(judged.cpu(), out / "best.safetensors", str(cfg["version"]),
                                  {"step": done, "metrics": metrics, "config": cfg})
-                    net.to(device)
+                    judged.to(device)
             if done % int(tcfg["ckpt_every"]) == 0 or done == steps or timed_out:
                 _save_ckpt(ckpt, net, opt, sched, done, best, best_metrics, rng_sim, rng_real, rng_aug, elapsed(),
-                           getattr(sim_src, "consumed", 0))
+                           getattr(sim_src, "consumed", 0), ema)
             log.write(json.dumps(record) + "\n")
             log.flush()
             if progress:
@@ -398,13 +411,13 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
 
 def _save_ckpt(path: Path, net: CloudNet, opt: torch.optim.Optimizer, sched: Any, step: int, best: float,
                best_metrics: dict[str, Any], rng_sim: np.random.Generator, rng_real: np.random.Generator,
-               rng_aug: np.random.Generator, elapsed: float, sim_consumed: int = 0) -> None:
+               rng_aug: np.random.Generator, elapsed: float, sim_consumed: int = 0, ema: Any = None) -> None:
     """A resumable checkpoint of plain tensors/containers (loadable with weights_only=True), atomically."""
     state = {
         "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
         "best": best, "best_metrics": json.dumps(best_metrics), "rng_sim": _rng_state(rng_sim),
         "rng_real": _rng_state(rng_real), "rng_aug": _rng_state(rng_aug), "torch_rng": torch.get_rng_state(), "elapsed": elapsed,
-        "sim_consumed": sim_consumed,
+        "sim_consumed": sim_consumed, "ema": None if ema is None else ema.state_dict(),
     }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
