@@ -68,6 +68,7 @@ class MaskOptions:
     shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
     overwrite: bool = False
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
+    device: str = "auto"  # where the model runs locally: cpu, cuda, cuda:N, auto (CUDA if torch sees one)
 
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
@@ -75,6 +76,9 @@ class MaskOptions:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.dilate < 0:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
+        from cloudmask.model.predictor import resolve_device
+
+        resolve_device(self.device)  # a GPU torch cannot see fails here, before any scene
         if self.tiles.threads is not None and self.tiles.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.tiles.threads}")
         if self.resolution is not None and self.resolution <= 0:
@@ -692,6 +696,8 @@ def mask_many(
             t0 = time.perf_counter()
             if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
                 predictor = load_predictor(options.weights)  # a broken model stops the run
+                if hasattr(predictor, "to"):  # local inference there; Dask cluster workers get a CPU copy
+                    predictor.to(options.device)
             try:
                 if dst.resolve() in seen:
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")

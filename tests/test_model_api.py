@@ -227,3 +227,37 @@ def test_set_encoder_inference_path_equals_training_path(partial: bool) -> None:
     assert (got - ref).abs().max() < 1e-5
     if partial:
         assert got[0, :, 0, 0].abs().max() == 0
+
+
+def test_resolve_device_names_and_errors() -> None:
+    import torch
+
+    from cloudmask.errors import UsageError
+    from cloudmask.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, msg in [("tpu", "unknown device"), ("cuda:x", "unknown device"), ("mps", "not supported")]:
+        with pytest.raises(UsageError, match=msg):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_predictor_pickles_to_a_cpu_copy_with_the_same_outputs() -> None:
+    """Dask workers receive pickled predictors: always a CPU one (a worker may have no GPU), even
+    when the sender runs on a GPU (simulated here by its device field)."""
+    import pickle
+
+    import torch
+
+    p = Predictor.random(seed=3).to("cpu")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.5, (5, 40, 48)).astype("float32")
+    d = get_sensor("sentinel2").descriptors()[:5]
+    want = p.predict_proba(x, d)
+    p.device = torch.device("cuda")  # as after .to("cuda"); the pickle must not carry it
+    q = pickle.loads(pickle.dumps(p))
+    assert q.device == torch.device("cpu")
+    np.testing.assert_allclose(q.predict_proba(x, d), want, atol=1e-6)

@@ -151,6 +151,7 @@ def mask_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model call.", min=1)] = TileOptions.batch_size,
     threads: Annotated[int | None, typer.Option("--threads", help="Local worker threads (default: all cores).", min=1)] = None,
+    device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when torch sees a GPU). Dask cluster workers (--scheduler) run it on their CPUs.")] = "auto",
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run on a dask.distributed cluster, e.g. tcp://host:8786.")
     ] = None,
@@ -182,6 +183,7 @@ def mask_cmd(
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
         shadow_matching=shadow_matching, overwrite=overwrite, weights=str(weights) if weights else None,
+        device=device,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:
         results = mask_many(items, output, options, on_event=reporter)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cloudmask.errors import ModelError
 from cloudmask.model.network import CloudNet, ModelConfig, count_flops_per_pixel, fold_batchnorm
-from cloudmask.model.predictor import Predictor, bundled_weights, load_model, save_weights
+from cloudmask.model.predictor import Predictor, bundled_weights, load_model, resolve_device, save_weights
 
 __all__ = [
     "CloudNet",
@@ -22,5 +22,6 @@ __all__ = [
     "count_flops_per_pixel",
     "fold_batchnorm",
     "load_model",
+    "resolve_device",
     "save_weights",
 ]

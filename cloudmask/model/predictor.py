@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloudmask.errors import BandError, ModelError
+from cloudmask.errors import BandError, ModelError, UsageError
 from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm
 
 #: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
@@ -37,6 +37,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A torch device from a user's name: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (the first
+    CUDA GPU when torch sees one, else the CPU). A GPU torch cannot use is a UsageError."""
+    if str(name).strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(name).strip().lower())
+    except RuntimeError:
+        raise UsageError(f"unknown device {str(name)!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise UsageError(f"device {str(name)!r} is not supported: use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise UsageError(f"device {str(name)!r}: torch {torch.__version__} sees no CUDA GPU (a CPU build, or no driver)")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {str(name)!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
 class Predictor:
     """A network with its weights' identity, callable on physical numpy arrays.
 
@@ -52,6 +72,22 @@ class Predictor:
         self.sha256 = sha256
         self.source = source
         self.meta = meta or {}
+        self.device = torch.device("cpu")  # where inference runs (:meth:`to`); ``net`` stays on the CPU
+
+    def to(self, device: str | torch.device) -> Predictor:
+        """Run inference on ``device`` (see :func:`resolve_device`); numpy in and out as before."""
+        dev = resolve_device(device)
+        self._infer.to(dev)
+        self.device = dev
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (e.g. to Dask workers) always carry a CPU predictor: a worker may have no GPU."""
+        state = self.__dict__.copy()
+        if self.device.type != "cpu":
+            state["_infer"] = fold_batchnorm(copy.deepcopy(self.net))
+            state["device"] = torch.device("cpu")
+        return state
 
     @property
     def config(self) -> ModelConfig:
@@ -112,12 +148,16 @@ class Predictor:
         return self._run(xt, dt, region, finite)
 
     def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None, finite: bool) -> np.ndarray:
-        if region is None:
-            return self._infer.predict_proba(xt, dt, finite=finite).numpy()
+        if self.device.type != "cpu":
+            xt, dt = xt.to(self.device), dt.to(self.device)
         try:
-            return self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region), finite=finite).numpy()
+            if region is None:
+                out = self._infer.predict_proba(xt, dt, finite=finite)
+            else:
+                out = self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region), finite=finite)
         except ValueError as exc:  # the network's check of ``region``
             raise BandError(f"output {exc}") from None
+        return out.numpy() if out.device.type == "cpu" else out.cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
 

@@ -141,3 +141,17 @@ def test_shadow_matching_flag_reaches_the_stac_item(tmp_path, flag, applied):
     assert props["cloudmask:options"]["shadow_matching"] is applied
     assert ("cloudmask:shadow_matching" in props) is applied
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["S2A_MSIL2A_a_cloudmask.json", "S2A_MSIL2A_a_cloudmask.tif"]
+
+
+def test_device_that_torch_cannot_see_is_a_usage_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    src = _s2(tmp_path / "S2A_d.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--device", "cuda", *FAST])
+    assert res.exit_code == 2
+    assert "sees no CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    ok = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "cpu"), "--device", "cpu", "--quiet", *FAST])
+    assert ok.exit_code == 0 and (tmp_path / "cpu" / "S2A_d_cloudmask.tif").is_file()
