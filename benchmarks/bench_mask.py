@@ -25,6 +25,7 @@ The model is the bundled one when it loads, else ``Predictor.random`` with the d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -90,29 +92,36 @@ def _predictor() -> tuple[Any, str]:
         return Predictor.random(seed=0), f"random init ({exc})"
 
 
+@contextlib.contextmanager
+def _uint8_cog(dst: Path, width: int, height: int, crs: Any, transform: Any) -> Iterator[Any]:
+    """The mask's streaming uint8 writer; a COG at ``dst`` when the block ends (both floors)."""
+    from cloudmask import cog
+
+    sink = cog.RasterSink(dst, width=width, height=height, count=1, dtype="uint8", crs=crs,
+                          transform=transform, nodata=255)
+    try:
+        yield sink
+        sink.close()
+        part = cog.translate(sink.path, dst, "mode")
+        cog.commit([(part, dst)])
+    finally:
+        sink.discard()
+
+
 def case_floor(scene_path: str, out: str, threads: int) -> dict[str, Any]:
     """Read all bands lazily, write a same-size uint8 COG through the same sink + translate."""
     import dask
     import dask.array as da
 
-    from cloudmask import cog
     from cloudmask.scene import read_scene
 
     t0 = time.perf_counter()
     scene = read_scene(scene_path, "sentinel2")
     h, w = scene.shape
     valid = da.isfinite(scene.data.data).all(axis=0).astype("uint8")
-    dst = Path(out)
-    sink = cog.RasterSink(dst, width=w, height=h, count=1, dtype="uint8", crs=scene.crs,
-                          transform=scene.transform, nodata=255)
-    try:
+    with _uint8_cog(Path(out), w, h, scene.crs, scene.transform) as sink:
         with dask.config.set(scheduler="threads", num_workers=threads):
             da.store(valid, sink, lock=True)
-        sink.close()
-        part = cog.translate(sink.path, dst, "mode")
-        cog.commit([(part, dst)])
-    finally:
-        sink.discard()
     return {"seconds": time.perf_counter() - t0, "pixels": h * w}
 
 
@@ -121,24 +130,14 @@ def case_raw(scene_path: str, out: str, threads: int) -> dict[str, Any]:
     import rasterio
     from rasterio.windows import Window
 
-    from cloudmask import cog
-
     t0 = time.perf_counter()
-    dst = Path(out)
     with rasterio.Env(GDAL_NUM_THREADS=str(threads)), rasterio.open(scene_path) as src:
         h, w = src.height, src.width
         step = src.block_shapes[0][0]
-        sink = cog.RasterSink(dst, width=w, height=h, count=1, dtype="uint8", crs=src.crs,
-                              transform=src.transform, nodata=255)
-        try:
+        with _uint8_cog(Path(out), w, h, src.crs, src.transform) as sink:
             for y0 in range(0, h, step):
                 strip = src.read(window=Window(0, y0, w, min(step, h - y0)))
                 sink[y0 : y0 + strip.shape[1], 0:w] = (strip != src.nodata).all(axis=0).astype("uint8")
-            sink.close()
-            part = cog.translate(sink.path, dst, "mode")
-            cog.commit([(part, dst)])
-        finally:
-            sink.discard()
     return {"seconds": time.perf_counter() - t0, "pixels": h * w}
 
 
