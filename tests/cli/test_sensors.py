@@ -159,4 +159,3 @@ def test_missing_sensors_dir_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sensors", "--sensors-dir", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output and "nope" in result.stderr
-
