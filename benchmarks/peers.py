@@ -74,6 +74,16 @@ def _pick(scene: Scene, wanted: dict[str, tuple[str, ...]]) -> dict[str, int]:
 UKIS_MODEL = {"bands": "auto"}
 
 
+def _read_bands(scene: Scene, bands: list[int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """The bands a peer needs as (y, x, band) float32 with nodata zeroed, its valid map, and the
+    seconds spent reading them (reading counts for a peer as it does for cloudmask)."""
+    t0 = time.perf_counter()
+    img = np.moveaxis(scene.data.isel(band=bands).values, 0, -1).astype("float32")  # NaN = nodata
+    valid = np.isfinite(img).all(axis=-1)
+    img[~valid] = 0
+    return img, valid, time.perf_counter() - t0
+
+
 def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float, float, str]:
     try:
         from ukis_csmask.mask import CSmask
@@ -85,12 +95,7 @@ def run_ukis(scene: Scene, level: str, threads: int) -> tuple[np.ndarray, float,
     if not four:
         raise Skip(f"needs blue, green, red, nir (has {', '.join(b.common_name or b.name for b in scene.bands)})")
     names = list(UKIS_BANDS) if six else ["blue", "green", "red", "nir"]
-    t0 = time.perf_counter()  # reading the bands it needs counts, as it does for cloudmask
-    data = scene.data.isel(band=[idx[n] for n in names]).values  # (band, y, x) float32, NaN = nodata
-    img = np.moveaxis(data, 0, -1).astype("float32")
-    valid = np.isfinite(img).all(axis=-1)
-    img[~valid] = 0
-    read_s = time.perf_counter() - t0
+    img, valid, read_s = _read_bands(scene, [idx[n] for n in names])
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-image warning on 128 px patches
@@ -114,12 +119,7 @@ def run_s2cloudless(scene: Scene, level: str, threads: int) -> tuple[np.ndarray,
         from s2cloudless import S2PixelCloudDetector
     except ImportError as exc:
         raise Skip(f"not installed ({exc.__class__.__name__}: pip install s2cloudless)") from None
-    t0 = time.perf_counter()
-    data = scene.data.isel(band=[have[b] for b in S2CLOUDLESS_BANDS]).values
-    img = np.moveaxis(data, 0, -1).astype("float32")
-    valid = np.isfinite(img).all(axis=-1)
-    img[~valid] = 0
-    read_s = time.perf_counter() - t0
+    img, valid, read_s = _read_bands(scene, [have[b] for b in S2CLOUDLESS_BANDS])
     t0 = time.perf_counter()
     det = S2PixelCloudDetector(threshold=0.4, average_over=4, dilation_size=2, all_bands=False)
     mask = det.get_cloud_masks(img[None])[0]

@@ -218,3 +218,27 @@ def test_ema_weights_are_what_is_validated_and_saved(tmp_path: Path) -> None:
     assert not all(torch.allclose(first[k].float(), state["model"][k].float(), atol=1e-4) for k in learned)
     assert int(state["ema"]["n_averaged"]) == 3
 
+
+
+def test_evaluate_sets_with_matching_reports_both_shadow_scores_from_one_inference() -> None:
+    from cloudmask.model.network import CloudNet, ModelConfig
+    from cloudmask.model.train import evaluate_sets
+    from cloudmask.shadows import match_shadows
+
+    torch.manual_seed(0)
+    net = CloudNet(ModelConfig(desc_dim=8, enc_width=4, lin4_width=4, c4=8, c8=8, dilations=(1,), head_width=4))
+    rng = np.random.default_rng(0)
+    d = get_sensor("sentinel2").descriptors()[:5]
+    tiles = []
+    for _ in range(2):
+        x = rng.uniform(0.0, 0.6, (5, 48, 48)).astype("float32")
+        y = rng.integers(0, 4, (48, 48)).astype("uint8")
+        tiles.append((x, y, d, True))
+    plain = evaluate_sets(net, {"s": tiles})["s"]
+    both = evaluate_sets(net, {"s": tiles}, match=True)["s"]
+    assert both["shadow_f1_network"] == plain["shadow_f1"] and "shadow_f1_network" not in plain
+    cm = np.zeros((4, 4), np.int64)
+    for x, y, dd, _ in tiles:
+        prob = net.predict_proba(torch.from_numpy(x[None]), torch.from_numpy(dd))[0].numpy()
+        cm += confusion(match_shadows(prob, prob.argmax(0).astype("uint8")), y)
+    assert both["shadow_f1"] == scores(cm, shadow=True)["shadow_f1"]

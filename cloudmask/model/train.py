@@ -205,17 +205,21 @@ def scores(cm: np.ndarray, shadow: bool = True) -> dict[str, float]:
 def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]],
                   match: bool = False) -> dict[str, dict[str, float]]:
     """Pooled scores per named set of (x, y, desc, shadow_labelled) tiles; ``match``: classes after
-    cloud–shadow matching (:mod:`cloudmask.shadows`, as ``cloudmask mask`` writes them)."""
+    cloud–shadow matching (:mod:`cloudmask.shadows`, as ``cloudmask mask`` writes them), with the
+    network's own shadow F1 beside it (``shadow_f1_network``) from the same inference."""
     net.eval()
     device = next(net.parameters()).device  # validation runs where training does (GPU or CPU)
     out = {}
     for name, tiles in sets.items():
         cm = np.zeros((4, 4), np.int64)
         cm_sh = np.zeros((4, 4), np.int64)
+        cm_net = np.zeros((4, 4), np.int64)  # shadow-labelled tiles, before matching
         any_sh = False
         for x, y, d, sh in tiles:
             prob = net.predict_proba(torch.from_numpy(x[None]).to(device), torch.from_numpy(d).to(device))[0].cpu().numpy()
             pred = prob.argmax(0).astype("uint8")
+            if match and sh:
+                cm_net += confusion(pred, y)
             if match:
                 pred = match_shadows(prob, pred)
             c = confusion(pred, y)
@@ -227,6 +231,8 @@ def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarr
         if any_sh:
             sh_scores = scores(cm_sh, shadow=True)
             s["shadow_f1"], s["shadow_support"] = sh_scores["shadow_f1"], sh_scores["shadow_support"]
+            if match:
+                s["shadow_f1_network"] = scores(cm_net, shadow=True)["shadow_f1"]
         out[name] = {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in s.items()}
     return out
 
