@@ -62,6 +62,15 @@ class ToPhysical:
         self.into(block, out)
         return out
 
+    @property
+    def affine(self) -> tuple[float, float] | None:
+        """(scale, offset) when the stored values are integers mapped affinely (the common case),
+        so a consumer may convert them itself; None for float files and thermal radiance."""
+        sc = self.scaling
+        if self.is_int and sc.k1 is None and sc.k2 is None:
+            return float(sc.scale), float(sc.offset)
+        return None
+
     def into(self, block: np.ndarray, out: np.ndarray) -> None:
         """Write the physical values of ``block`` into ``out`` (float32, same shape). A plain affine
         map of integers needs no temporaries: scaled integer DNs are always finite."""

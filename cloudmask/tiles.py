@@ -177,7 +177,8 @@ def _with_margins(chunks: tuple[int, ...], d: int) -> tuple[int, ...]:
 
 def _predict_block(
     block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan, batch_size: int,
-    edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+    edges: tuple[bool, bool, bool, bool] = (False, False, False, False), *, owned: bool = False,
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Pass 1: (bands, Hb+2d, Wb+2d) input → (4, Hb+2d, Wb+2d): weighted P(clear, thick, thin) and
     the weight sum signed by validity (so the blended result also says which pixels had data).
@@ -186,6 +187,11 @@ def _predict_block(
     its ``d`` px margin is outside the scene. Windows there are cut flush with the scene instead of
     being fed that margin as nodata: the model then sees the scene edge exactly as whole-scene
     inference does (window origins stay on the 8 px grid), and does no work on padding.
+
+    ``owned``: ``block`` is this call's own array (a reader's fresh window), so it may be changed in
+    place. ``stored`` = per band (scale, offset, nodata): ``block`` holds stored integers that the
+    model converts itself (its ``predict_proba_batch`` takes ``stored=``); a pixel is nodata where
+    any band holds its nodata value.
     """
     _use_torch_threads()
     t, d = plan.tile, plan.depth
@@ -199,16 +205,22 @@ def _predict_block(
     min_core = max(2 * plan.feather, 1)
     ys, xs = even_split(h, t, min_core), even_split(w, t, min_core)
     acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
-    x = block.astype("float32", copy=False)
-    inside = x[:, in_y0:in_y1, in_x0:in_x1]
     valid = np.zeros((eh, ew), dtype=bool)
-    valid[in_y0:in_y1, in_x0:in_x1] = np.isfinite(inside.sum(axis=0))  # one pass: a NaN/inf makes the sum non-finite
-    all_finite = bool(valid[in_y0:in_y1, in_x0:in_x1].all())  # then the model need not check again
-    if not all_finite:
+    if stored is not None:
+        x = block
+        inside = x[:, in_y0:in_y1, in_x0:in_x1]
+        valid[in_y0:in_y1, in_x0:in_x1] = _stored_valid(inside, stored[2])
+        all_finite = bool(valid[in_y0:in_y1, in_x0:in_x1].all())  # no nodata value: the model skips its checks
+    else:
+        x = block.astype("float32", copy=False)
+        inside = x[:, in_y0:in_y1, in_x0:in_x1]
+        valid[in_y0:in_y1, in_x0:in_x1] = np.isfinite(inside.sum(axis=0))  # one pass: a NaN/inf makes the sum non-finite
+        all_finite = bool(valid[in_y0:in_y1, in_x0:in_x1].all())  # then the model need not check again
+    if not all_finite and stored is None:
         finite = np.isfinite(inside)
         valid[in_y0:in_y1, in_x0:in_x1] = finite.all(axis=0)
         if not finite.all():
-            if not x.flags.writeable or x is block:
+            if not x.flags.writeable or (x is block and not owned):
                 x = x.copy()
                 inside = x[:, in_y0:in_y1, in_x0:in_x1]
             inside[~finite] = np.nan  # ±inf is nodata too
@@ -240,7 +252,9 @@ def _predict_block(
             ox0, ox1 = max(c, xa), min(wx - c, xb)
             groups.setdefault((cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), []).append((y0, x0))
     region = _accepts(predictor, "region")
-    hint = {"finite": True} if all_finite and _accepts(predictor, "finite") else {}
+    hint: dict[str, Any] = {"finite": True} if all_finite and _accepts(predictor, "finite") else {}
+    if stored is not None:
+        hint["stored"] = stored
     for (cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), todo in groups.items():
         w2 = weights[cy, cx][oy0 - c : oy1 - c, ox0 - c : ox1 - c]
         for i in range(0, len(todo), batch_size):
@@ -262,6 +276,19 @@ def _predict_block(
                 p3 = np.nan_to_num(p[:_W] * w2, copy=False)  # one temporary (the model's array is not ours)
                 acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += p3
     return acc
+
+
+def _stored_valid(x: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    """(h, w) True where no band of the stored (band, h, w) ``x`` holds its nodata value (NaN: none)."""
+    bands = np.flatnonzero(~np.isnan(nodata))
+    if len(bands) == 0:
+        return np.ones(x.shape[1:], dtype=bool)
+    if len(bands) == x.shape[0] and np.all(nodata == 0) and x.dtype.kind == "u":
+        return x.min(axis=0) > 0  # unsigned with nodata 0 everywhere (the usual case): one reduction
+    ok = x[bands[0]] != x.dtype.type(nodata[bands[0]])
+    for b in bands[1:]:
+        ok &= x[b] != x.dtype.type(nodata[b])
+    return ok
 
 
 def _predict_ext_block(block: np.ndarray, predictor: ProbaPredictor, descriptors: np.ndarray, plan: TilePlan,
@@ -374,10 +401,13 @@ class WeightedGraph:
         transient memory of reading is one band's chunks rather than all of them at once."""
         y0, y1, x0, x1 = self._window(i, j)
         reader, args, edges = self.reader, self.args, self._edges(i, j)
+        stored = reader.stored if _accepts(args[0], "stored") else None
 
         def run() -> np.ndarray:
             # _predict_block cuts windows flush with the scene edges: it never reads beyond them
-            return _predict_block(reader.window(y0, y1, x0, x1, outside=None), *args, edges)
+            if stored is not None:  # the model converts the stored values, chunk by chunk
+                return _predict_block(reader.window_stored(y0, y1, x0, x1), *args, edges, owned=True, stored=stored)
+            return _predict_block(reader.window(y0, y1, x0, x1, outside=None), *args, edges, owned=True)
 
         return run
 
@@ -422,6 +452,7 @@ class ChunkReader:
             self.keys[key[1:]] = key
         self.offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in opt.chunks]
         self.shape = opt.shape
+        self._dtype = np.dtype(opt.dtype)
         self._sub: dict[Any, dict[Any, Any]] = {}
         self._lock = __import__("threading").Lock()
         from collections import OrderedDict
@@ -432,6 +463,24 @@ class ChunkReader:
         # planned reads: per chunk, the indices of the windows still to read it (ascending)
         self._uses: dict[Any, list[int]] | None = None
         self._order: dict[tuple[int, int, int, int], int] = {}
+        self.stored = self._stored_affine(arr.dtype)
+
+    def _stored_affine(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Per band (scale, offset, nodata) when the chunks hold small integers that every band maps
+        affinely to physical values: windows can then go to the model as stored (see
+        :meth:`window_stored`). None otherwise (float files, thermal radiance, 32-bit integers)."""
+        from cloudmask.model.predictor import STORED_DTYPES
+
+        if self.convert is None or np.dtype(dtype) not in STORED_DTYPES:
+            return None
+        affine = [getattr(c, "affine", None) for c in self.convert]
+        if any(a is None for a in affine):
+            return None
+        info = np.iinfo(dtype)
+        nodata = [c.nodata if c.nodata is not None and np.isfinite(c.nodata) and float(c.nodata).is_integer()
+                  and info.min <= c.nodata <= info.max else np.nan for c in self.convert]
+        return (np.array([a[0] for a in affine], "float32"), np.array([a[1] for a in affine], "float32"),
+                np.array(nodata, "float32"))
 
     def _keys(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[Any, int, int]]:
         """(chunk key, y-chunk, x-chunk) that window rows y0:y1, cols x0:x1 touch, column by column."""
@@ -518,6 +567,25 @@ class ChunkReader:
             out = np.empty(shape, dtype="float32")  # every pixel that matters is copied below
         else:
             out = np.full(shape, outside, dtype="float32")
+        self._fill(out, y0, y1, x0, x1, convert=self.convert is not None)
+        return out
+
+    def window_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """(band, y1-y0, x1-x0) as stored (e.g. uint16), uninitialised beyond the array: for a model
+        that converts values itself (:attr:`stored` says how)."""
+        n = self.shape[0]
+        out = np.empty((n, y1 - y0, x1 - x0), dtype=self.dtype)
+        self._fill(out, y0, y1, x0, x1, convert=False)
+        return out
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def _fill(self, out: np.ndarray, y0: int, y1: int, x0: int, x1: int, convert: bool) -> None:
+        """Copy (``convert``: to physical values) the chunks' part of window y0:y1, x0:x1 into ``out``."""
+        n, h, w = self.shape
+        ya, yb, xa, xb = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
         boff, yoff, xoff = self.offsets
         now = self._order.get((y0, y1, x0, x1))
         # Column by column, so the right-hand chunks (the next window's left-hand ones) are freshest.
@@ -529,11 +597,10 @@ class ChunkReader:
             sx0, sx1 = max(xa, cx0), min(xb, xoff[ix + 1])
             part = chunk[:, sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0]
             dst = out[boff[ib] : boff[ib + 1], sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-            if self.convert is None:
-                dst[...] = part
-            else:
+            if convert:
                 self.convert[ib].into(part, dst)  # straight into the window, no temporaries
-        return out
+            else:
+                dst[...] = part
 
 
 def weighted_graph(

@@ -83,6 +83,39 @@ def test_mask_matches_whole_scene_prediction_away_from_edges(tmp_path, predictor
     assert (tiled == whole)[m:-m, m:-m].mean() > 0.999
 
 
+def test_stored_values_to_the_model_give_the_same_mask_as_converting_first(tmp_path, predictor, monkeypatch):
+    """16-bit DNs go to the model as they are (it converts them per row chunk); the classes and
+    probabilities are exactly those of the float32 path, nodata rows and scene edges included."""
+    from cloudmask.tiles import ChunkReader
+
+    src = _s2(tmp_path / "S2A_MSIL2A_d.tif", h=150, w=170, nodata_rows=6)
+    with rasterio.open(src, "r+") as ds:  # nodata in one band only, mid-scene
+        dn = ds.read(5)
+        dn[60:70, 40:90] = 0
+        ds.write(dn, 5)
+    used: list[bool] = []
+    real = ChunkReader.window_stored
+
+    def spy(self, *a):
+        used.append(True)
+        return real(self, *a)
+
+    monkeypatch.setattr(ChunkReader, "window_stored", spy)
+    opts = MaskOptions(tiles=SMALL, probabilities=True)
+    a = mask_scene(src, tmp_path / "a" / "d_cloudmask.tif", predictor, opts)
+    assert used
+    monkeypatch.setattr(ChunkReader, "_stored_affine", lambda self, dtype: None)
+    used.clear()
+    b = mask_scene(src, tmp_path / "b" / "d_cloudmask.tif", predictor, opts)
+    assert not used
+    for x, y in [(a.output, b.output), (a.probabilities, b.probabilities)]:
+        with rasterio.open(x) as ds1, rasterio.open(y) as ds2:
+            np.testing.assert_array_equal(ds1.read(), ds2.read())
+    with rasterio.open(a.output) as ds:
+        cls = ds.read(1)
+    assert (cls[:6] == 255).all() and (cls[60:70, 40:90] == 255).all() and (cls[6:60] != 255).all()
+
+
 def test_all_nodata_and_non_finite_pixels_become_255(tmp_path, predictor):
     empty = write_raster(tmp_path / "empty.tif", np.zeros((13, 40, 50), dtype="uint16"), nodata=0)
     r = mask_scene(empty, tmp_path / "empty_cloudmask.tif", predictor, MaskOptions(sensor="sentinel2", tiles=SMALL))

@@ -207,6 +207,38 @@ def test_finite_hint_skips_only_a_check(predictor: Predictor) -> None:
                                       predictor.predict_proba(x, d, region=(5, h - 3, 8, w)))
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "uint8"])
+def test_stored_values_give_the_same_output_as_physical_ones(predictor: Predictor, dtype: str) -> None:
+    """``stored=`` (the network converts DNs chunk by chunk) equals converting first, bit for bit,
+    with nodata values, a band without nodata, regions, the ``finite`` hint and sizes off the stride."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    s2 = get_sensor("sentinel2")
+    d = s2.descriptors(list(s2.bands))
+    scale = np.full(13, 1e-4 if info.max > 255 else 4e-3, "float32")
+    offset = np.linspace(-0.1, 0.0, 13).astype("float32")
+    nodata = np.full(13, 0 if info.min == 0 else -1, "float32")
+    nodata[5] = np.nan  # this band has none
+    for h, w in [(72, 80), (61, 75)]:
+        dn = rng.integers(max(info.min, 1), min(info.max, 9000), (13, h, w)).astype(dtype)
+        if info.min < 0:
+            dn[:, ::7] = np.abs(dn[:, ::7])
+        dn[3, 10:20, 5:30] = nodata[3]  # nodata in one band: NaN there
+        dn[5, 30:40, 30:40] = 0  # a valid zero where the band has no nodata
+        phys = dn.astype("float32") * scale[:, None, None] + offset[:, None, None]
+        phys[3][dn[3] == nodata[3]] = np.nan
+        for region in [None, (5, h - 3, 8, w)]:
+            want = predictor.predict_proba_batch(phys[None], d, region=region)
+            got = predictor.predict_proba_batch(dn[None], d, region=region, stored=(scale, offset, nodata))
+            np.testing.assert_array_equal(got, want)
+        clean = dn[:, 20:, :].copy()  # no nodata value: the hint may skip the comparisons
+        np.testing.assert_array_equal(
+            predictor.predict_proba_batch(clean[None], d, finite=True, stored=(scale, offset, nodata)),
+            predictor.predict_proba_batch(clean[None], d, stored=(scale, offset, nodata)))
+    with pytest.raises(BandError, match="one scale, offset and nodata per band"):
+        predictor.predict_proba_batch(dn[None], d, stored=(scale[:3], offset, nodata))
+
+
 @pytest.mark.parametrize("partial", [False, True])
 def test_set_encoder_inference_path_equals_training_path(partial: bool) -> None:
     import torch

@@ -238,6 +238,48 @@ def test_chunk_reader_caches_stored_values_and_converts_what_it_copies():
         ChunkReader(raw, convert=convert[:2])
 
 
+def test_chunk_reader_hands_stored_values_to_a_model_that_converts_them():
+    from cloudmask.registry import Scaling
+    from cloudmask.scene import ToPhysical
+    from cloudmask.tiles import ChunkReader
+
+    dn = np.random.default_rng(1).integers(1, 12000, (3, 70, 90)).astype("uint16")
+    convert = [ToPhysical(Scaling(1e-4, -0.1 * k, 0), True, 0.0) for k in range(3)]
+    reader = ChunkReader(da.from_array(dn, chunks=(1, 32, 40)), convert=convert)
+    scale, offset, nodata = reader.stored
+    np.testing.assert_array_equal(scale, np.float32(1e-4))
+    np.testing.assert_allclose(offset, [0.0, -0.1, -0.2])
+    np.testing.assert_array_equal(nodata, 0.0)
+    np.testing.assert_array_equal(reader.window_stored(10, 60, 30, 85), dn[:, 10:60, 30:85])
+    assert reader.window_stored(0, 8, 0, 8).dtype == np.uint16
+    # what cannot go to the model as stored: floats, 32-bit integers, thermal radiance (Planck)
+    assert ChunkReader(da.from_array(dn.astype("float32"), chunks=(1, 32, 40))).stored is None
+    assert ChunkReader(da.from_array(dn.astype("int32"), chunks=(1, 32, 40)), convert=convert).stored is None
+    planck = [*convert[:2], ToPhysical(Scaling(3.3e-4, 0.1, 0, k1=774.9, k2=1321.1), True, 0.0)]
+    assert ChunkReader(da.from_array(dn, chunks=(1, 32, 40)), convert=planck).stored is None
+    # a nodata value the type cannot hold never occurs: no comparison for that band
+    odd = [ToPhysical(Scaling(1e-4, 0.0, None), True, -9999.0), *convert[1:]]
+    assert np.isnan(ChunkReader(da.from_array(dn, chunks=(1, 32, 40)), convert=odd).stored[2][0])
+
+
+def test_stored_validity_is_every_band_off_its_nodata_value():
+    from cloudmask.tiles import _stored_valid
+
+    x = np.full((3, 4, 5), 7, dtype="uint16")
+    x[0, 0, 0] = 0
+    x[2, 1, 1] = 0
+    x[1, 2, 2] = 5
+    zero = np.zeros(3, "float32")
+    want = np.ones((4, 5), bool)
+    want[0, 0] = want[1, 1] = False
+    np.testing.assert_array_equal(_stored_valid(x, zero), want)  # the unsigned, nodata-0 shortcut
+    mixed = np.array([0, 5, np.nan], "float32")  # band 2 has no nodata: its 0 is a value
+    want = np.ones((4, 5), bool)
+    want[0, 0] = want[2, 2] = False
+    np.testing.assert_array_equal(_stored_valid(x, mixed), want)
+    np.testing.assert_array_equal(_stored_valid(x, np.full(3, np.nan, "float32")), np.ones((4, 5), bool))
+
+
 def test_streaming_places_blocks_that_finish_out_of_order(predictor, s2_desc):
     """Blocks of the next row may finish first (threads don't wait at row ends): same result."""
     from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph

@@ -104,6 +104,20 @@ def _mean4(x: torch.Tensor) -> torch.Tensor:
     return y.view(b, c, h // 4, w // 4, 4).sum(-1).mul_(1.0 / 16)
 
 
+def stored_to_physical(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, nodata: torch.Tensor,
+                       mask: bool = True) -> torch.Tensor:
+    """Stored integers (B, n, h, w) → physical float32, ``x * scale + offset`` per band, NaN where a
+    band holds its ``nodata`` value (NaN: none). The same float32 operations, in the same order, as
+    :class:`cloudmask.scene.ToPhysical`, so both paths give identical values. ``mask=False``: the
+    caller knows no nodata value occurs (skips the comparisons)."""
+    out = x.to(torch.float32)
+    out.mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
+    if mask:
+        for i in torch.nonzero(~torch.isnan(nodata)).flatten().tolist():
+            out[:, i].masked_fill_(x[:, i] == nodata[i], float("nan"))
+    return out
+
+
 def _wpool(v: torch.Tensor, m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Validity-weighted k×k mean of ``v`` (already zero where invalid) and the valid fraction."""
     mk = F.avg_pool2d(m, k)
@@ -247,7 +261,8 @@ class CloudNet(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(self, x: torch.Tensor, desc: torch.Tensor, chunk: int = 64,
-                      region: tuple[int, int, int, int] | None = None, finite: bool = False) -> torch.Tensor:
+                      region: tuple[int, int, int, int] | None = None, finite: bool = False,
+                      stored: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Class probabilities (B, 4, h, w), computed in row chunks so full-resolution
         intermediates stay in cache (memory traffic, not FLOPs, bounds CPU speed here).
 
@@ -257,7 +272,15 @@ class CloudNet(nn.Module):
         Equal to the same crop of the full output. Pixels where no band is valid get probability
         1 for clear, so nodata is never cloud. ``finite=True`` promises that ``x`` holds no NaN or
         inf (a tiler that has checked its window already), saving a pass over it per row chunk.
+
+        ``stored`` = (scale, offset, nodata) per band: ``x`` holds a file's stored integers (e.g.
+        16-bit DNs), converted to physical values here one cache-sized row chunk at a time (see
+        :func:`stored_to_physical`; ``finite`` then means that no nodata value occurs). Why: a
+        float32 copy of a whole window is written to memory and read back; DNs are half the bytes,
+        and each chunk is converted where it is used.
         """
+        if stored is not None and (x.is_floating_point() or x.shape[-2] % self.stride or x.shape[-1] % self.stride):
+            x, stored = stored_to_physical(x, *stored, mask=not finite), None  # off the pooling grid: convert once
         size = x.shape[-2:]
         x, h, w = self._prepare(x)
         finite = finite and x.shape[-2:] == size  # the stride padding is NaN
@@ -270,6 +293,8 @@ class CloudNet(nn.Module):
         pooled = []
         for r in range(0, rows, chunk):
             xs = x[..., r : r + chunk, :]
+            if stored is not None:
+                xs = stored_to_physical(xs, *stored, mask=not finite)
             pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, finite)))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
@@ -284,12 +309,17 @@ class CloudNet(nn.Module):
         cols = (clo * 4, chi * 4)
         coff = x0 - clo * 4
         fw = self.fine.weights(emb)
-        out = x.new_empty(x.shape[0], N_CLASSES, y1 - y0, x1 - x0)
+        out = a4.new_empty(x.shape[0], N_CLASSES, y1 - y0, x1 - x0)  # float32, whatever x holds
         for r in range(y0, y1, chunk):
             lo, hi = max(r // 4 - 1, 0), min((r + chunk) // 4 + 1, a4.shape[-2])
             xs = x[..., lo * 4 : hi * 4, :]
-            fast = self._all_valid(xs[..., cols[0] : cols[1]], desc, finite)
-            logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, cols)
+            if stored is None:
+                fast = self._all_valid(xs[..., cols[0] : cols[1]], desc, finite)
+                logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, cols)
+            else:  # convert only the columns the head reads
+                xs = stored_to_physical(xs[..., cols[0] : cols[1]], *stored, mask=not finite)
+                fast = self._all_valid(xs, desc, finite)
+                logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, None)
             off = r - lo * 4
             n_rows = min(chunk, y1 - r)
             prob = torch.softmax(logits[:, :, off : off + n_rows, coff : coff + x1 - x0], dim=1)

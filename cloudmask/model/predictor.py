@@ -19,13 +19,17 @@ import numpy as np
 import torch
 
 from cloudmask.errors import BandError, ModelError, UsageError
-from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm
+from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm, stored_to_physical
 
 #: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUNDLED_NAME = "cloudmask"
 MIN_BANDS = 3
 SIDECAR_FORMAT = 1
+#: Integer types the network converts itself (``stored=``): exact in float32.
+STORED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
+#: Per band (scale, offset, nodata): physical = stored * scale + offset; nodata NaN = none.
+StoredAffine = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def sha256_file(path: Path) -> str:
@@ -115,7 +119,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ inference
 
-    def _check(self, x: np.ndarray, descriptors: np.ndarray, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, x: np.ndarray, descriptors: np.ndarray, ndim: int, stored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.asarray(x)
         d = np.asarray(descriptors, dtype="float32")
         if x.ndim != ndim:
@@ -127,7 +131,8 @@ class Predictor:
             raise BandError(f"the model needs at least {MIN_BANDS} bands, got {n}")
         if not np.isfinite(d).all():
             raise BandError("band descriptors contain NaN or infinite values")
-        x = np.asarray(x, dtype="float32")
+        if not (stored and x.dtype in STORED_DTYPES):
+            x = np.asarray(x, dtype="float32")
         if any(st <= 0 or st % x.itemsize for st, size in zip(x.strides, x.shape) if size > 1):
             x = np.ascontiguousarray(x)  # torch takes strided views, but not reversed or misaligned ones
         return torch.from_numpy(x), torch.from_numpy(d)
@@ -141,20 +146,34 @@ class Predictor:
         return self._run(xt[None], dt, region, finite)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
-                            finite: bool = False) -> np.ndarray:
+                            finite: bool = False, stored: StoredAffine | None = None) -> np.ndarray:
         """(B, n_bands, h, w) with one band set for the whole batch -> (B, 4, h, w), or the
-        ``region`` of each (see :meth:`predict_proba`)."""
-        xt, dt = self._check(x, descriptors, 4)
-        return self._run(xt, dt, region, finite)
+        ``region`` of each (see :meth:`predict_proba`).
 
-    def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None, finite: bool) -> np.ndarray:
+        ``stored`` = (scale, offset, nodata), one value per band (nodata NaN: none): ``x`` holds
+        stored integers (uint8/int8/uint16/int16) whose physical values are ``x * scale + offset``;
+        the network converts them row chunk by row chunk (``finite``: no nodata value occurs)."""
+        xt, dt = self._check(x, descriptors, 4, stored=stored is not None)
+        st = None
+        if stored is not None:
+            st = tuple(torch.as_tensor(np.asarray(v, dtype="float32").reshape(-1)) for v in stored)
+            if any(t.shape != (xt.shape[1],) for t in st):
+                raise BandError(f"stored-value scaling needs one scale, offset and nodata per band ({xt.shape[1]})")
+        return self._run(xt, dt, region, finite, st)
+
+    def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None, finite: bool,
+             stored: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
         if self.device.type != "cpu":
+            if stored is not None:  # converted here: integer types beyond uint8 have little GPU support
+                xt, stored = stored_to_physical(xt, *stored, mask=not finite), None
             xt, dt = xt.to(self.device), dt.to(self.device)
+        kw: dict[str, Any] = {"finite": finite}
+        if region is not None:
+            kw["region"] = tuple(int(v) for v in region)
+        if stored is not None:
+            kw["stored"] = stored
         try:
-            if region is None:
-                out = self._infer.predict_proba(xt, dt, finite=finite)
-            else:
-                out = self._infer.predict_proba(xt, dt, region=tuple(int(v) for v in region), finite=finite)
+            out = self._infer.predict_proba(xt, dt, **kw)
         except ValueError as exc:  # the network's check of ``region``
             raise BandError(f"output {exc}") from None
         return out.numpy() if out.device.type == "cpu" else out.cpu().numpy()
