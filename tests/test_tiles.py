@@ -91,6 +91,39 @@ def test_all_nodata_scene_gives_nodata_mask_without_calling_the_model(s2_desc):
     assert (cls.compute() == NODATA).all()
 
 
+def test_a_model_leaving_nan_at_nodata_does_not_poison_the_blend(s2_desc):
+    from cloudmask.tiles import _predict_block
+
+    class NaNAtNodata:
+        halo = 8
+
+        def predict_proba_batch(self, x, d):
+            p = np.zeros((x.shape[0], 4, *x.shape[2:]), dtype="float32")
+            p[:, 1] = 1.0
+            p[:, :, ~np.isfinite(x).all(axis=1)[0]] = np.nan
+            return p
+
+    x = random_reflectance(13, 96, 96, seed=2)
+    x[:, 40:50, 30:70] = np.nan
+    plan = plan_tiles(TileOptions(tile_size=32), 8)
+    acc = _predict_block(x, NaNAtNodata(), s2_desc, plan, 1)
+    assert np.isfinite(acc).all()
+    cls, _ = mask_graph(x, s2_desc, NaNAtNodata(), TileOptions(tile_size=32))
+    cls = cls.compute()
+    assert (cls[40:50, 30:70] == NODATA).all() and (cls[:40] == 1).all()
+
+
+def test_class_argmax_equals_numpy_ties_included():
+    from cloudmask.tiles import _argmax_classes
+
+    rng = np.random.default_rng(3)
+    p = rng.integers(0, 4, (4, 50, 60)).astype("float32")  # many ties: the first class must win
+    np.testing.assert_array_equal(_argmax_classes(p), np.argmax(p, axis=0))
+    p = rng.random((4, 7, 9), dtype="float32")
+    np.testing.assert_array_equal(_argmax_classes(p), np.argmax(p, axis=0))
+    assert _argmax_classes(p).dtype == np.uint8
+
+
 def test_classify_argmax_threshold_and_nodata():
     p = np.zeros((4, 1, 4), dtype="float32")
     p[:, 0, 0] = [0.5, 0.2, 0.2, 0.1]  # clear by argmax, cloud (0.4) with threshold 0.3
