@@ -231,6 +231,7 @@ def test_stored_values_give_the_same_output_as_physical_ones(predictor: Predicto
             want = predictor.predict_proba_batch(phys[None], d, region=region)
             got = predictor.predict_proba_batch(dn[None], d, region=region, stored=(scale, offset, nodata))
             np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(predictor.predict_proba(dn, d, stored=(scale, offset, nodata)), predictor.predict_proba(phys, d))
         clean = dn[:, 20:, :].copy()  # no nodata value: the hint may skip the comparisons
         np.testing.assert_array_equal(
             predictor.predict_proba_batch(clean[None], d, finite=True, stored=(scale, offset, nodata)),

@@ -138,12 +138,12 @@ class Predictor:
         return torch.from_numpy(x), torch.from_numpy(d)
 
     def predict_proba(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
-                      finite: bool = False) -> np.ndarray:
+                      finite: bool = False, stored: StoredAffine | None = None) -> np.ndarray:
         """(n_bands, h, w) physical values (NaN = nodata) -> (4, h, w) float32 probabilities
         (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all).
-        ``finite=True``: the caller has checked that ``x`` holds no NaN/inf (skips that pass)."""
-        xt, dt = self._check(x, descriptors, 3)
-        return self._run(xt[None], dt, region, finite)[0]
+        ``finite=True``: the caller has checked that ``x`` holds no NaN/inf (skips that pass).
+        ``stored``: ``x`` holds stored integers (see :meth:`predict_proba_batch`)."""
+        return self.predict_proba_batch(np.asarray(x)[None], descriptors, region, finite, stored)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
                             finite: bool = False, stored: StoredAffine | None = None) -> np.ndarray:
