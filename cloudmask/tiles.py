@@ -479,8 +479,9 @@ class ChunkReader:
         if any(a is None for a in affine):
             return None
         info = np.iinfo(dtype)
-        nodata = [c.nodata if c.nodata is not None and np.isfinite(c.nodata) and float(c.nodata).is_integer()
-                  and info.min <= c.nodata <= info.max else np.nan for c in self.convert]
+        values = [getattr(c, "nodata", None) for c in self.convert]
+        nodata = [v if v is not None and np.isfinite(v) and float(v).is_integer() and info.min <= v <= info.max
+                  else np.nan for v in values]  # a value the type cannot hold never occurs
         return (np.array([a[0] for a in affine], "float32"), np.array([a[1] for a in affine], "float32"),
                 np.array(nodata, "float32"))
 
