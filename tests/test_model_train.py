@@ -97,6 +97,29 @@ def test_sim_source_standin_shapes() -> None:
         assert b.y.shape == (2, 32, 32) and set(np.unique(b.y)) <= {0, 1, 2, 3}
 
 
+def test_sim_source_overscan_crops_a_larger_scene() -> None:
+    """``overscan``: a random crop of a larger (periodic) scene, so the tile itself is not periodic."""
+    sizes: list[int] = []
+
+    def sim(bands, size, rng):
+        sizes.append(size)
+        ramp = np.add.outer(np.arange(size), np.arange(size)).astype("float32")
+        return np.stack([ramp] * len(bands)), (ramp % 4).astype("uint8")
+
+    src = SimSource({"simulator": "standin", "sensors": ["sentinel2"], "overscan": 0.5}, np.random.default_rng(3))
+    src.simulate = sim
+    b = src.batch(3, 40)
+    assert sizes == [64, 64, 64]  # 40 × 1.5 rounded up to the 8 px grid
+    assert b.x.shape[2:] == (40, 40) and b.y.shape == (3, 40, 40)
+    origins = {float(x[0, 0, 0]) for x in b.x}
+    assert all(0 <= o <= 48 for o in origins) and len(origins) > 1  # crops at random offsets
+    np.testing.assert_array_equal(b.y[0], (b.x[0, 0] % 4).astype("uint8"))  # labels cropped alike
+    sizes.clear()
+    plain = SimSource({"simulator": "standin", "sensors": ["sentinel2"]}, np.random.default_rng(3))
+    plain.simulate = sim
+    assert plain.batch(2, 40).x.shape[2:] == (40, 40) and sizes == [40, 40]
+
+
 def test_pooled_sim_source_stream_is_independent_of_worker_count() -> None:
     """Batch k comes from seed (seed, k): one worker, two workers and a resumed pool agree."""
     cfg = {"simulator": "standin", "sensors": ["sentinel2", "landsat8"], "virtual_prob": 0.3}

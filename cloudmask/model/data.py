@@ -197,11 +197,26 @@ class SimSource:
             bands = self.sensor_bands[source]
         idx = pick_subset(bands, rng, int(self.cfg.get("min_bands", 4)), float(self.cfg.get("subset_prob", 0.6)))
         chosen = [bands[i] for i in idx]
-        xs, ys = zip(*(self.simulate(chosen, size, rng) for _ in range(batch_size)))
+        xs, ys = zip(*(self._scene(chosen, size, rng) for _ in range(batch_size)))
         x, y = np.stack(xs).astype("float32"), np.stack(ys)
         desc = np.stack([b.descriptor() for b in chosen])
         ones = np.ones(batch_size, bool)
         return Batch(x, y, desc, ones, ones.copy(), source)
+
+
+    def _scene(self, bands: Sequence[Band], size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One ``size``² scene. With ``overscan`` > 0 it is a random crop of a scene that much larger.
+
+        Why: simulated fields are periodic, so in a scene simulated at the tile's own size every
+        shadow's cloud is in the tile (wrapped round if need be). In a crop, as in real tiles and
+        scene edges, some shadows' clouds lie outside it and some clouds' shadows do too."""
+        over = float(self.cfg.get("overscan", 0.0) or 0.0)
+        if over <= 0:
+            return self.simulate(bands, size, rng)
+        big = int(-(-size * (1.0 + over) // 8) * 8)
+        x, y = self.simulate(bands, big, rng)
+        oy, ox = (int(v) for v in rng.integers(0, big - size + 1, 2))
+        return x[:, oy : oy + size, ox : ox + size], y[oy : oy + size, ox : ox + size]
 
 
 class PooledSimSource:

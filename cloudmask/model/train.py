@@ -37,6 +37,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "virtual_prob": 0.3,
         "min_bands": 4,
         "subset_prob": 0.6,
+        "overscan": 0.0,  # >0: each simulated tile is a random crop of a scene this much larger (not periodic)
         "tile": 128,
         "batch": 8,
         "workers": 0,  # >0: simulate in this many worker processes (for a GPU); 0: in the training process
