@@ -203,7 +203,6 @@ class SimSource:
         ones = np.ones(batch_size, bool)
         return Batch(x, y, desc, ones, ones.copy(), source)
 
-
     def _scene(self, bands: Sequence[Band], size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One ``size``² scene. With ``overscan`` > 0 it is a random crop of a scene that much larger.
 
