@@ -109,9 +109,13 @@ class RawBands:
 
     data: Any  # dask (band, y, x), the file's dtype(s), chunked like Scene.data
     convert: tuple[ToPhysical, ...]
+    #: per band, (file, 1-based band index) when the band is that file's band on the scene's grid
+    #: (no warping), so a reader may read its chunks with rasterio directly; None where warped
+    files: tuple[tuple[str, int] | None, ...] | None = None
 
     def select(self, index: Sequence[int]) -> RawBands:
-        return RawBands(self.data[list(index)], tuple(self.convert[i] for i in index))
+        files = tuple(self.files[i] for i in index) if self.files is not None else None
+        return RawBands(self.data[list(index)], tuple(self.convert[i] for i in index), files)
 
 
 @dataclass
@@ -286,8 +290,9 @@ def _lazy_band(
     chunks: int,
     grid: tuple[Any, Affine, int, int] | None = None,
     resampling: Resampling = Resampling.bilinear,
-) -> tuple[xr.DataArray, np.dtype, float | None]:
-    """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it differs."""
+) -> tuple[xr.DataArray, np.dtype, float | None, tuple[str, int] | None]:
+    """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it
+    differs; last, ``(path, index)`` when it is not warped (see :attr:`RawBands.files`)."""
     with _open(path) as src:
         dtype = np.dtype(src.dtypes[index - 1])
         nodata = src.nodata
@@ -302,7 +307,7 @@ def _lazy_band(
             resampling=resampling, src_nodata=nodata, nodata=nodata,
         )
         da = _open_lazy(vrt, chunks)
-    return da.isel(band=index - 1, drop=True), dtype, nodata
+    return da.isel(band=index - 1, drop=True), dtype, nodata, (path, index) if same else None
 
 
 def _assemble(
@@ -316,6 +321,7 @@ def _assemble(
     crs: Any,
     transform: Affine,
     item: dict[str, Any] | None = None,
+    files: Sequence[tuple[str, int] | None] | None = None,
 ) -> Scene:
     convert = tuple(
         _converter(sensor.scaling(product, band), bool(np.issubdtype(dt, np.integer)), nd)
@@ -326,7 +332,7 @@ def _assemble(
     data = data.assign_coords(band=[b.name for b in bands])
     data = data.transpose("band", "y", "x")
     data.attrs = {"sensor": sensor.id, "source": source}
-    raw = RawBands(dask_array.stack([layer.data for layer in layers]), convert)
+    raw = RawBands(dask_array.stack([layer.data for layer in layers]), convert, tuple(files) if files is not None else None)
     return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item, raw)
 
 
@@ -358,11 +364,13 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
         layers = []
         for i in range(1, count + 1):
             layers.append(_lazy_band(str(path), i, chunks, grid, Resampling.average)[0])
+        files = None
     else:
         whole = _open_lazy(str(path), chunks)
         layers = [whole.isel(band=i, drop=True) for i in range(count)]
+        files = [(str(path), i) for i in range(1, count + 1)]
     _check_readable(path)
-    return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform)
+    return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform, files=files)
 
 
 def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
@@ -475,17 +483,18 @@ def _stack_files(
     # Reference grid: the union extent of the first file at the requested resolution.
     with _open(paths[0][0]) as ref:
         grid = _grid_at_resolution(ref, res) if ref.crs is not None else (None, ref.transform, ref.width, ref.height)
-    layers, dtypes, nodatas = [], [], []
+    layers, dtypes, nodatas, files = [], [], [], []
     for (p, idx), band in zip(paths, bands):
         with _open(p) as ds:
             coarser = abs(ds.transform.a) > res
         resampling = Resampling.bilinear if coarser else Resampling.average
-        layer, dt, nd = _lazy_band(p, idx, chunks, grid, resampling)
+        layer, dt, nd, file = _lazy_band(p, idx, chunks, grid, resampling)
         layers.append(layer.drop_vars(["x", "y", "spatial_ref"], errors="ignore"))
         dtypes.append(dt)
         nodatas.append(nd)
+        files.append(file)
     crs, transform, width, height = grid
-    scene = _assemble(layers, bands, sensor, product, dtypes, nodatas, source, crs, transform, item)
+    scene = _assemble(layers, bands, sensor, product, dtypes, nodatas, source, crs, transform, item, files)
     return scene
 
 

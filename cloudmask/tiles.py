@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -416,7 +417,7 @@ class WeightedGraph:
     @functools.cached_property
     def reader(self) -> ChunkReader:
         if self.raw is not None:  # cache stored (e.g. 16-bit) chunks, convert what windows copy
-            return ChunkReader(self.raw.data, convert=self.raw.convert)
+            return ChunkReader(self.raw.data, convert=self.raw.convert, files=self.raw.files)
         return ChunkReader(self.source)
 
 
@@ -435,11 +436,17 @@ class ChunkReader:
     first). Without a plan it is an LRU cache.
     """
 
-    def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Any] | None = None) -> None:
+    def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Any] | None = None,
+                 files: Sequence[tuple[str, int] | None] | None = None) -> None:
         """``convert``: with ``arr`` holding stored values (e.g. 16-bit DNs, one band per chunk),
         per band a converter (a "function") whose ``into(stored, out)`` writes physical float32 values
         (:class:`cloudmask.scene.ToPhysical`), applied to what a window copies, so the cache holds
-        the compact stored chunks."""
+        the compact stored chunks.
+
+        ``files``: per band, the (path, 1-based band index) that ``arr``'s band is, pixel for pixel
+        (:attr:`cloudmask.scene.RawBands.files`). When every band has one, chunks are read with
+        rasterio directly (a dataset per thread): the Dask + xarray path cost ~0.4 ms per chunk on
+        top of GDAL's ~1.5 ms, 6–8 % of a whole ``mask`` run."""
         import dask
         from dask.core import flatten
 
@@ -456,7 +463,7 @@ class ChunkReader:
         self.shape = opt.shape
         self._dtype = np.dtype(opt.dtype)
         self._sub: dict[Any, dict[Any, Any]] = {}
-        self._lock = __import__("threading").Lock()
+        self._lock = threading.Lock()
         from collections import OrderedDict
 
         self._cache: OrderedDict[Any, np.ndarray] = OrderedDict()
@@ -466,6 +473,10 @@ class ChunkReader:
         self._uses: dict[Any, list[int]] | None = None
         self._order: dict[tuple[int, int, int, int], int] = {}
         self.stored = self._stored_affine(arr.dtype)
+        one_band_chunks = all(c == 1 for c in arr.chunks[0])
+        self.files = list(files) if files is not None and len(files) == arr.shape[0] and one_band_chunks \
+            and all(f is not None for f in files) else None
+        self._local = threading.local()  # per thread: {path: open rasterio dataset}
 
     def _stored_affine(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Per band (scale, offset, nodata) when the chunks hold small integers that every band maps
@@ -524,10 +535,10 @@ class ChunkReader:
                 self._used(key, now)
                 return hit
             sub = self._sub.get(key)
-            if sub is None:
+            if sub is None and self.files is None:
                 sub = cull(self.dsk, [key])[0]
                 self._sub[key] = sub
-        value = np.asarray(get_sync(sub, key))
+        value = self._read_file_chunk(key) if self.files is not None else np.asarray(get_sync(sub, key))
         with self._lock:
             self._used(key, now)
             if key not in self._cache and value.nbytes <= self.cache_bytes and self._next_use(key) >= 0:
@@ -535,6 +546,29 @@ class ChunkReader:
                 self._cached_bytes += value.nbytes
                 self._evict()
         return value
+
+    def _read_file_chunk(self, key: Any) -> np.ndarray:
+        """Chunk ``key`` (band, y-chunk, x-chunk) straight from its file, through this thread's
+        own dataset handle (GDAL handles are not shared between threads)."""
+        import warnings
+
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.windows import Window
+
+        ib, iy, ix = key[1:]
+        path, index = self.files[ib]
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        ds = handles.get(path)
+        if ds is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = handles[path] = rasterio.open(path)
+        _, yoff, xoff = self.offsets
+        win = Window(int(xoff[ix]), int(yoff[iy]), int(xoff[ix + 1] - xoff[ix]), int(yoff[iy + 1] - yoff[iy]))
+        return ds.read(index, window=win)[None].astype(self._dtype, copy=False)
 
     def _evict(self) -> None:
         """Shrink to the cap (lock held): furthest next use first when planned, else oldest."""

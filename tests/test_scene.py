@@ -37,6 +37,24 @@ def test_raw_bands_convert_to_the_physical_values(s2_l2a_tif):
         assert np.isnan(out[:, :4]).all()  # nodata DNs (the top rows) become NaN
 
 
+def test_raw_bands_name_the_file_band_behind_each_unwarped_layer(s2_l2a_tif, tmp_path):
+    """``raw.files`` lets a reader go to the file directly: set for a multi-band file and for band
+    files on the scene's grid, kept through a band subset, None for bands that are warped."""
+    scene = read_scene(s2_l2a_tif, "sentinel2")
+    assert scene.raw.files == tuple((str(s2_l2a_tif), i) for i in range(1, 14))
+    assert scene.subset(["B8A", "B02"]).raw.files == ((str(s2_l2a_tif), 9), (str(s2_l2a_tif), 2))
+    assert read_scene(s2_l2a_tif, "sentinel2", resolution=40).raw.files is None  # resampled
+    folder = tmp_path / "T32TMT_20240101T103021"
+    folder.mkdir()
+    for band, res in (("B02", 20), ("B11", 20), ("B01", 60)):
+        n = int(1200 / res)
+        dn = (random_reflectance(1, n, n) * 10000 + 1000).astype("uint16")
+        write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=test_transform(res), nodata=0)
+    files = read_scene(folder).raw.files
+    assert files[0] is None  # B01 at 60 m, warped onto the 20 m grid
+    assert files[1] == (str(folder / "T32TMT_20240101T103021_B02_20m.tif"), 1) and files[2][1] == 1
+
+
 def test_sensor_guessed_from_file_name(s2_l2a_tif):
     assert read_scene(s2_l2a_tif).sensor.id == "sentinel2"
 

@@ -295,6 +295,39 @@ def test_chunk_reader_hands_stored_values_to_a_model_that_converts_them():
     assert np.isnan(ChunkReader(da.from_array(dn, chunks=(1, 32, 40)), convert=odd).stored[2][0])
 
 
+def test_chunk_reader_reads_file_bands_directly_with_the_same_values(tmp_path, monkeypatch):
+    """With ``files`` the reader asks rasterio for each chunk (one dataset per thread), not Dask:
+    same windows, stored and converted, from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask.local
+
+    from cloudmask.scene import read_scene
+    from cloudmask.testing import write_raster
+    from cloudmask.tiles import ChunkReader
+
+    dn = np.round(random_reflectance(13, 150, 170, seed=4) * 10000 + 1000).astype("uint16")
+    dn[:, :5] = 0
+    scene = read_scene(write_raster(tmp_path / "S2A_MSIL2A_f.tif", dn, nodata=0), "sentinel2", chunks=64)
+    raw = scene.raw
+    plain = ChunkReader(raw.data, convert=raw.convert)
+    windows = [(-8, 70, -8, 90), (40, 150, 60, 170), (0, 150, 0, 170), (100, 160, 150, 180)]
+    want = [(plain.window_stored(*w), plain.window(*w)) for w in windows]
+    calls = []
+    monkeypatch.setattr(dask.local, "get_sync", lambda *a, **k: calls.append(a) or pytest.fail("Dask was used"))
+    direct = ChunkReader(raw.data, convert=raw.convert, files=raw.files)
+    assert direct.files is not None
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda w: (direct.window_stored(*w), direct.window(*w)), windows * 3))
+    for (y0, y1, x0, x1), (s, f), (ws, wf) in zip(windows * 3, got, want * 3):
+        box = np.s_[:, max(0, y0) - y0 : min(150, y1) - y0, max(0, x0) - x0 : min(170, x1) - x0]  # in the scene
+        np.testing.assert_array_equal(s[box], dn[:, max(0, y0) : min(150, y1), max(0, x0) : min(170, x1)])
+        np.testing.assert_array_equal(s[box], ws[box])
+        np.testing.assert_array_equal(f, wf)
+    assert not calls
+    assert ChunkReader(raw.data, convert=raw.convert, files=[*raw.files[:-1], None]).files is None  # all or none
+
+
 def test_stored_validity_is_every_band_off_its_nodata_value():
     from cloudmask.tiles import _stored_valid
 
