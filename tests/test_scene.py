@@ -44,12 +44,7 @@ def test_raw_bands_name_the_file_band_behind_each_unwarped_layer(s2_l2a_tif, tmp
     assert scene.raw.files == tuple((str(s2_l2a_tif), i) for i in range(1, 14))
     assert scene.subset(["B8A", "B02"]).raw.files == ((str(s2_l2a_tif), 9), (str(s2_l2a_tif), 2))
     assert read_scene(s2_l2a_tif, "sentinel2", resolution=40).raw.files is None  # resampled
-    folder = tmp_path / "T32TMT_20240101T103021"
-    folder.mkdir()
-    for band, res in (("B02", 20), ("B11", 20), ("B01", 60)):
-        n = int(1200 / res)
-        dn = (random_reflectance(1, n, n) * 10000 + 1000).astype("uint16")
-        write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=test_transform(res), nodata=0)
+    folder = _band_folder(tmp_path, (("B02", 20), ("B11", 20), ("B01", 60)))
     files = read_scene(folder).raw.files
     assert files[0] is None  # B01 at 60 m, warped onto the 20 m grid
     assert files[1] == (str(folder / "T32TMT_20240101T103021_B02_20m.tif"), 1) and files[2][1] == 1
@@ -75,13 +70,19 @@ def test_band_count_mismatch_is_a_clear_error(tmp_path):
         read_scene(path, "sentinel2", bands=["red", "nir"])
 
 
-def test_band_folder_resampled_to_one_grid(tmp_path):
+def _band_folder(tmp_path, bands: tuple[tuple[str, int], ...]):
+    """A Sentinel-2 style folder of single-band uint16 files, 1200 m square, each at its own resolution."""
     folder = tmp_path / "T32TMT_20240101T103021"
     folder.mkdir()
-    for band, res in (("B02", 10), ("B11", 20), ("B01", 60)):
+    for band, res in bands:
         n = int(1200 / res)
         dn = (random_reflectance(1, n, n) * 10000 + 1000).astype("uint16")
         write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=test_transform(res), nodata=0)
+    return folder
+
+
+def test_band_folder_resampled_to_one_grid(tmp_path):
+    folder = _band_folder(tmp_path, (("B02", 10), ("B11", 20), ("B01", 60)))
     scene = read_scene(folder)
     assert scene.sensor.id == "sentinel2"
     assert scene.shape == (60, 60)
