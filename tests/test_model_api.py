@@ -241,13 +241,15 @@ def test_stored_values_give_the_same_output_as_physical_ones(predictor: Predicto
 
 
 @pytest.mark.parametrize("partial", [False, True])
-def test_set_encoder_inference_path_equals_training_path(partial: bool) -> None:
+@pytest.mark.parametrize("chunk", [4096, 20])
+def test_set_encoder_inference_path_equals_training_path(partial: bool, chunk: int) -> None:
     import torch
 
     from cloudmask.model.encoders import SetEncoder
 
     torch.manual_seed(3)
     enc = SetEncoder(16, 8)
+    enc.infer_chunk = chunk  # 20: the 126 pixels in several steps, the last one short
     v, lv = torch.randn(2, 5, 9, 7), torch.randn(2, 5, 9, 7)
     m = (torch.rand(2, 5, 9, 7) > 0.4).float() if partial else torch.ones(2, 5, 9, 7)
     m[0, :, 0, 0] = 0.0 if partial else 1.0  # a pixel with no valid band pools to zeros

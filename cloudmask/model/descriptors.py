@@ -70,5 +70,12 @@ def normalise_inputs(x: torch.Tensor, desc: torch.Tensor) -> tuple[torch.Tensor,
 
 def log_feature(v: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:
     """A log-reflectance channel (ratios between dark surfaces); thermal bands pass through."""
-    thermal = (desc[:, 4] > 0.5).view(1, -1, 1, 1)
-    return torch.where(thermal, v, (torch.log(v.clamp(min=0.0) + 0.01) + 2.0) / 2.0)
+    if torch.is_grad_enabled():
+        thermal = (desc[:, 4] > 0.5).view(1, -1, 1, 1)
+        return torch.where(thermal, v, (torch.log(v.clamp(min=0.0) + 0.01) + 2.0) / 2.0)
+    # inference: the same operations in place on one new tensor (one map instead of five)
+    out = v.clamp(min=0.0).add_(0.01).log_().add_(2.0).div_(2.0)
+    thermal = torch.nonzero(desc[:, 4] > 0.5).flatten()
+    if thermal.numel():
+        out[:, thermal] = v[:, thermal]
+    return out
