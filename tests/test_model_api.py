@@ -296,3 +296,38 @@ def test_predictor_pickles_to_a_cpu_copy_with_the_same_outputs() -> None:
     q = pickle.loads(pickle.dumps(p))
     assert q.device == torch.device("cpu")
     np.testing.assert_allclose(q.predict_proba(x, d), want, atol=1e-6)
+
+
+def test_inference_shortcuts_equal_the_training_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from cloudmask.model import network
+    from cloudmask.model.descriptors import log_feature
+    from cloudmask.model.network import DSBlock, _cat_channels_last, add_relu_
+
+    torch.manual_seed(0)
+    # dilation 8 pads 8 px: inference pads first and convolves unpadded (oneDNN's fast path)
+    for dilation in (1, 8):
+        blk = DSBlock(16, 16, dilation=dilation).eval()
+        x = torch.randn(1, 16, 37, 29).contiguous(memory_format=torch.channels_last)
+        with torch.enable_grad():
+            ref = blk(x).detach()
+        with torch.inference_mode():
+            got = blk(x)
+        assert got.shape == ref.shape and (got - ref).abs().max() < 1e-5
+    v = torch.rand(1, 4, 5, 6) * 2 - 0.5
+    desc = torch.tensor([[0.4, 0.45, 0.5, 0.05, 0.0]] * 3 + [[10.0, 11.0, 12.0, 1.0, 1.0]])
+    with torch.enable_grad():
+        ref = log_feature(v, desc)
+    with torch.inference_mode():
+        got = log_feature(v, desc)
+    assert torch.equal(got, ref) and torch.equal(got[:, 3], v[:, 3])  # thermal passes through
+    parts = [torch.randn(1, 3, 5, 6).contiguous(memory_format=torch.channels_last), torch.randn(1, 1, 5, 6),
+             torch.randn(1, 4, 5, 6)]
+    cat = _cat_channels_last(parts)
+    assert cat.is_contiguous(memory_format=torch.channels_last) and torch.equal(cat, torch.cat(parts, 1))
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    want = (a + b).relu()
+    assert torch.equal(add_relu_(a.clone(), b), want)
+    monkeypatch.setattr(network, "_ADD_RELU", None)  # a torch without the fused op
+    assert torch.equal(add_relu_(a.clone(), b), want)
