@@ -331,3 +331,17 @@ def test_inference_shortcuts_equal_the_training_ops(monkeypatch: pytest.MonkeyPa
     assert torch.equal(add_relu_(a.clone(), b), want)
     monkeypatch.setattr(network, "_ADD_RELU", None)  # a torch without the fused op
     assert torch.equal(add_relu_(a.clone(), b), want)
+
+
+def test_nodata_free_is_conservative() -> None:
+    import torch
+
+    from cloudmask.model.network import _nodata_free
+
+    x = torch.from_numpy(np.array([[[[5, 9], [3, 7]]]], dtype="uint16"))  # uint16: numpy takes the min
+    one, zero = torch.ones(1), torch.zeros(1)
+    assert _nodata_free(x, one, zero, torch.tensor([0.0]))  # min 3 > nodata 0
+    assert not _nodata_free(x, one, zero, torch.tensor([3.0]))  # a 3 occurs
+    assert not _nodata_free(x, one, zero, torch.tensor([4.0]))  # min not above it: assume it may occur
+    assert _nodata_free(x, one, zero, torch.tensor([float("nan")]))  # none declared
+    assert not _nodata_free(x, torch.tensor([float("inf")]), zero, torch.tensor([float("nan")]))  # inf after scaling

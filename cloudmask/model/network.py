@@ -147,6 +147,21 @@ def stored_to_physical(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     return out
 
 
+def _nodata_free(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, nodata: torch.Tensor) -> bool:
+    """True when stored values ``x`` certainly convert to finite numbers: no band declares a nodata
+    value, or the smallest value is above every declared one (one reduction, in numpy: torch has
+    no min for uint16), and the scales and offsets are finite. A window that touches nodata
+    somewhere then masks only its row chunks that hold some."""
+    if not (bool(torch.isfinite(scale).all()) and bool(torch.isfinite(offset).all())):
+        return False
+    declared = nodata[~torch.isnan(nodata)]
+    if declared.numel() == 0:
+        return True
+    if x.device.type != "cpu" or x.numel() == 0:
+        return False
+    return float(x.numpy().min()) > float(declared.max())
+
+
 def _cat_channels_last(parts: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(parts, 1)`` laid out channels-last, written straight into one buffer: ``cat``
     gives a channels-first result whatever its inputs, and converting it after costs 3× more."""
@@ -336,8 +351,11 @@ class CloudNet(nn.Module):
         pooled = []
         for r in range(0, rows, chunk):
             xs = x[..., r : r + chunk, :]
-            if stored is not None:
-                xs = stored_to_physical(xs, *stored, mask=not finite, buffer=buf)
+            if stored is not None:  # a chunk free of nodata values needs neither masking nor a NaN scan
+                clean = finite or _nodata_free(xs, *stored)
+                xs = stored_to_physical(xs, *stored, mask=not clean, buffer=buf)
+                pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, clean)))
+                continue
             pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, finite)))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
@@ -360,8 +378,10 @@ class CloudNet(nn.Module):
                 fast = self._all_valid(xs[..., cols[0] : cols[1]], desc, finite)
                 logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, cols)
             else:  # convert only the columns the head reads
-                xs = stored_to_physical(xs[..., cols[0] : cols[1]], *stored, mask=not finite, buffer=buf)
-                fast = self._all_valid(xs, desc, finite)
+                xs = xs[..., cols[0] : cols[1]]
+                clean = finite or _nodata_free(xs, *stored)
+                xs = stored_to_physical(xs, *stored, mask=not clean, buffer=buf)
+                fast = self._all_valid(xs, desc, clean)
                 logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, None)
             off = r - lo * 4
             n_rows = min(chunk, y1 - r)
