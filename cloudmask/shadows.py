@@ -86,12 +86,12 @@ class ShadowMatcher:
         self._cloud = np.zeros((lh, lw), "float64")  # cloud pixels per cell
         self._clear = np.zeros((lh, lw), "float64")  # valid non-cloud pixels per cell
         self._shadow = np.zeros((lh, lw), "float64")  # Σ P(shadow) over valid non-cloud pixels
-        self._cols = np.arange(width) // self.f
         # statistics are sampled every ``step`` px (≥ 16 samples per cell): the maps are coarse anyway
         self.step = max(1, self.f // 4)
         xs = np.arange(0, width, self.step) // self.f
         self._col_starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
         self.zone: np.ndarray | None = None  # coarse bool map after resolve()
+        self._zone3: np.ndarray | None = None  # the zone as the class it gives (3 in, 0 out)
         self.active = False
         self.peak = 0.0  # excess P(shadow) per cloud pixel at the best shift
         self.shift: tuple[int, int] | None = None  # that shift (dy, dx) in px: cloud → shadow
@@ -106,8 +106,12 @@ class ShadowMatcher:
     def observe(self, y0: int, proba: np.ndarray, cls: np.ndarray) -> np.ndarray:
         """Record rows ``y0:y0+len`` (``proba`` (4, r, w), ``cls`` from :func:`classify`) and
         return ``cls`` with clear pixels that would turn shadow inside the zone marked CANDIDATE."""
-        out = cls.copy()
-        out[(cls == 0) & (np.float32(1.0 + self.opt.boost) * proba[3] > proba[0])] = CANDIDATE
+        # clear (0) + CANDIDATE where it may turn shadow: uint8 arithmetic, which numpy vectorises
+        # (a masked store ``out[m] = v`` goes element by element)
+        cand = np.greater(np.float32(1.0 + self.opt.boost) * proba[3], proba[0])
+        cand &= cls == 0
+        out = cand.view(np.uint8) * np.uint8(CANDIDATE)
+        out += cls
         # statistics from every s-th row and column (absolute positions, so any row split agrees)
         s = self.step
         first = (-y0) % s
@@ -127,7 +131,7 @@ class ShadowMatcher:
         """Learn the displacement kernel and the shadow zone; False when the scene shows none."""
         o, f = self.opt, self.f
         n_cloud, n_clear = float(self._cloud.sum()), float(self._clear.sum())
-        self.active = False
+        self.active, self._zone3 = False, None
         if n_cloud < o.min_cloud_px or n_clear == 0 or n_cloud / (n_cloud + n_clear) > o.max_cloud_fraction:
             return False
         # per-cell fractions (and mean P(shadow) mass), so every score below is per cloud pixel
@@ -161,14 +165,20 @@ class ShadowMatcher:
 
     def apply(self, y0: int, rows: np.ndarray) -> np.ndarray:
         """CANDIDATE pixels of rows ``y0:…`` → shadow inside the zone, clear outside (in place)."""
-        cand = rows == CANDIDATE
+        cand = (rows == CANDIDATE).view(np.uint8)
         if not cand.any():
             return rows
+        # rows − CANDIDATE·cand + to·cand, where ``to`` is 3 inside the zone and 0 outside: uint8
+        # arithmetic (numpy vectorises it; masked stores go element by element, ~8x slower)
         if self.active and self.zone is not None:
-            z = self.zone[(np.arange(y0, y0 + rows.shape[0]) // self.f)[:, None], self._cols[None, :]]
-            rows[cand] = np.where(z[cand], np.uint8(3), np.uint8(0))
+            if self._zone3 is None:
+                self._zone3 = np.where(self.zone, np.uint8(3), np.uint8(0))
+            zr = self._zone3[np.arange(y0, y0 + rows.shape[0]) // self.f]  # cell rows, then columns
+            to = np.repeat(zr, self.f, axis=1)[:, : rows.shape[1]] * cand
         else:
-            rows[cand] = 0
+            to = np.zeros_like(rows)
+        to -= cand * np.uint8(CANDIDATE)
+        rows += to
         return rows
 
 

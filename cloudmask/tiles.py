@@ -724,19 +724,31 @@ def classify(
         cloud = proba[1] + proba[2] >= threshold
         cls = np.where(proba[3] > proba[0], np.uint8(3), np.uint8(0))
         cls = np.where(cloud, np.where(proba[1] >= proba[2], np.uint8(1), np.uint8(2)), cls).astype("uint8")
-    cls[~valid] = NODATA
+    np.maximum(cls, np.logical_not(valid).view(np.uint8) * np.uint8(NODATA), out=cls)  # 255 beats any class
     return cls
 
 
 def _argmax_classes(proba: np.ndarray) -> np.ndarray:
-    """``np.argmax(proba, axis=0)`` as uint8 (first class on ties), by running comparisons: an
-    argmax over the outer axis of a few planes walks them with a stride and was ~1.5x slower."""
-    cls = np.zeros(proba.shape[1:], dtype="uint8")
-    best = proba[0].copy()
-    for k in range(1, proba.shape[0]):
-        better = proba[k] > best
-        cls[better] = k
-        np.maximum(best, proba[k], out=best)
+    """``np.argmax(proba, axis=0)`` as uint8 (first class on ties).
+
+    For the usual 4 planes, a knockout: the winner of (0, 1) against the winner of (2, 3), put
+    together in uint8 arithmetic, which numpy vectorises (masked stores such as ``cls[m] = k`` are
+    element by element, and an argmax over the outer axis walks the planes with a stride): ~3.5x
+    faster, and classes are made for every pixel of the scene in the main thread."""
+    if proba.shape[0] != 4:
+        cls = np.zeros(proba.shape[1:], dtype="uint8")
+        best = proba[0].copy()
+        for k in range(1, proba.shape[0]):
+            np.copyto(cls, np.uint8(k), where=proba[k] > best)
+            np.maximum(best, proba[k], out=best)
+        return cls
+    a = np.greater(proba[1], proba[0]).view(np.uint8)
+    b = np.greater(proba[3], proba[2]).view(np.uint8)
+    c = np.greater(np.maximum(proba[2], proba[3]), np.maximum(proba[0], proba[1])).view(np.uint8)
+    cls = np.add(b, np.uint8(2))  # a + c·(2 + b − a): never below zero, as a ≤ 1
+    cls -= a
+    cls *= c
+    cls += a
     return cls
 
 

@@ -180,3 +180,24 @@ def s2_desc() -> np.ndarray:
 
     s = load_registry().get_sensor("sentinel2")
     return s.descriptors(list(s.bands))
+
+
+def test_candidates_are_marked_and_resolved_as_the_rule_says():
+    """observe/apply in uint8 arithmetic give exactly the rule's classes (nodata and clouds kept)."""
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet([2, 1, 1, 1], size=(40, 50)).astype("float32").transpose(2, 0, 1).copy()
+    valid = np.ones((40, 50), bool)
+    valid[:3] = False
+    cls = classify(p, valid)
+    m = ShadowMatcher(40, 50, shadows.ShadowOptions(boost=3.0))
+    marked = m.observe(0, p, cls)
+    want = np.where((cls == 0) & (4 * p[3] > p[0]), shadows.CANDIDATE, cls)
+    np.testing.assert_array_equal(marked, want)
+    assert 0 < (marked == shadows.CANDIDATE).sum() < marked.size
+    m.active, m.zone = True, rng.random(m._cloud.shape) > 0.5
+    z = m.zone[np.arange(40)[:, None] // m.f, np.arange(50)[None] // m.f]
+    cand = marked == shadows.CANDIDATE
+    np.testing.assert_array_equal(m.apply(0, marked.copy()), np.where(cand, np.where(z, 3, 0), marked))
+    np.testing.assert_array_equal(m.apply(8, marked[8:].copy()), np.where(cand, np.where(z, 3, 0), marked)[8:])
+    m.active = False  # the scene showed no pairing: candidates go back to clear
+    np.testing.assert_array_equal(m.apply(0, marked.copy()), np.where(cand, 0, marked))

@@ -122,6 +122,9 @@ def test_class_argmax_equals_numpy_ties_included():
     p = rng.random((4, 7, 9), dtype="float32")
     np.testing.assert_array_equal(_argmax_classes(p), np.argmax(p, axis=0))
     assert _argmax_classes(p).dtype == np.uint8
+    for planes in (3, 5):  # other plane counts take the general loop
+        p = rng.integers(0, 3, (planes, 20, 30)).astype("float32")
+        np.testing.assert_array_equal(_argmax_classes(p), np.argmax(p, axis=0))
 
 
 def test_classify_argmax_threshold_and_nodata():
