@@ -337,10 +337,16 @@ def _fold_block(e: np.ndarray, depth: int) -> np.ndarray:
 
 def _normalise(out: np.ndarray) -> np.ndarray:
     """Accumulated (4, h, w) channels → (4, h, w) probabilities (shadow = 1 − the others)."""
-    weight = np.abs(out[_W])
     proba = np.empty(out.shape, dtype="float32")
-    np.divide(out[:_W], np.where(weight > 0, weight, 1.0), out=proba[:_W])
-    proba[_W] = np.clip(1.0 - proba[:_W].sum(axis=0), 0.0, 1.0)
+    weight = np.abs(out[_W])
+    # where no window put weight the sums are zero too: any positive divisor gives 0 there
+    np.maximum(weight, np.float32(1e-30), out=weight)
+    np.divide(out[:_W], weight, out=proba[:_W])
+    rest = np.add(proba[0], proba[1])  # the same sum, in place (a sum over the outer axis is strided)
+    for k in range(2, _W):
+        rest += proba[k]
+    np.subtract(np.float32(1.0), rest, out=rest)
+    np.clip(rest, 0.0, 1.0, out=proba[_W])
     return proba
 
 
