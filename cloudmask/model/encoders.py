@@ -79,9 +79,9 @@ class SetEncoder(BandEncoder):
                emb: torch.Tensor) -> torch.Tensor:
         """The same maths as training, band-major (n, pixels, C) so that each layer is one batched
         product with the per-band FiLM scale folded into the shared C→C matrix, run over
-        :attr:`infer_chunk` pixels at a time: the (n, chunk, C) intermediates then stay in cache, where whole-map ones
-        (13 × 20k × 25 floats per 1128² window) went to memory and back for every layer (~1.5×
-        slower)."""
+        :attr:`infer_chunk` pixels at a time: the (n, chunk, C) intermediates then stay in cache,
+        where whole-map ones (13 × 20k × 25 floats per 1128² window) went to memory and back for
+        every layer (~1.5× slower)."""
         b, n, hh, ww = v.shape
         c = self.width
         npx = b * hh * ww
