@@ -100,8 +100,11 @@ class DSBlock(nn.Module):
 
 
 def add_relu_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a.add_(b).relu_()`` in one pass over ``a`` (ATen's fused ``_add_relu_``; same values)."""
-    return _ADD_RELU(a, b) if _ADD_RELU is not None else a.add_(b).relu_()
+    """``a.add_(b).relu_()`` in one pass over ``a`` (ATen's fused ``_add_relu_``, a CPU kernel;
+    same values)."""
+    if _ADD_RELU is not None and a.device.type == "cpu":
+        return _ADD_RELU(a, b)
+    return a.add_(b).relu_()
 
 
 _ADD_RELU = getattr(torch, "_add_relu_", None)
