@@ -329,6 +329,12 @@ def test_inference_shortcuts_equal_the_training_ops(monkeypatch: pytest.MonkeyPa
     a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     want = (a + b).relu()
     assert torch.equal(add_relu_(a.clone(), b), want)
+    def cpu_only(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # like ATen's: no CUDA/MPS kernel
+        raise NotImplementedError
+
+    with monkeypatch.context() as m:
+        m.setattr(network, "_ADD_RELU", cpu_only)
+        assert add_relu_(torch.zeros(3, device="meta"), torch.ones(3, device="meta")).device.type == "meta"
     monkeypatch.setattr(network, "_ADD_RELU", None)  # a torch without the fused op
     assert torch.equal(add_relu_(a.clone(), b), want)
 
