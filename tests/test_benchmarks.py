@@ -27,3 +27,18 @@ def test_bench_mask_runs_every_case_on_a_small_scene(tmp_path: Path) -> None:
 
     for name in ("floor_256.tif", "raw_256.tif", "mask_256_cloudmask.tif"):
         assert cog_validate(str(tmp_path / name))[0], name
+
+
+def test_bench_window_times_every_stage_of_the_bundled_model_and_a_variant() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_window.py"), "--tile", "64", "--repeat", "1", "--arch", "c8=32",
+         "dilations=1,2", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundled, variant = json.loads(proc.stdout)["rows"]
+    assert bundled["halo"] == 144 and bundled["window_px"] == 64 + 2 * 152
+    assert variant["halo"] < bundled["halo"] and variant["window_px"] < bundled["window_px"]  # smaller receptive field
+    for row in (bundled, variant):
+        assert all(row[k] > 0 for k in ("convert", "pool", "context", "head", "total"))
+        assert row["total"] >= row["convert"] + row["pool"] + row["context"] + row["head"]
