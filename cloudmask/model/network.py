@@ -166,15 +166,15 @@ def _nodata_free(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, nod
 
 
 def _cat_channels_last(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts, 1)`` laid out channels-last, written straight into one buffer: ``cat``
-    gives a channels-first result whatever its inputs, and converting it after costs 3× more."""
+    """``torch.cat(parts, 1)`` laid out channels-last. At inference ``cat`` writes straight into a
+    channels-last buffer (``out=``); converting its channels-first result after costs 3× more.
+    ``out=`` has no gradient, so training converts."""
+    if torch.is_grad_enabled():
+        return torch.cat(parts, 1).contiguous(memory_format=torch.channels_last)
     b, _, h, w = parts[0].shape
-    out = parts[0].new_empty(b, h, w, sum(p.shape[1] for p in parts))
-    c = 0
-    for p in parts:
-        out[..., c : c + p.shape[1]] = p.permute(0, 2, 3, 1)
-        c += p.shape[1]
-    return out.permute(0, 3, 1, 2)
+    out = torch.empty(b, sum(p.shape[1] for p in parts), h, w, dtype=parts[0].dtype, device=parts[0].device,
+                      memory_format=torch.channels_last)
+    return torch.cat(parts, 1, out=out)
 
 
 def _wpool(v: torch.Tensor, m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,13 +353,11 @@ class CloudNet(nn.Module):
                                                         dtype=torch.float32)
         pooled = []
         for r in range(0, rows, chunk):
-            xs = x[..., r : r + chunk, :]
+            xs, clean = x[..., r : r + chunk, :], finite
             if stored is not None:  # a chunk free of nodata values needs neither masking nor a NaN scan
                 clean = finite or _nodata_free(xs, *stored)
                 xs = stored_to_physical(xs, *stored, mask=not clean, buffer=buf)
-                pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, clean)))
-                continue
-            pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, finite)))
+            pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, clean)))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
         m4 = None if all(m is None for _, m in pooled) else torch.cat(
