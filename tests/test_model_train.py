@@ -139,6 +139,55 @@ def test_pooled_sim_source_stream_is_independent_of_worker_count() -> None:
         two.close()
 
 
+def test_reusing_source_serves_each_batch_several_times_rotated_or_flipped() -> None:
+    """``data.reuse``: one draw from the inner source per ``times`` batches; reuses are dihedral
+    transforms of it (labels moved with the pixels), descriptors unchanged."""
+    from cloudmask.model.data import ReusingSource
+
+    inner = SimSource({"simulator": "standin", "sensors": ["sentinel2"]}, np.random.default_rng(0))
+    calls: list[np.ndarray] = []
+    draw = inner.batch
+
+    def counted(b: int, s: int):
+        out = draw(b, s)
+        calls.append(out.x)
+        return out
+
+    inner.batch = counted  # type: ignore[method-assign]
+    src = ReusingSource(inner, 3, np.random.default_rng(1))
+    got = [src.batch(2, 24) for _ in range(7)]
+    assert len(calls) == 3  # batches 0, 3, 6 are fresh draws
+    assert got[0].x is calls[0] and got[3].x is calls[1]
+    views = []
+    for k in range(4):
+        r = np.rot90(calls[0], k, axes=(2, 3))
+        views += [r, r[..., ::-1]]
+    for b in got[1:3]:
+        assert any(np.array_equal(b.x, v) for v in views)
+        assert np.array_equal(b.desc, got[0].desc)
+        i = next(i for i, v in enumerate(views) if np.array_equal(b.x, v))
+        k, flip = divmod(i, 2)
+        y = np.rot90(got[0].y, k, axes=(1, 2))
+        assert np.array_equal(b.y, y[..., ::-1] if flip else y)
+    many = ReusingSource(inner, 12, np.random.default_rng(2))
+    first = many.batch(2, 24)
+    assert any(not np.array_equal(many.batch(2, 24).x, first.x) for _ in range(11))  # transforms, not copies
+    with pytest.raises(UsageError, match="at least 1"):
+        ReusingSource(inner, 0, np.random.default_rng(1))
+
+
+def test_train_with_reuse_runs_and_rejects_zero(tmp_path: Path) -> None:
+    from cloudmask.model.train import train
+
+    out = tmp_path / "r"
+    res = train(load_config(None, [f"out={out}", *TINY_RUN, "train.steps=4", "data.reuse=2", "real.root=null"]))
+    assert res["steps"] == 4
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    with pytest.raises(UsageError, match="at least 1"):
+        train(load_config(None, [f"out={tmp_path / 'z'}", *TINY_RUN, "train.steps=1", "data.reuse=0"]))
+
+
 def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / "l8biome").mkdir()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from cloudmask.errors import UsageError
-from cloudmask.model.data import Batch, PooledSimSource, RealSource, RealTile, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
+from cloudmask.model.data import Batch, PooledSimSource, RealSource, RealTile, ReusingSource, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import save_weights
 from cloudmask.shadows import match_shadows
@@ -41,6 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "tile": 128,
         "batch": 8,
         "workers": 0,  # >0: simulate in this many worker processes (for a GPU); 0: in the training process
+        "reuse": 1,  # >1: each simulated batch serves this many steps, reuses rotated/flipped (for a GPU)
         "jitter": {"gain": 0.05, "brightness": 0.08, "thermal_k": 2.0, "wavelength": 0.015},
         "sim_options": {},  # simulate_scene options (cloudmask.simulate.scene.DEFAULTS), e.g. label thresholds
     },
@@ -322,7 +323,7 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema"])), use_buffers=True)
-    sim_src: SimSource | PooledSimSource = SimSource(dcfg, rng_sim)
+    sim_src: SimSource | PooledSimSource | ReusingSource = SimSource(dcfg, rng_sim)
     real_src = None
     val_sets = sim_val_sets(cfg)
     if rcfg.get("root"):
@@ -356,6 +357,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         sim_consumed = 0
     if int(dcfg.get("workers") or 0) > 0:
         sim_src = PooledSimSource(dcfg, seed, int(dcfg["workers"]), int(dcfg["batch"]), int(dcfg["tile"]), start=sim_consumed)
+    if int(dcfg.get("reuse", 1)) != 1:
+        sim_src = ReusingSource(sim_src, int(dcfg["reuse"]), rng_aug)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
     log = open(out / "log.jsonl", "a", encoding="utf-8")
@@ -410,7 +413,7 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
                 break
     finally:
         log.close()
-        if isinstance(sim_src, PooledSimSource):
+        if isinstance(sim_src, (PooledSimSource, ReusingSource)):
             sim_src.close()
     return {"steps": step + 1, "best_score": best, "best_metrics": best_metrics, "out": str(out),
             "elapsed_s": round(elapsed(), 1)}
