@@ -5,8 +5,9 @@
 Sentinel-2 L2A-like DNs, the stages of ``CloudNet.predict_proba`` as the tiler calls it (16-bit
 values converted by the network, output region only):
 
-* convert: DNs → reflectance, per row chunk (for the pooling over the whole window and again for
-  the head's rows);
+* convert: DNs → float32, per row chunk (for the pooling over the whole window and again for the
+  head's rows; the scale and offset are applied after the first linear step where no pixel needs
+  masking);
 * pool: 4×4 means over the whole window (stage A);
 * context: the 1/4- and 1/8-resolution network over the whole window (stage B);
 * head: the full-resolution head over the output region (stage C);
@@ -73,9 +74,10 @@ def time_window(predictor: Any, tile: int, repeat: int, seed: int = 0) -> dict[s
                 spent[name] += time.perf_counter() - t
         return run
 
-    saved = network.stored_to_physical
+    saved, saved_float = network.stored_to_physical, network.stored_to_float
     net._pool, net._context, net._head = timed("pool", net._pool), timed("context", net._context), timed("head", net._head)
     network.stored_to_physical = timed("convert", saved)
+    network.stored_to_float = timed("convert", saved_float)
     try:
         best: dict[str, float] | None = None
         for _ in range(repeat + 1):  # the first run makes oneDNN's kernels for this shape
@@ -86,7 +88,7 @@ def time_window(predictor: Any, tile: int, repeat: int, seed: int = 0) -> dict[s
             if best is None or total < best["total"]:
                 best = {**spent, "total": total}
     finally:
-        network.stored_to_physical = saved
+        network.stored_to_physical, network.stored_to_float = saved, saved_float
         for name in ("_pool", "_context", "_head"):
             delattr(net, name)  # back to the class's methods
     assert best is not None

@@ -209,8 +209,10 @@ def test_finite_hint_skips_only_a_check(predictor: Predictor) -> None:
 
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "uint8"])
 def test_stored_values_give_the_same_output_as_physical_ones(predictor: Predictor, dtype: str) -> None:
-    """``stored=`` (the network converts DNs chunk by chunk) equals converting first, bit for bit,
-    with nodata values, a band without nodata, regions, the ``finite`` hint and sizes off the stride."""
+    """``stored=`` (the network converts DNs chunk by chunk) equals converting first, to float
+    rounding (where no pixel needs masking, the scale and offset are applied after the first linear
+    step instead of before it), with nodata values, a band without nodata, regions, the ``finite``
+    hint and sizes off the stride."""
     info = np.iinfo(dtype)
     rng = np.random.default_rng(7)
     s2 = get_sensor("sentinel2")
@@ -230,14 +232,37 @@ def test_stored_values_give_the_same_output_as_physical_ones(predictor: Predicto
         for region in [None, (5, h - 3, 8, w)]:
             want = predictor.predict_proba_batch(phys[None], d, region=region)
             got = predictor.predict_proba_batch(dn[None], d, region=region, stored=(scale, offset, nodata))
-            np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(predictor.predict_proba(dn, d, stored=(scale, offset, nodata)), predictor.predict_proba(phys, d))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(predictor.predict_proba(dn, d, stored=(scale, offset, nodata)), predictor.predict_proba(phys, d),
+                                   rtol=0, atol=1e-6)
         clean = dn[:, 20:, :].copy()  # no nodata value: the hint may skip the comparisons
         np.testing.assert_array_equal(
             predictor.predict_proba_batch(clean[None], d, finite=True, stored=(scale, offset, nodata)),
             predictor.predict_proba_batch(clean[None], d, stored=(scale, offset, nodata)))
     with pytest.raises(BandError, match="one scale, offset and nodata per band"):
         predictor.predict_proba_batch(dn[None], d, stored=(scale[:3], offset, nodata))
+
+
+def test_stored_thermal_fill_values_are_masked_like_physical_ones(predictor: Predictor) -> None:
+    """A thermal value below 100 K is a fill value even when it is not the declared nodata: the
+    stored path must find it before folding the scale into the weights, so the chunks holding one
+    are masked and the others take the unscaled shortcut, with the output of converting first."""
+    l8 = get_sensor("landsat8")
+    names = ["blue", "green", "red", "nir08", "swir16", "lwir11"]
+    d = l8.descriptors([l8.band(n) for n in names])
+    scale = np.array([2e-5] * 5 + [0.02], "float32")  # thermal: K = DN * 0.02
+    offset = np.array([-0.1] * 5 + [0.0], "float32")
+    nodata = np.zeros(6, "float32")
+    rng = np.random.default_rng(3)
+    dn = np.concatenate([rng.integers(7000, 40000, (5, 144, 96)), rng.integers(13500, 15500, (1, 144, 96))]).astype("uint16")
+    dn[5, 100:110, 20:60] = 200  # 4 K: a fill value, not the declared nodata (0)
+    phys = dn.astype("float32") * scale[:, None, None] + offset[:, None, None]
+    want = predictor.predict_proba(phys, d)
+    got = predictor.predict_proba(dn, d, stored=(scale, offset, nodata))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    gap = phys.copy()
+    gap[5, 100:110, 20:60] = np.nan  # the fill value is nodata in that band
+    np.testing.assert_allclose(got, predictor.predict_proba(gap, d), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("partial", [False, True])

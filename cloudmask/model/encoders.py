@@ -85,8 +85,7 @@ class SetEncoder(BandEncoder):
         b, n, hh, ww = v.shape
         c = self.width
         npx = b * hh * ww
-        w1 = g1[:, :, :2].transpose(1, 2).contiguous()  # (n, 2, C): weights for [v, lv]
-        b1 = g1[:, None, :, 2].contiguous()  # (n, 1, C)
+        w1 = g1.transpose(1, 2).contiguous()  # (n, 3, C): weights for [v, lv, 1] (the bias as a weight)
         w2 = (self.mix.T[None] * (1.0 + f2[:, None, :, 0])).contiguous()  # (n, C, C)
         b2 = f2[:, None, :, 1].contiguous()
         vb = v.permute(1, 0, 2, 3).reshape(n, npx)
@@ -96,10 +95,17 @@ class SetEncoder(BandEncoder):
         ea = _band_softmax_weights(self.att(emb))  # (n, C)
         out = v.new_empty(npx, 2 * c)
         chunk = self.infer_chunk
+        # [v, lv, 1] per band and pixel, in one buffer reused by every chunk: the first layer's bias
+        # rides in the product (baddbmm would first copy its broadcast bias into a fresh output)
+        inp = v.new_empty(n, min(chunk, npx), 3)
+        inp[:, :, 2] = 1.0
         for s in range(0, npx, chunk):
             e = min(s + chunk, npx)
-            h = torch.baddbmm(b1, torch.stack([vb[:, s:e], lb[:, s:e]], dim=-1), w1).relu_()  # (n, p, C)
-            h = torch.baddbmm(b2, h, w2).relu_()
+            x3 = inp[:, : e - s]
+            x3[:, :, 0] = vb[:, s:e]
+            x3[:, :, 1] = lb[:, s:e]
+            h = torch.bmm(x3, w1).relu_()  # (n, p, C)
+            h = torch.bmm(h, w2).add_(b2).relu_()
             if not all_valid:
                 h.mul_(mb[:, s:e])
             num, peak = out[s:e, :c], out[s:e, c:]

@@ -138,16 +138,33 @@ def stored_to_physical(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tenso
     caller knows no nodata value occurs (skips the comparisons). ``buffer``: a flat float32 tensor
     of at least ``x.numel()`` values to write into (a chunk loop reuses memory that is already in
     cache instead of writing fresh pages each time)."""
-    if buffer is None:
-        out = x.to(torch.float32)
-    else:
-        out = buffer[: x.numel()].view(x.shape)
-        out.copy_(x)
+    out = stored_to_float(x, buffer)
     out.mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
     if mask:
         for i in torch.nonzero(~torch.isnan(nodata)).flatten().tolist():
             out[:, i].masked_fill_(x[:, i] == nodata[i], float("nan"))
     return out
+
+
+def stored_to_float(x: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Stored integers as float32, unscaled (into ``buffer`` when given, as
+    :func:`stored_to_physical`). Where a chunk needs no masking, its scale and offset are applied
+    by the first linear step that reads it instead (:meth:`CloudNet._pool`, :meth:`CloudNet._head`):
+    two passes fewer over every full-resolution value."""
+    if buffer is None:
+        return x.to(torch.float32)
+    out = buffer[: x.numel()].view(x.shape)
+    out.copy_(x)
+    return out
+
+
+def _compose(desc: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's per-band input normalisation (:func:`band_affine`), preceded by ``affine`` =
+    (scale, offset) from stored values to physical ones when given: one per-band affine map."""
+    scale, offset = band_affine(desc)
+    if affine is None:
+        return scale, offset
+    return affine[0] * scale, affine[1] * scale + offset
 
 
 def _nodata_free(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, nodata: torch.Tensor) -> bool:
@@ -229,20 +246,31 @@ class CloudNet(nn.Module):
         return x, h, w
 
     @staticmethod
-    def _all_valid(x: torch.Tensor, desc: torch.Tensor, finite: bool = False) -> bool:
+    def _all_valid(x: torch.Tensor, desc: torch.Tensor, finite: bool = False,
+                   affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
         """True when no pixel needs masking: one reduction pass (a NaN/inf makes the sum non-finite),
-        skipped when the caller already knows every value is ``finite``."""
+        skipped when the caller already knows every value is ``finite``. ``affine``: ``x`` holds
+        unscaled stored values, physical = x · scale + offset (for the thermal fill-value test)."""
         if not finite and not bool(torch.isfinite(x.sum())):
             return False
         th = torch.nonzero(desc[:, 4] > 0.5).flatten()
-        return th.numel() == 0 or bool((x[:, th] > 100.0).all())
+        if th.numel() == 0:
+            return True
+        t = x[:, th]
+        if affine is not None:
+            t = t * affine[0][th].view(1, -1, 1, 1) + affine[1][th].view(1, -1, 1, 1)
+        return bool((t > 100.0).all())
 
-    def _pool(self, x: torch.Tensor, desc: torch.Tensor, fast: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _pool(self, x: torch.Tensor, desc: torch.Tensor, fast: bool,
+              affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage A (per pixel): 4×4 sums of normalised values (zero where invalid) and valid
-        fractions (None when ``fast``: every pixel valid)."""
+        fractions (None when ``fast``: every pixel valid). ``affine`` (only with ``fast``): ``x``
+        holds unscaled stored values; their scale and offset are applied to the 16× fewer means."""
         if fast:
-            scale, offset = band_affine(desc)
+            scale, offset = _compose(desc, affine)
             return _mean4(x).mul_(scale.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1)), None
+        if affine is not None:
+            raise ValueError("unscaled stored values need the fast path (no pixel to mask)")
         v, m = normalise_inputs(x, desc)
         return _mean4(v), _mean4(m)
 
@@ -279,14 +307,18 @@ class CloudNet(nn.Module):
         return self.fuse4(up8).contiguous()  # the head slices it by rows: channels-first
 
     def _head(self, x: torch.Tensor, desc: torch.Tensor, a4: torch.Tensor, fw: tuple[torch.Tensor, torch.Tensor],
-              fast: bool, cols: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              fast: bool, cols: tuple[int, int] | None = None,
+              affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage C (per pixel, full resolution) for rows matching ``a4`` (x rows = 4 × a4 rows).
 
         ``cols`` = (c0, c1): ``a4`` covers only columns c0:c1 of ``x`` (c1 − c0 = 4 × its width).
+        ``affine`` (only with ``fast``): ``x`` holds unscaled stored values (folded into the weights).
         Returns logits and, when some pixel needed masking, the any-band-valid map.
         """
+        if not fast and affine is not None:
+            raise ValueError("unscaled stored values need the fast path (no pixel to mask)")
         if fast:  # no invalid pixel: fold the thermal affine and the constant denominator into the weights
-            scale, offset = band_affine(desc)
+            scale, offset = _compose(desc, affine)
             wv, wm = fw
             wv = wv / wm.sum()
             # the mixture runs on whole rows (a plain product, where a column slice would be copied
@@ -316,6 +348,19 @@ class CloudNet(nn.Module):
         a4 = self._context(v4, m4, desc, emb)
         logits, _ = self._head(x, desc, a4, self.fine.weights(emb), fast=False)
         return logits[:, :, :h, :w]
+
+    def _stored_chunk(self, xs: torch.Tensor, desc: torch.Tensor, stored: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                      finite: bool, buf: torch.Tensor | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """A row chunk of stored values for the pooling or the head: unscaled float32 values and
+        their (scale, offset) when no pixel needs masking (the next linear step applies them), else
+        physical values (NaN at nodata) and None."""
+        if finite or _nodata_free(xs, *stored):
+            xf = stored_to_float(xs, buf)
+            if self._all_valid(xf, desc, True, stored[:2]):
+                return xf, (stored[0], stored[1])
+            # a thermal fill value: physical values (the same float operations as stored_to_physical)
+            return xf.mul_(stored[0].view(1, -1, 1, 1)).add_(stored[1].view(1, -1, 1, 1)), None
+        return stored_to_physical(xs, *stored, mask=True, buffer=buf), None
 
     @torch.inference_mode()
     def predict_proba(self, x: torch.Tensor, desc: torch.Tensor, chunk: int = 64,
@@ -353,11 +398,11 @@ class CloudNet(nn.Module):
                                                         dtype=torch.float32)
         pooled = []
         for r in range(0, rows, chunk):
-            xs, clean = x[..., r : r + chunk, :], finite
+            xs, clean, affine = x[..., r : r + chunk, :], finite, None
             if stored is not None:  # a chunk free of nodata values needs neither masking nor a NaN scan
-                clean = finite or _nodata_free(xs, *stored)
-                xs = stored_to_physical(xs, *stored, mask=not clean, buffer=buf)
-            pooled.append(self._pool(xs, desc, self._all_valid(xs, desc, clean)))
+                xs, affine = self._stored_chunk(xs, desc, stored, finite, buf)
+                clean = False  # physical values here: nodata (NaN) or a thermal fill value
+            pooled.append(self._pool(xs, desc, affine is not None or self._all_valid(xs, desc, clean), affine))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
         m4 = None if all(m is None for _, m in pooled) else torch.cat(
@@ -379,11 +424,9 @@ class CloudNet(nn.Module):
                 fast = self._all_valid(xs[..., cols[0] : cols[1]], desc, finite)
                 logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, cols)
             else:  # convert only the columns the head reads
-                xs = xs[..., cols[0] : cols[1]]
-                clean = finite or _nodata_free(xs, *stored)
-                xs = stored_to_physical(xs, *stored, mask=not clean, buffer=buf)
-                fast = self._all_valid(xs, desc, clean)
-                logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, None)
+                xs, affine = self._stored_chunk(xs[..., cols[0] : cols[1]], desc, stored, finite, buf)
+                fast = affine is not None or self._all_valid(xs, desc, False)
+                logits, valid = self._head(xs, desc, a4[..., lo:hi, :], fw, fast, None, affine)
             off = r - lo * 4
             n_rows = min(chunk, y1 - r)
             prob = torch.softmax(logits[:, :, off : off + n_rows, coff : coff + x1 - x0], dim=1)
