@@ -113,6 +113,50 @@ def test_a_model_leaving_nan_at_nodata_does_not_poison_the_blend(s2_desc):
     assert (cls[40:50, 30:70] == NODATA).all() and (cls[:40] == 1).all()
 
 
+@pytest.mark.parametrize("edges", [(False, False, False, False), (True, False, True, False), (False, True, False, True)])
+def test_a_one_window_block_is_written_as_the_window_weighted(s2_desc, edges):
+    """A block holding one window (the default) assigns its weighted part instead of adding it into
+    zeros: the same values as the general accumulation, zeros outside the weighted part and outside
+    the scene, and an all-nodata block (a 100 × 120 window with 16 px of context and 8 of feather)."""
+    from cloudmask.tiles import _predict_block, feather_weights
+
+    class Pixelwise:  # each pixel's output from its own values: the same in any window
+        halo = 16
+
+        def predict_proba_batch(self, x, d, region=None):
+            b, _, h, w = x.shape
+            p = np.empty((b, 4, h, w), dtype="float32")
+            p[:, 0] = 0.5 * x[:, 0]
+            p[:, 1] = 0.5 * x[:, 1]
+            p[:, 2] = 0.05
+            p[:, 3] = 1.0 - p[:, :3].sum(1)
+            y0, y1, x0, x1 = region if region is not None else (0, h, 0, w)
+            return p[:, :, y0:y1, x0:x1]
+
+    plan = plan_tiles(TileOptions(tile_size=100, overlap=24), 16)
+    assert (plan.context, plan.feather) == (16, 8)
+    d = plan.depth
+    x = random_reflectance(13, 68 + 2 * d, 88 + 2 * d, seed=5)  # core 68 × 88: one window
+    x[:, 30:34, 40:44] = np.nan
+    acc = _predict_block(x, Pixelwise(), s2_desc, plan, 1, edges)
+    eh, ew = x.shape[1:]
+    top, bottom, left, right = (d * e for e in edges)
+    want = np.zeros_like(acc)
+    wy, wx = feather_weights(68, 16, 8), feather_weights(88, 16, 8)
+    w2 = np.outer(wy, wx)
+    inside = np.zeros((eh, ew), bool)
+    inside[top : eh - bottom, left : ew - right] = True
+    valid = inside & np.isfinite(x).all(0)
+    p = Pixelwise().predict_proba_batch(x[None], s2_desc)[0]
+    want[:3] = np.where(inside, np.nan_to_num(p[:3] * w2), 0.0)  # a NaN output counts as 0
+    want[3] = np.where(valid, w2, -w2)  # weight signed by validity (outside the scene: invalid)
+    np.testing.assert_allclose(acc, want, atol=1e-6)
+    assert (acc[:, :16] == 0).all() and (acc[:, :, -16:] == 0).all()  # unweighted margins
+    empty = np.full_like(x, np.nan)
+    out = _predict_block(empty, Pixelwise(), s2_desc, plan, 1, edges)
+    assert (out[:3] == 0).all() and (out[3] <= 0).all()
+
+
 def test_class_argmax_equals_numpy_ties_included():
     from cloudmask.tiles import _argmax_classes
 
