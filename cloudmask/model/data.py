@@ -256,8 +256,8 @@ class ReusingSource:
     """Hands out each batch of ``inner`` ``times`` times: as drawn, then under a fresh random
     rotation/flip (the training loop jitters every use anew).
 
-    Why: on a GPU the simulator, not the network, sets the pace (a few hundred tiles per second
-    from 14 processes), so each simulated scene is worth more than one step. Resuming restarts
+    Why: on a GPU the simulator, not the network, sets the pace (~60–120 tiles per second from
+    14 processes), so each simulated scene is worth more than one step. Resuming restarts
     at a fresh batch, so a resumed run with ``times`` > 1 is not bit-identical to an unbroken one.
     """
 

@@ -399,9 +399,9 @@ class CloudNet(nn.Module):
         pooled = []
         for r in range(0, rows, chunk):
             xs, clean, affine = x[..., r : r + chunk, :], finite, None
-            if stored is not None:  # a chunk free of nodata values needs neither masking nor a NaN scan
+            if stored is not None:  # unscaled values with their affine, or physical ones to mask
                 xs, affine = self._stored_chunk(xs, desc, stored, finite, buf)
-                clean = False  # physical values here: nodata (NaN) or a thermal fill value
+                clean = False  # physical values come back only for a nodata (NaN) or thermal fill value
             pooled.append(self._pool(xs, desc, affine is not None or self._all_valid(xs, desc, clean), affine))
         v4 = torch.cat([p[0] for p in pooled], dim=-2)
         # every chunk valid: the context skips its masking (m4 None), with the same result
