@@ -314,3 +314,40 @@ def test_evaluate_sets_with_matching_reports_both_shadow_scores_from_one_inferen
         prob = net.predict_proba(torch.from_numpy(x[None]), torch.from_numpy(dd))[0].numpy()
         cm += confusion(match_shadows(prob, prob.argmax(0).astype("uint8")), y)
     assert both["shadow_f1"] == scores(cm, shadow=True)["shadow_f1"]
+
+
+def test_four_band_indices_pick_blue_green_red_nir_by_descriptor() -> None:
+    from cloudmask.model.data import four_band_indices, sensor_bands
+
+    s2 = sensor_bands("sentinel2")
+    d = np.stack([b.descriptor() for b in s2])
+    assert [s2[i].name for i in four_band_indices(d)] == ["B02", "B03", "B04", "B08"]
+    perm = np.random.default_rng(0).permutation(len(s2))  # any order: the same bands
+    assert sorted(s2[perm[i]].name for i in four_band_indices(d[perm])) == ["B02", "B03", "B04", "B08"]
+    no_red = np.stack([b.descriptor() for b in s2 if b.name != "B04"])
+    assert four_band_indices(no_red) is None  # B05 (0.705 µm) is too far from red
+    thermal = d[[1, 2, 3]].copy()
+    thermal = np.vstack([thermal, [0.82, 0.84, 0.86, 0.02, 1.0]])  # a "NIR" flagged thermal does not count
+    assert four_band_indices(thermal) is None
+
+
+def test_four_band_validation_sets_and_their_part_in_selection(tmp_path: Path) -> None:
+    from cloudmask.model.train import _selection_score, train, with_four_band_sets
+
+    rng = np.random.default_rng(1)
+    s2 = get_sensor("sentinel2")
+    d13 = s2.descriptors()
+    x = rng.random((13, 8, 8)).astype("float32")
+    y = np.zeros((8, 8), "uint8")
+    sets = with_four_band_sets({"sim_sentinel2": [(x, y, d13, True)], "real_cloudsen12": [(x[[1, 2, 3, 7]], y, d13[[1, 2, 3, 7]], True)]})
+    assert set(sets) == {"sim_sentinel2", "sim_sentinel2_4band", "real_cloudsen12"}  # 4-band sets stay as they are
+    x4, _, d4, _ = sets["sim_sentinel2_4band"][0]
+    np.testing.assert_array_equal(x4, x[[1, 2, 3, 7]])
+    np.testing.assert_array_equal(d4, d13[[1, 2, 3, 7]])
+    m = {k: {"cloud_f1": v, "shadow_f1": 0.0} for k, v in
+         [("sim_a", 90.0), ("sim_a_4band", 60.0), ("real_l8biome", 90.0), ("real_l8biome_4band", 60.0), ("real_ukis", 0.0)]}
+    assert _selection_score(m) == 75.0  # the 4-band sets count, the other held-out sets do not
+    out = tmp_path / "v"
+    train(load_config(None, [f"out={out}", *TINY_RUN, "train.steps=1", "val.four_bands=true"]))
+    val = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val"]
+    assert {"sim_sentinel2_4band", "sim_landsat8_4band"} <= set(val)

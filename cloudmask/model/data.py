@@ -414,6 +414,21 @@ class RealSource:
         return Batch(np.stack(xs), np.stack(ys), desc, np.array(th), np.array(sh), "real")
 
 
+def four_band_indices(desc: np.ndarray) -> list[int] | None:
+    """Indices of the bands nearest blue, green, red and NIR (0.49, 0.56, 0.665, 0.84 µm centres,
+    each within 0.03 µm of it; a reflective band), or None when one is missing. By descriptor, so
+    it works for any band set, registry names or not."""
+    out: list[int] = []
+    centre, thermal = desc[:, 1], desc[:, 4] > 0.5
+    for target in (0.49, 0.56, 0.665, 0.84):
+        dist = np.where(thermal, np.inf, np.abs(centre - target))
+        i = int(np.argmin(dist))
+        if dist[i] > 0.03 or i in out:
+            return None
+        out.append(i)
+    return out
+
+
 def replace_bands(tile: RealTile, keep: Sequence[str]) -> RealTile:
     """The tile restricted to the named bands (common names), e.g. blue/green/red/nir."""
     idx = [i for i, b in enumerate(tile.bands) if (b.common_name or b.name) in keep or b.name in keep]

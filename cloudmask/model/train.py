@@ -21,7 +21,10 @@ import torch.nn.functional as F
 import yaml
 
 from cloudmask.errors import UsageError
-from cloudmask.model.data import Batch, PooledSimSource, RealSource, RealTile, ReusingSource, SimSource, get_simulator, jitter, load_real_tiles, sensor_bands
+from cloudmask.model.data import (
+    Batch, PooledSimSource, RealSource, RealTile, ReusingSource, SimSource, four_band_indices, get_simulator, jitter, load_real_tiles,
+    sensor_bands,
+)
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import save_weights
 from cloudmask.shadows import match_shadows
@@ -67,7 +70,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "schedule": "steps",  # "steps": cosine over train.steps; "time": cosine over max(step, time) progress
         "ema": 0.0,  # >0: validate and save an exponential moving average of the weights with this decay
     },
-    "val": {"sensors": ["sentinel2", "landsat8"], "scenes": 6, "size": 192, "seed": 12345},
+    # four_bands: also validate every set on its blue/green/red/NIR bands alone ("<set>_4band"), and
+    # select checkpoints on those of the simulated sets and l8biome val too (the 4-band target)
+    "val": {"sensors": ["sentinel2", "landsat8"], "scenes": 6, "size": 192, "seed": 12345, "four_bands": False},
 }
 
 
@@ -253,20 +258,38 @@ def sim_val_sets(cfg: dict[str, Any]) -> dict[str, list[tuple[np.ndarray, np.nda
         d = np.stack([b.descriptor() for b in bands])
         sets[f"sim_{s}"] = [(*sim(bands, int(vcfg["size"]), rng), d, True) for _ in range(int(vcfg["scenes"]))]
         sets[f"sim_{s}"] = [(x.astype("float32"), y, dd, sh) for x, y, dd, sh in sets[f"sim_{s}"]]
-    return sets
+    return with_four_band_sets(sets) if vcfg.get("four_bands") else sets
 
 
-def real_val_sets(tiles: list[RealTile]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
+def real_val_sets(tiles: list[RealTile], four_bands: bool = False) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
     sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]] = {}
     for t in tiles:
         key = "real_" + t.name.split("/")[0]
         sets.setdefault(key, []).append((t.x, t.y, t.desc, t.shadow))
-    return sets
+    return with_four_band_sets(sets) if four_bands else sets
+
+
+def with_four_band_sets(sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
+    """``sets`` plus ``<name>_4band``: each tile on its blue/green/red/NIR bands alone, for the sets
+    with more than 4 bands that have all four (:func:`four_band_indices`)."""
+    out = dict(sets)
+    for name, tiles in sets.items():
+        four = []
+        for x, y, d, sh in tiles:
+            idx = four_band_indices(d)
+            if idx is None or len(d) <= 4:
+                break
+            four.append((x[idx], y, d[idx], sh))
+        else:
+            if four:
+                out[f"{name}_4band"] = four
+    return out
 
 
 def _selection_score(metrics: dict[str, dict[str, float]]) -> float:
-    """Checkpoint selection: simulated sets and the l8biome val split (not the other held-out sets)."""
-    keys = [k for k in metrics if k.startswith("sim_") or k == "real_l8biome"]
+    """Checkpoint selection: simulated sets and the l8biome val split (not the other held-out sets),
+    with their 4-band versions when validated (``val.four_bands``)."""
+    keys = [k for k in metrics if k.startswith("sim_") or k in ("real_l8biome", "real_l8biome_4band")]
     vals = [metrics[k]["cloud_f1"] + 0.5 * metrics[k].get("shadow_f1", 0.0) for k in keys]
     return float(np.mean(vals)) if vals else 0.0
 
@@ -329,7 +352,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     if rcfg.get("root"):
         train_tiles = load_real_tiles(rcfg["root"], rcfg["train"], fix_band_order=bool(rcfg["fix_band_order"]))
         real_src = RealSource(train_tiles, dcfg, rng_real)
-        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"]))))
+        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"])),
+                                      bool(cfg["val"].get("four_bands"))))
         overlap = {t.name for t in train_tiles} & {n for n in rcfg["val"]}
         if overlap:
             raise UsageError(f"validation tiles also in training: {sorted(overlap)}")
