@@ -331,8 +331,10 @@ class RealTile:
 def load_real_tiles(root: str | Path, patterns: Sequence[str], mapping: str = "cloudmask", fix_band_order: bool = True) -> list[RealTile]:
     """Read manifest entries whose image path matches any glob in ``patterns``."""
     import fnmatch
+    import warnings
 
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
     root = Path(root)
     manifest = root / "manifest.json"
@@ -350,12 +352,14 @@ def load_real_tiles(root: str | Path, patterns: Sequence[str], mapping: str = "c
                     names = [swap.get(n, n) for n in names]
         sensor = get_sensor(e["sensor"])
         bands = [sensor.band(n) for n in names]
-        with rasterio.open(root / e["image"]) as src:
-            x = src.read().astype("float32")
-            if src.nodata is not None:
-                x[x == src.nodata] = np.nan
-        with rasterio.open(root / e["label"]) as src:
-            y = map_labels(src.read(1), mapping)
+        with warnings.catch_warnings():  # dataset crops often carry no georeferencing: irrelevant here
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(root / e["image"]) as src:
+                x = src.read().astype("float32")
+                if src.nodata is not None:
+                    x[x == src.nodata] = np.nan
+            with rasterio.open(root / e["label"]) as src:
+                y = map_labels(src.read(1), mapping)
         lab = e.get("labelled", {})
         shadow = bool(lab.get("shadow", True)) and not shadow_label_missing(y)
         tiles.append(RealTile(e["image"], x, y, bands, bool(lab.get("thin", True)), shadow))
