@@ -205,15 +205,7 @@ def _predict_block(
     # each window is its core plus ``d`` px all round, so no window is padded past the block.
     min_core = max(2 * plan.feather, 1)
     ys, xs = even_split(h, t, min_core), even_split(w, t, min_core)
-    c = plan.context
-    # One window per block (the default): its weighted part is written once, so it is assigned
-    # rather than added into zeros, and only the unweighted margins are zeroed.
-    single = len(ys) == 1 and len(xs) == 1
-    if single:
-        acc = np.empty((_CHANNELS, eh, ew), dtype="float32")
-        acc[:, :c], acc[:, eh - c :], acc[:, c : eh - c, :c], acc[:, c : eh - c, ew - c :] = 0.0, 0.0, 0.0, 0.0
-    else:
-        acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
+    acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
     valid = np.zeros((eh, ew), dtype=bool)
     x = block if stored is not None else block.astype("float32", copy=False)
     inside = x[:, in_y0:in_y1, in_x0:in_x1]
@@ -232,6 +224,7 @@ def _predict_block(
     # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
     # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
     # alone, so its full-resolution work shrinks by ~45 % of the window's area.
+    c = plan.context
     weights: dict[tuple[int, int], np.ndarray] = {}
     # windows grouped by (cut window box, output box) relative to the window origin, so that a
     # batch stacks windows of one shape
@@ -245,22 +238,14 @@ def _predict_block(
                 weights[cy, cx] = full[c : wy - c, c : wx - c]
             w2 = weights[cy, cx]
             inner = valid[y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
-            signed = np.where(inner, w2, -w2)
-            if single:
-                acc[_W, c : wy - c, c : wx - c] = signed
-            else:
-                acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += signed
+            acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.where(inner, w2, -w2)
+            if not inner.any():  # no valid pixel where the window carries weight: all nodata there
+                continue
             # the window cut to the scene, and the weighted part of it that is scene
             ya, yb = max(0, in_y0 - y0), min(wy, in_y1 - y0)
             xa, xb = max(0, in_x0 - x0), min(wx, in_x1 - x0)
             oy0, oy1 = max(c, ya), min(wy - c, yb)
             ox0, ox1 = max(c, xa), min(wx - c, xb)
-            if single and ((oy0, oy1, ox0, ox1) != (c, wy - c, c, wx - c) or not inner.any()):
-                # the model's output will not cover the whole weighted part: zeros, then added
-                acc[:_W, c : wy - c, c : wx - c] = 0.0
-                single = False
-            if not inner.any():  # no valid pixel where the window carries weight: all nodata there
-                continue
             groups.setdefault((cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), []).append((y0, x0))
     region = _accepts(predictor, "region")
     hint: dict[str, Any] = {"finite": True} if all_finite and _accepts(predictor, "finite") else {}
@@ -284,16 +269,10 @@ def _predict_block(
             if proba.shape != (len(group), N_CLASSES, oy1 - oy0, ox1 - ox0):
                 raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, oy1 - oy0, ox1 - ox0)}")
             for (y0, x0), p in zip(group, proba):
-                dst = acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1]
-                if single:  # the window's whole weighted part: written, not added
-                    np.multiply(p[:_W], w2, out=dst)
-                    p3 = dst
-                else:
-                    p3 = p[:_W] * w2  # one temporary (the model's array is not ours)
+                p3 = p[:_W] * w2  # one temporary (the model's array is not ours)
                 if not np.isfinite(p3.sum()):  # a model that leaves NaN at nodata (one pass to find out)
                     np.nan_to_num(p3, copy=False)
-                if not single:
-                    dst += p3
+                acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += p3
     return acc
 
 

@@ -114,10 +114,10 @@ def test_a_model_leaving_nan_at_nodata_does_not_poison_the_blend(s2_desc):
 
 
 @pytest.mark.parametrize("edges", [(False, False, False, False), (True, False, True, False), (False, True, False, True)])
-def test_a_one_window_block_is_written_as_the_window_weighted(s2_desc, edges):
-    """A block holding one window (the default) assigns its weighted part instead of adding it into
-    zeros: the same values as the general accumulation, zeros outside the weighted part and outside
-    the scene, and an all-nodata block (a 100 × 120 window with 16 px of context and 8 of feather)."""
+def test_a_one_window_block_holds_the_window_weighted(s2_desc, edges):
+    """A block holding one window (the default): the model's output times the feather weights, the
+    weight signed by validity, zeros in the unweighted margins and outside the scene, and an
+    all-nodata block (a 116 × 136 window with 16 px of context and 8 of feather)."""
     from cloudmask.tiles import _predict_block, feather_weights
 
     class Pixelwise:  # each pixel's output from its own values: the same in any window

@@ -252,6 +252,16 @@ class PooledSimSource:
         self._pool.join()
 
 
+def random_dihedral(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and labels under one random rotation by a multiple of 90° and an optional flip of
+    their last two (spatial) axes, as views."""
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    if rng.random() < 0.5:
+        x, y = x[..., ::-1], y[..., ::-1]
+    return x, y
+
+
 class ReusingSource:
     """Hands out each batch of ``inner`` ``times`` times: as drawn, then under a fresh random
     rotation/flip (the training loop jitters every use anew).
@@ -277,11 +287,8 @@ class ReusingSource:
             self._held, self._left = self.inner.batch(batch_size, size), self.times - 1
             return self._held
         self._left -= 1
-        b, k = self._held, int(self.rng.integers(4))
-        x, y = np.rot90(b.x, k, axes=(2, 3)), np.rot90(b.y, k, axes=(1, 2))
-        if self.rng.random() < 0.5:
-            x, y = x[..., ::-1], y[..., ::-1]
-        return replace(b, x=np.ascontiguousarray(x), y=np.ascontiguousarray(y))
+        x, y = random_dihedral(self._held.x, self._held.y, self.rng)
+        return replace(self._held, x=np.ascontiguousarray(x), y=np.ascontiguousarray(y))
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -403,10 +410,7 @@ class RealSource:
             s = min(size, h, w)
             r, c = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
             x, y = t.x[idx, r : r + s, c : c + s], t.y[r : r + s, c : c + s]
-            k = int(rng.integers(4))
-            x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
-            if rng.random() < 0.5:
-                x, y = x[:, :, ::-1], y[:, ::-1]
+            x, y = random_dihedral(x, y, rng)
             if s < size:
                 x = np.pad(x, ((0, 0), (0, size - s), (0, size - s)), constant_values=np.nan)
                 y = np.pad(y, ((0, size - s), (0, size - s)), constant_values=IGNORE)
@@ -431,9 +435,3 @@ def four_band_indices(desc: np.ndarray) -> list[int] | None:
             return None
         out.append(i)
     return out
-
-
-def replace_bands(tile: RealTile, keep: Sequence[str]) -> RealTile:
-    """The tile restricted to the named bands (common names), e.g. blue/green/red/nir."""
-    idx = [i for i, b in enumerate(tile.bands) if (b.common_name or b.name) in keep or b.name in keep]
-    return replace(tile, x=tile.x[idx], bands=[tile.bands[i] for i in idx])

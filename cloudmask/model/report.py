@@ -19,20 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloudmask.model.data import RealTile, load_real_tiles, replace_bands
+from cloudmask.model.data import RealTile, four_band_indices, load_real_tiles
 from cloudmask.model.predictor import load_model
 from cloudmask.model.train import evaluate_sets
 
 VAL_PATTERNS = {"l8biome val": ["l8biome/val_*"], "ukis landsat5": ["ukis/*"], "cloudsen12 (S2)": ["cloudsen12/*"]}
-FOUR = ("blue", "green", "red", "nir", "nir08")
 
 
 def _sets(tiles: list[RealTile], mode: str, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
     out = []
     for t in tiles:
-        if mode == "4 bands":
-            t = replace_bands(t, FOUR)
         x, d = t.x, t.desc
+        if mode == "4 bands":
+            idx = four_band_indices(d)
+            if idx is None:
+                raise ValueError(f"{t.name}: no blue, green, red and NIR bands")
+            x, d = x[idx], d[idx]
         if mode == "shuffled":
             perm = rng.permutation(len(t.bands))
             x, d = x[perm], d[perm]

@@ -258,15 +258,15 @@ def sim_val_sets(cfg: dict[str, Any]) -> dict[str, list[tuple[np.ndarray, np.nda
         d = np.stack([b.descriptor() for b in bands])
         sets[f"sim_{s}"] = [(*sim(bands, int(vcfg["size"]), rng), d, True) for _ in range(int(vcfg["scenes"]))]
         sets[f"sim_{s}"] = [(x.astype("float32"), y, dd, sh) for x, y, dd, sh in sets[f"sim_{s}"]]
-    return with_four_band_sets(sets) if vcfg.get("four_bands") else sets
+    return sets
 
 
-def real_val_sets(tiles: list[RealTile], four_bands: bool = False) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
+def real_val_sets(tiles: list[RealTile]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
     sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]] = {}
     for t in tiles:
         key = "real_" + t.name.split("/")[0]
         sets.setdefault(key, []).append((t.x, t.y, t.desc, t.shadow))
-    return with_four_band_sets(sets) if four_bands else sets
+    return sets
 
 
 def with_four_band_sets(sets: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]]:
@@ -352,11 +352,12 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     if rcfg.get("root"):
         train_tiles = load_real_tiles(rcfg["root"], rcfg["train"], fix_band_order=bool(rcfg["fix_band_order"]))
         real_src = RealSource(train_tiles, dcfg, rng_real)
-        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"])),
-                                      bool(cfg["val"].get("four_bands"))))
+        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"]))))
         overlap = {t.name for t in train_tiles} & {n for n in rcfg["val"]}
         if overlap:
             raise UsageError(f"validation tiles also in training: {sorted(overlap)}")
+    if cfg["val"].get("four_bands"):
+        val_sets = with_four_band_sets(val_sets)
 
     start, best, best_metrics = 0, -1.0, {}
     ckpt = out / "last.pt"
