@@ -66,6 +66,7 @@ class MaskOptions:
     dilate: int = 0
     binary: bool = False
     shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
+    shadow_boost: float = ShadowOptions.boost  # its strength: in the zone P(shadow) counts (1 + boost)×
     overwrite: bool = False
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
     device: str = "auto"  # where the model runs locally: cpu, cuda, cuda:N, auto (CUDA if torch sees one)
@@ -76,6 +77,8 @@ class MaskOptions:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.dilate < 0:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
+        if not self.shadow_boost >= 0.0:
+            raise UsageError(f"--shadow-boost must be zero or positive, got {self.shadow_boost}")
         from cloudmask.model.predictor import resolve_device
 
         resolve_device(self.device)  # a GPU torch cannot see fails here, before any scene
@@ -461,6 +464,7 @@ def stac_item_for_mask(
         "cloudmask:options": {
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
             "shadow_matching": bool(options.shadow_matching and not options.binary),
+            "shadow_boost": options.shadow_boost,
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),
@@ -571,7 +575,8 @@ def mask_scene(
             **grid,
         )
         sinks = [mask_sink]
-        shadows = ShadowOptions() if options.shadow_matching and not options.binary else None
+        shadows = (ShadowOptions(boost=options.shadow_boost) if options.shadow_matching and not options.binary
+                   else None)
         scratch = None
         if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
             scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True, **grid)

@@ -16,7 +16,7 @@ import rasterio
 
 from cloudmask import cog
 from cloudmask import mask as mask_mod
-from cloudmask.errors import OutputError, SceneError
+from cloudmask.errors import OutputError, SceneError, UsageError
 from cloudmask.mask import MaskOptions, OutputPaths, expand_inputs, mask_many, mask_scene, output_for
 from cloudmask.model import Predictor
 from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster
@@ -349,3 +349,14 @@ def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
     assert not (out[False] == 3).any()
     assert (out[True][shadow] == 3).mean() > 0.9 and not (out[True][decoy] == 3).any()
     assert (out[True][cloud] == 1).all()
+    # boost 0: a clear pixel would need P(shadow) > P(clear), which its class already rules out
+    dst = tmp_path / "b0" / "s_cloudmask.tif"
+    mask_scene(src, dst, _PointPredictor(), MaskOptions(tiles=SMALL, shadow_boost=0.0))
+    with rasterio.open(dst) as m:
+        np.testing.assert_array_equal(m.read(1), out[False])
+    assert json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:options"]["shadow_boost"] == 0.0
+
+
+def test_negative_shadow_boost_is_a_usage_error():
+    with pytest.raises(UsageError, match="shadow-boost"):
+        MaskOptions(shadow_boost=-1.0).check()

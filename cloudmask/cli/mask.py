@@ -144,6 +144,12 @@ def mask_cmd(
         typer.Option("--shadow-matching/--no-shadow-matching",
                      help="Find more shadows where the scene's clouds cast them (learnt cloud-to-shadow displacement)."),
     ] = True,
+    shadow_boost: Annotated[
+        float,
+        typer.Option("--shadow-boost", min=0.0,
+                     help="Strength of shadow matching: inside the learnt shadow zone a clear pixel turns shadow "
+                          "when (1 + B) x P(shadow) > P(clear). Lower: fewer added shadows; 0: none."),
+    ] = 3.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
     overlap: Annotated[
@@ -182,7 +188,7 @@ def mask_cmd(
         sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        shadow_matching=shadow_matching, overwrite=overwrite, weights=str(weights) if weights else None,
+        shadow_matching=shadow_matching, shadow_boost=shadow_boost, overwrite=overwrite, weights=str(weights) if weights else None,
         device=device,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cloudmask import mask as mask_mod
 from cloudmask.cli.app import app
 from cloudmask.model import Predictor
+from cloudmask.shadows import ShadowOptions
 from cloudmask.testing import random_reflectance, write_raster
 
 runner = CliRunner()
@@ -130,6 +131,21 @@ def test_weights_option_loads_a_user_model_and_rejects_a_corrupt_one(tmp_path):
     res = CliRunner().invoke(app, ["mask", str(scene), "--sensor", "sentinel2", "-o", str(tmp_path / "o"), "--weights", str(bundled), "--json"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "x_cloudmask.tif").exists()
+
+
+@pytest.mark.parametrize("flag, boost", [([], ShadowOptions().boost), (["--shadow-boost", "1.5"], 1.5)])
+def test_shadow_boost_reaches_the_stac_item(tmp_path, flag, boost):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", *flag, *FAST])
+    assert res.exit_code == 0, res.output
+    props = json.loads((tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.json").read_text())["properties"]
+    assert props["cloudmask:options"]["shadow_boost"] == boost
+
+
+def test_negative_shadow_boost_exits_2(tmp_path):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--shadow-boost", "-1", *FAST])
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flag, applied", [([], True), (["--no-shadow-matching"], False), (["--binary"], False)])
