@@ -464,7 +464,7 @@ def stac_item_for_mask(
         "cloudmask:options": {
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
             "shadow_matching": bool(options.shadow_matching and not options.binary),
-            "shadow_boost": options.shadow_boost,
+            "shadow_boost": options.shadow_boost if options.shadow_matching and not options.binary else None,
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),

@@ -155,6 +155,7 @@ def test_shadow_matching_flag_reaches_the_stac_item(tmp_path, flag, applied):
     assert res.exit_code == 0, res.output
     props = json.loads((tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.json").read_text())["properties"]
     assert props["cloudmask:options"]["shadow_matching"] is applied
+    assert (props["cloudmask:options"]["shadow_boost"] is not None) is applied
     assert ("cloudmask:shadow_matching" in props) is applied
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["S2A_MSIL2A_a_cloudmask.json", "S2A_MSIL2A_a_cloudmask.tif"]
 
