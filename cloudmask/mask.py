@@ -71,6 +71,10 @@ class MaskOptions:
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
     device: str = "auto"  # where the model runs locally: cpu, cuda, cuda:N, auto (CUDA if torch sees one)
 
+    def shadow_options(self) -> ShadowOptions | None:
+        """The cloud–shadow matching this run applies, or None (turned off, or ``binary``: no shadow class)."""
+        return ShadowOptions(boost=self.shadow_boost) if self.shadow_matching and not self.binary else None
+
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -434,6 +438,7 @@ def stac_item_for_mask(
     valid = int(counts[:255].sum())
     total = int(counts.sum())
     names = {0: "clear", 1: "cloud"} if options.binary else CLASSES
+    shadows = options.shadow_options()
     fractions = {name: (float(counts[v]) / valid if valid else 0.0) for v, name in names.items()}
     fractions["nodata"] = float(counts[NODATA]) / total if total else 1.0
     cloudy = fractions.get("cloud", fractions.get("thick_cloud", 0.0) + fractions.get("thin_cloud", 0.0))
@@ -463,8 +468,8 @@ def stac_item_for_mask(
         "cloudmask:class_fractions": {k: round(v, 6) for k, v in fractions.items()},
         "cloudmask:options": {
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
-            "shadow_matching": bool(options.shadow_matching and not options.binary),
-            "shadow_boost": options.shadow_boost if options.shadow_matching and not options.binary else None,
+            "shadow_matching": shadows is not None,
+            "shadow_boost": shadows.boost if shadows is not None else None,
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),
@@ -575,8 +580,7 @@ def mask_scene(
             **grid,
         )
         sinks = [mask_sink]
-        shadows = (ShadowOptions(boost=options.shadow_boost) if options.shadow_matching and not options.binary
-                   else None)
+        shadows = options.shadow_options()
         scratch = None
         if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
             scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True, **grid)
