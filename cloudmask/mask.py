@@ -15,7 +15,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
 from cloudmask.scene import Scene, _is_url, read_scene
-from cloudmask.shadows import ShadowMatcher, ShadowOptions
+from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
@@ -67,13 +67,36 @@ class MaskOptions:
     binary: bool = False
     shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
     shadow_boost: float = ShadowOptions.boost  # its strength: in the zone P(shadow) counts (1 + boost)×
+    # the sun's position for matching (degrees; azimuth clockwise from north), or with
+    # ``sun_from_item`` each scene's STAC ``view:sun_azimuth`` / ``view:sun_elevation``; unknown: the
+    # shift is learnt alone (the default: on simulated scenes the sun gained on one set, lost on another)
+    sun_azimuth: float | None = None
+    sun_elevation: float | None = None
+    sun_from_item: bool = False
     overwrite: bool = False
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
     device: str = "auto"  # where the model runs locally: cpu, cuda, cuda:N, auto (CUDA if torch sees one)
 
-    def shadow_options(self) -> ShadowOptions | None:
-        """The cloud–shadow matching this run applies, or None (turned off, or ``binary``: no shadow class)."""
-        return ShadowOptions(boost=self.shadow_boost) if self.shadow_matching and not self.binary else None
+    def shadow_options(self, scene: Scene | None = None) -> ShadowOptions | None:
+        """The cloud–shadow matching this run applies, or None (turned off, or ``binary``: no shadow
+        class); with ``scene``, narrowed to the shifts its sun allows when the sun is known."""
+        if not self.shadow_matching or self.binary:
+            return None
+        opts = ShadowOptions(boost=self.shadow_boost)
+        if scene is not None:
+            azimuth, elevation = self.sun_for(scene)
+            if azimuth is not None:
+                opts = replace(opts, prior=shadow_prior(azimuth, elevation, scene.transform, scene.crs))
+        return opts
+
+    def sun_for(self, scene: Scene) -> tuple[float | None, float | None]:
+        """(azimuth, elevation) for ``scene``: these options' values, else (with ``sun_from_item``) its
+        STAC item's view extension, where a value that is missing, not a number or out of range
+        counts as unknown."""
+        props = ((scene.item or {}).get("properties") or {}) if self.sun_from_item else {}
+        return (self.sun_azimuth if self.sun_azimuth is not None else _angle(props.get("view:sun_azimuth"), 0.0, 360.0),
+                self.sun_elevation if self.sun_elevation is not None
+                else _angle(props.get("view:sun_elevation"), 0.0, 90.0, open_low=True))
 
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
@@ -83,6 +106,10 @@ class MaskOptions:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
         if not self.shadow_boost >= 0.0:
             raise UsageError(f"--shadow-boost must be zero or positive, got {self.shadow_boost}")
+        if self.sun_azimuth is not None and _angle(self.sun_azimuth, 0.0, 360.0) is None:
+            raise UsageError(f"--sun-azimuth must be within 0..360 degrees, got {self.sun_azimuth}")
+        if self.sun_elevation is not None and _angle(self.sun_elevation, 0.0, 90.0, open_low=True) is None:
+            raise UsageError(f"--sun-elevation must be above 0 and at most 90 degrees, got {self.sun_elevation}")
         from cloudmask.model.predictor import resolve_device
 
         resolve_device(self.device)  # a GPU torch cannot see fails here, before any scene
@@ -94,6 +121,17 @@ class MaskOptions:
             from cloudmask.registry import load_registry
 
             load_registry().get_sensor(self.sensor)  # UnknownSensorError with suggestions
+
+
+def _angle(value: Any, low: float, high: float, open_low: bool = False) -> float | None:
+    """``value`` as degrees within [low, high] (or (low, high]), else None (metadata is untrusted)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if (low < v if open_low else low <= v) and v <= high else None
 
 
 @dataclass
@@ -476,6 +514,8 @@ def stac_item_for_mask(
         **({"cloudmask:shadow_matching": {
             "applied": matcher.active, "excess": round(matcher.peak, 4),
             "shift_px": list(matcher.shift) if matcher.active and matcher.shift else None,
+            "sun_azimuth": matcher.opt.prior.sun_azimuth if matcher.opt.prior else None,
+            "sun_elevation": matcher.opt.prior.sun_elevation if matcher.opt.prior else None,
         }} if matcher is not None else {}),
         "proj:shape": [h, w],
         "proj:transform": list(scene.transform)[:6],
@@ -580,7 +620,7 @@ def mask_scene(
             **grid,
         )
         sinks = [mask_sink]
-        shadows = options.shadow_options()
+        shadows = options.shadow_options(scene)
         scratch = None
         if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
             scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True, **grid)

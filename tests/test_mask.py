@@ -317,11 +317,10 @@ def test_stac_item_url_is_read_in_place_with_range_requests(tmp_path, predictor)
     assert _files(tmp_path / "out") == ["item_cloudmask.json", "item_cloudmask.tif"]  # nothing downloaded
 
 
-def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
+def _shadow_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
     """Clouds (bright band 1) each cast a dark patch 14 px down, 22 px left; two dark decoys lie
-    far from any cloud. A per-pixel model is unsure of all dark patches; matching confirms the cast
-    ones only, and no temporary is left beside the mask."""
-    from test_shadows import SHIFT, _disk_mask, _PointPredictor
+    far from any cloud (for :class:`test_shadows._PointPredictor`, unsure of every dark patch)."""
+    from test_shadows import SHIFT, _disk_mask
 
     h, w = 160, 200
     centres = [(40, 70), (60, 150), (100, 110), (120, 60), (30, 180)]
@@ -332,6 +331,15 @@ def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
     refl[0][cloud] = 0.8
     refl[0][shadow | decoy] = 0.05
     src = write_raster(tmp_path / "S2A_MSIL2A_shadows.tif", np.round(refl * 10000 + 1000).astype("uint16"), nodata=0)
+    return src, cloud, shadow, decoy
+
+
+def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
+    """A per-pixel model is unsure of all dark patches; matching confirms the ones the clouds cast
+    only, and no temporary is left beside the mask."""
+    from test_shadows import _PointPredictor
+
+    src, cloud, shadow, decoy = _shadow_scene(tmp_path)
     out = {}
     for matching in (True, False):
         dst = tmp_path / f"m{matching}" / "s_cloudmask.tif"
@@ -355,6 +363,69 @@ def test_shadow_matching_finds_shadows_cast_by_the_scenes_clouds(tmp_path):
     with rasterio.open(dst) as m:
         np.testing.assert_array_equal(m.read(1), out[False])
     assert json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:options"]["shadow_boost"] == 0.0
+
+
+def test_the_suns_position_narrows_shadow_matching_and_is_recorded(tmp_path):
+    """A sun in the north-east casts the scene's shadows (down and left); one in the south-west
+    would cast them up and right, where nothing dark lies, so they are not confirmed."""
+    from test_shadows import SHIFT, _PointPredictor, _azimuth_of
+
+    src, cloud, shadow, decoy = _shadow_scene(tmp_path)
+    sun = _azimuth_of(*SHIFT)
+    for azimuth, hit in ((sun, True), ((sun + 180.0) % 360.0, False)):
+        dst = tmp_path / f"az{azimuth:.0f}" / "s_cloudmask.tif"
+        mask_scene(src, dst, _PointPredictor(), MaskOptions(tiles=SMALL, sun_azimuth=azimuth, sun_elevation=45.0))
+        with rasterio.open(dst) as m:
+            got = m.read(1)
+        assert bool((got[shadow] == 3).mean() > 0.9) is hit
+        assert not (got[decoy] == 3).any()
+        record = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
+        assert record["sun_azimuth"] == pytest.approx(azimuth) and record["sun_elevation"] == 45.0
+
+
+def test_the_sun_comes_from_the_options_else_asked_from_the_scenes_stac_item():
+    from types import SimpleNamespace
+
+    scene = SimpleNamespace(item={"properties": {"view:sun_azimuth": 151.2, "view:sun_elevation": 38.5}})
+    assert MaskOptions().sun_for(scene) == (None, None)  # learnt alone unless asked
+    assert MaskOptions(sun_from_item=True).sun_for(scene) == (151.2, 38.5)
+    assert MaskOptions(sun_azimuth=10.0, sun_from_item=True).sun_for(scene) == (10.0, 38.5)
+    assert MaskOptions(sun_azimuth=10.0).sun_for(scene) == (10.0, None)
+    # untrusted metadata: missing, not a number or out of range counts as unknown
+    for bad in ({}, {"view:sun_azimuth": "east", "view:sun_elevation": -3}, {"view:sun_azimuth": True},
+                {"view:sun_azimuth": float("nan"), "view:sun_elevation": 95}):
+        assert MaskOptions(sun_from_item=True).sun_for(SimpleNamespace(item={"properties": bad})) == (None, None)
+    assert MaskOptions(sun_from_item=True).sun_for(SimpleNamespace(item=None)) == (None, None)
+
+
+def test_sun_from_item_reads_each_scenes_stac_item(tmp_path):
+    """A STAC item (float bands: physical values) whose sun lies on the far side: asked to read it,
+    matching confirms none of the shadows the learnt shift would."""
+    from test_shadows import SHIFT, _PointPredictor, _azimuth_of
+
+    _, cloud, shadow, decoy = _shadow_scene(tmp_path)
+    b02 = np.full(cloud.shape, 0.3, "float32")
+    b02[cloud], b02[shadow | decoy] = 0.8, 0.05
+    for name in ("B02", "B03", "B04", "B8A"):
+        write_raster(tmp_path / f"{name}.tif", (b02 if name == "B02" else np.full_like(b02, 0.3))[None])
+    away = (_azimuth_of(*SHIFT) + 180.0) % 360.0
+    item = write_item(tmp_path / "item.json", stac_item(
+        "S2A_sun", {b: f"{b}.tif" for b in ("B02", "B03", "B04", "B8A")},
+        extra_properties={"view:sun_azimuth": away, "view:sun_elevation": 45.0}))
+    for from_item, hit in ((False, True), (True, False)):
+        dst = tmp_path / f"i{from_item}" / "s_cloudmask.tif"
+        mask_scene(item, dst, _PointPredictor(), MaskOptions(tiles=SMALL, sun_from_item=from_item))
+        with rasterio.open(dst) as m:
+            assert bool((m.read(1)[shadow] == 3).mean() > 0.9) is hit
+        record = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
+        assert record["sun_azimuth"] == (pytest.approx(away) if from_item else None)
+
+
+@pytest.mark.parametrize("opts, flag", [({"sun_azimuth": 360.5}, "sun-azimuth"), ({"sun_azimuth": -1.0}, "sun-azimuth"),
+                                        ({"sun_elevation": 0.0}, "sun-elevation"), ({"sun_elevation": 91.0}, "sun-elevation")])
+def test_a_sun_off_the_sky_is_a_usage_error(opts, flag):
+    with pytest.raises(UsageError, match=flag):
+        MaskOptions(**opts).check()
 
 
 def test_negative_shadow_boost_is_a_usage_error():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rasterio.crs import CRS
+from rasterio.transform import Affine
 
 import cloudmask.shadows as shadows
 from cloudmask.shadows import CANDIDATE, ShadowMatcher, match_shadows
@@ -201,3 +203,78 @@ def test_candidates_are_marked_and_resolved_as_the_rule_says():
     np.testing.assert_array_equal(m.apply(8, marked[8:].copy()), np.where(cand, np.where(z, 3, 0), marked)[8:])
     m.active = False  # the scene showed no pairing: candidates go back to clear
     np.testing.assert_array_equal(m.apply(0, marked.copy()), np.where(cand, 0, marked))
+
+
+# --------------------------------------------------------------------------- the sun's geometry
+
+NORTH_UP = Affine(20.0, 0.0, 500000.0, 0.0, -20.0, 5200000.0)  # 20 m pixels, rows grow southwards
+
+
+def _azimuth_of(dy: float, dx: float) -> float:
+    """The sun azimuth that casts shadows along pixel shift (dy, dx) on a north-up grid."""
+    return float(np.degrees(np.arctan2(-dx, -(-dy))) % 360.0)  # away from the sun: (east, north) = (dx, -dy)
+
+
+@pytest.mark.parametrize("azimuth", [0.0, 45.0, 135.0, 200.0, 300.0])
+def test_the_prior_points_where_the_simulator_casts_shadows(azimuth):
+    """Same convention as the simulator's projection: away from the sun, rows growing southwards."""
+    from cloudmask.simulate.shadows import shadow_offset_px
+
+    prior = shadows.shadow_prior(azimuth, 45.0, NORTH_UP, CRS.from_epsg(32632))
+    dy, dx = shadow_offset_px(3.0, 45.0, azimuth, 20.0)
+    assert prior.direction == pytest.approx((dy / np.hypot(dy, dx), dx / np.hypot(dy, dx)), abs=1e-9)
+    # clouds 0.2-12 km high at 45 degrees: 200-12 000 m away, 10-600 px of 20 m
+    assert prior.reach_px == pytest.approx((10.0, 600.0))
+    assert prior.allows(np.array(dy), np.array(dx)) and not prior.allows(np.array(-dy), np.array(-dx))
+
+
+def test_the_prior_follows_the_grid_and_its_units():
+    utm = CRS.from_epsg(32632)
+    south_up = Affine(20.0, 0.0, 500000.0, 0.0, 20.0, 5000000.0)
+    assert shadows.shadow_prior(0.0, 30.0, south_up, utm).direction == pytest.approx((-1.0, 0.0))  # sun north: shadow south
+    feet = shadows.shadow_prior(0.0, 45.0, Affine(10.0, 0.0, 0.0, 0.0, -10.0, 0.0), CRS.from_epsg(2263))
+    assert feet.reach_px == pytest.approx((200.0 / 3.048006, 12000.0 / 3.048006), rel=1e-6)  # 10 ft pixels
+    # no CRS (an un-georeferenced file, identity transform): north up, no distance bound
+    bare = shadows.shadow_prior(0.0, 30.0, Affine.identity())
+    assert bare.direction == pytest.approx((1.0, 0.0)) and bare.reach_px is None
+    geographic = Affine(0.0002, 0.0, 9.0, 0.0, -0.0002, 46.0)
+    prior = shadows.shadow_prior(90.0, 30.0, geographic, CRS.from_epsg(4326))
+    assert prior.direction == pytest.approx((0.0, -1.0)) and prior.reach_px is None  # direction only
+    with pytest.raises(ValueError, match="azimuth"):
+        shadows.shadow_prior(361.0, 30.0, NORTH_UP)
+    with pytest.raises(ValueError, match="elevation"):
+        shadows.shadow_prior(10.0, 0.0, NORTH_UP)
+
+
+def test_the_sun_keeps_only_shifts_away_from_it():
+    """Stronger dark evidence across the sun direction from every cloud wins the learnt shift and
+    joins its zone; with the sun known, the shadows it casts lead, and a sun on the other side finds
+    only weak chance pairings."""
+    p, cloud, shadow, decoy = _scene(seed=1)
+    wrong = (SHIFT[1] * -2, SHIFT[0] * 2)  # across the sun direction
+    ys, xs = np.nonzero(cloud)
+    fake = np.zeros_like(cloud)
+    fake[np.clip(ys + wrong[0], 0, cloud.shape[0] - 1), np.clip(xs + wrong[1], 0, cloud.shape[1] - 1)] = True
+    fake &= ~cloud & ~shadow
+    p[0][fake], p[3][fake] = 0.55, 0.45
+    cls = classify(p, np.ones(cloud.shape, bool))
+    learnt = ShadowMatcher(*cls.shape)
+    marked = learnt.observe(0, p, cls)
+    learnt.resolve()
+    out = learnt.apply(0, marked)
+    assert learnt.active and np.hypot(learnt.shift[0] - wrong[0], learnt.shift[1] - wrong[1]) <= 8
+    assert (out[fake] == 3).mean() > 0.95
+
+    sun = _azimuth_of(*SHIFT)
+    found = {}
+    for azimuth in (sun, (sun + 180.0) % 360.0):
+        m = ShadowMatcher(*cls.shape, shadows.ShadowOptions(prior=shadows.shadow_prior(azimuth, 45.0, NORTH_UP)))
+        marked = m.observe(0, p, cls)
+        m.resolve()
+        out = m.apply(0, marked)
+        found[azimuth] = (m.peak, m.shift, (out[shadow] == 3).mean(), (out[fake] == 3).mean())
+    peak, shift, hit, fake_hit = found[sun]
+    assert np.hypot(shift[0] - 2 * SHIFT[0], shift[1] - 2 * SHIFT[1]) <= 8
+    assert hit > 0.95 and fake_hit < 0.7  # fakes only where another cloud's zone reaches them
+    peak_away, _, hit_away, _ = found[(sun + 180.0) % 360.0]
+    assert peak_away < 0.3 * peak and hit_away < 0.3

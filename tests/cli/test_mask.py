@@ -148,6 +148,23 @@ def test_negative_shadow_boost_exits_2(tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag, sun", [([], [None, None]), (["--sun-azimuth", "120", "--sun-elevation", "35.5"], [120.0, 35.5]),
+                                       (["--sun-from-item"], [None, None])])  # a GeoTIFF has no item
+def test_the_sun_flags_reach_the_stac_item(tmp_path, flag, sun):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", *flag, *FAST])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.json").read_text())["properties"]["cloudmask:shadow_matching"]
+    assert [record["sun_azimuth"], record["sun_elevation"]] == sun
+
+
+@pytest.mark.parametrize("flag", [["--sun-azimuth", "400"], ["--sun-elevation", "0"], ["--sun-elevation", "-5"]])
+def test_a_sun_off_the_sky_exits_2(tmp_path, flag):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), *flag, *FAST])
+    assert res.exit_code == 2 and "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag, applied", [([], True), (["--no-shadow-matching"], False), (["--binary"], False)])
 def test_shadow_matching_flag_reaches_the_stac_item(tmp_path, flag, applied):
     src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
