@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
-from cloudmask.scene import Scene, _is_url, read_scene
+from cloudmask.scene import Scene, _is_url, is_safe, read_scene
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
@@ -277,7 +277,7 @@ def _scene_stem(source: str) -> str:
         name = Path(urlparse(source).path).name or urlparse(source).netloc
     else:
         name = Path(source).name
-    for suffix in (".json", *_RASTERS):
+    for suffix in (".json", ".safe", *_RASTERS):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -323,9 +323,10 @@ def _is_stac_item_file(path: Path) -> bool:
 
 
 def _walk(root: Path, band_names: set[str]) -> list[str]:
-    """Scenes under a directory tree: band folders (not descended), multi-band rasters, STAC items."""
+    """Scenes under a directory tree: band folders and Sentinel-2 SAFEs (not descended), multi-band
+    rasters, STAC items."""
     found: list[str] = []
-    if is_band_folder(root, band_names):
+    if is_safe(root) or is_band_folder(root, band_names):
         return [str(root)]
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
@@ -335,7 +336,7 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             sub = d / name
             if name.startswith("."):
                 continue
-            if is_band_folder(sub, band_names):
+            if is_safe(sub) or is_band_folder(sub, band_names):
                 found.append(str(sub))
             else:
                 keep.append(name)
@@ -395,7 +396,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
             continue
         p = Path(item)
         if p.is_dir():
-            if is_band_folder(p, band_names):
+            if is_safe(p) or is_band_folder(p, band_names):
                 pairs.append((str(p), None))
                 loose.append(len(pairs) - 1)
             else:

@@ -11,6 +11,9 @@ each layer is. Three input shapes are understood:
   or files named by common name as ``cloudmask fetch`` writes them);
 * a STAC item JSON (path or URL) whose assets are read in place with HTTP range requests.
 
+A Sentinel-2 ``.SAFE`` product folder is read as the band folder inside it (L2A: ``R20m``; L1C:
+``IMG_DATA``), with its product and processing baseline taken from the product name.
+
 Bands at different resolutions are warped lazily (rasterio ``WarpedVRT``) onto one grid.
 """
 
@@ -182,6 +185,8 @@ def read_scene(
     path = Path(src)
     if not path.exists():
         raise SceneError(f"{path}: no such file or directory")
+    if is_safe(path):
+        return _read_safe(path, sensor, bands, product, resolution, registry, chunks)
     if path.is_dir():
         return _read_band_folder(path, sensor, bands, product, resolution, registry, chunks)
     return _read_multiband(path, sensor, bands, product, resolution, registry, chunks)
@@ -422,6 +427,33 @@ def band_file_key(stem: str) -> list[str]:
     if m:
         keys.append(m.group(1))
     return keys
+
+
+def is_safe(path: Path) -> bool:
+    """A Sentinel-2 product folder as ESA distributes it (``S2A_MSIL2A_….SAFE`` with ``GRANULE/``)."""
+    return path.name.upper().endswith(".SAFE") and (path / "GRANULE").is_dir()
+
+
+_SAFE_NAME = re.compile(r"MSI(L1C|L2A)_\d{8}T\d{6}_N(\d{2})(\d{2})_", re.I)
+
+
+def _read_safe(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    """Why: a SAFE holds one scene in up to three band folders (L2A: 10, 20 and 60 m), which a tree
+    walk would mask three times, and its DN offset depends on the baseline in its name."""
+    granules = sorted(g for g in (path / "GRANULE").iterdir() if (g / "IMG_DATA").is_dir())
+    if len(granules) != 1:
+        raise SceneError(f"{path}: expected one granule with IMG_DATA in GRANULE/, found {len(granules)}")
+    img = granules[0] / "IMG_DATA"
+    folder = img / "R20m" if (img / "R20m").is_dir() else img  # L2A keeps every band but B08 at 20 m
+    sensor = resolve_sensor(sensor, registry, path.name, str(path))
+    m = _SAFE_NAME.search(path.name)
+    if product is None and m and sensor.id == "sentinel2":
+        product = m.group(1).lower()
+        if int(m.group(2)) < 4 and f"{product}-pre0400" in sensor.products:  # before 04.00: no +1000 DN offset
+            product = f"{product}-pre0400"
+    scene = _read_band_folder(folder, sensor, bands, product, resolution, registry, chunks)
+    scene.source = str(path)
+    return scene
 
 
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:

@@ -103,3 +103,32 @@ def write_item(path: str | Path, item: dict[str, Any]) -> Path:
     path = Path(path)
     path.write_text(json.dumps(item, indent=1))
     return path
+
+
+#: Band files of the IMG_DATA folders of a Sentinel-2 L2A SAFE, by resolution (plus non-band layers).
+SAFE_L2A_BANDS = {10: ("B02", "B03", "B04", "B08", "TCI"),
+                  20: ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12", "SCL"),
+                  60: ("B01", "B02", "B09")}
+
+
+def write_safe(folder: str | Path, name: str, dn: int = 2000, extent_m: int = 1200) -> Path:
+    """A Sentinel-2 ``.SAFE`` product tree of uniform uint16 GeoTIFF band files (real ones are JPEG 2000).
+
+    ``name`` says the level: ``…MSIL2A…`` gives ``IMG_DATA/R10m``, ``R20m`` and ``R60m`` folders,
+    ``…MSIL1C…`` one ``IMG_DATA`` folder with every band at its native resolution.
+    """
+    safe = Path(folder) / name
+    tile = "T32TMT_20240101T103021"
+    img = safe / "GRANULE" / f"L2A_T32TMT_A000001_{tile[7:]}" / "IMG_DATA"
+    if "MSIL2A" in name.upper():
+        layers = [(img / f"R{res}m", f"{band}_{res}m", res) for res, bands in SAFE_L2A_BANDS.items() for band in bands]
+    else:
+        native = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20,
+                  "B11": 20, "B12": 20, "B01": 60, "B09": 60, "B10": 60, "TCI": 10}
+        layers = [(img, band, res) for band, res in native.items()]
+    for sub, stem, res in layers:
+        sub.mkdir(parents=True, exist_ok=True)
+        n = extent_m // res
+        write_raster(sub / f"{tile}_{stem}.tif", np.full((1, n, n), dn, "uint16"), transform=test_transform(res), nodata=0)
+    (safe / f"MTD_{'MSIL2A' if 'MSIL2A' in name.upper() else 'MSIL1C'}.xml").write_text("<metadata/>\n")
+    return safe

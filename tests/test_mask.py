@@ -19,7 +19,7 @@ from cloudmask import mask as mask_mod
 from cloudmask.errors import OutputError, SceneError, UsageError
 from cloudmask.mask import MaskOptions, OutputPaths, expand_inputs, mask_many, mask_scene, output_for
 from cloudmask.model import Predictor
-from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster
+from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster, write_safe
 from cloudmask.testing import test_transform as grid_transform
 from cloudmask.tiles import TileOptions
 
@@ -222,6 +222,21 @@ def test_unwritable_output_is_reported_per_scene(tmp_path, predictor):
         mask_many([str(src)], blocker / "sub", MaskOptions(tiles=SMALL), predictor)
     with pytest.raises(OutputError):
         mask_scene(src, blocker / "f_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+
+
+def test_a_safe_in_an_archive_is_one_scene_named_after_the_product(tmp_path, predictor):
+    """Its R10m, R20m and R60m band folders would otherwise be masked as three scenes."""
+    name = "S2A_MSIL2A_20240612T103031_N0510_R108_T32TMT_20240612T140342"
+    safe = write_safe(tmp_path / "archive" / "2024", f"{name}.SAFE")
+    loose = _s2(tmp_path / "archive" / "S2A_loose.tif")
+    pairs = expand_inputs([str(tmp_path / "archive")])
+    assert sorted(p for p, _ in pairs) == sorted([str(safe), str(loose)])
+    assert expand_inputs([str(safe)]) == [(str(safe), safe.parent)]
+    results = mask_many([str(tmp_path / "archive")], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+    assert [r.status for r in results] == ["masked", "masked"], [r.message for r in results]
+    assert (tmp_path / "out" / "2024" / f"{name}_cloudmask.tif").exists()
+    with rasterio.open(tmp_path / "out" / "2024" / f"{name}_cloudmask.tif") as m:
+        assert (m.width, m.height, m.transform.a) == (60, 60, 20.0)
 
 
 def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor):

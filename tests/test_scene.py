@@ -7,7 +7,7 @@ import pytest
 
 from cloudmask.errors import BandError, SceneError
 from cloudmask.scene import read_scene
-from cloudmask.testing import random_reflectance, test_transform, write_raster
+from cloudmask.testing import random_reflectance, test_transform, write_raster, write_safe
 
 
 def test_multiband_uint16_is_scaled_with_the_product_offset(s2_l2a_tif):
@@ -88,6 +88,31 @@ def test_band_folder_resampled_to_one_grid(tmp_path):
     assert scene.shape == (60, 60)
     assert [b.name for b in scene.bands] == ["B01", "B02", "B11"]
     assert scene.transform.a == 20
+
+
+L2A_SAFE = "S2A_MSIL2A_20240612T103031_N0510_R108_T32TMT_20240612T140342.SAFE"
+L1C_SAFE = "S2B_MSIL1C_20200612T103029_N0209_R108_T32TMT_20200612T123456.SAFE"
+
+
+def test_a_safe_is_one_scene_from_its_20m_folder_with_its_products_offset(tmp_path):
+    scene = read_scene(write_safe(tmp_path, L2A_SAFE, dn=2000))
+    assert scene.sensor.id == "sentinel2" and scene.product == "l2a" and scene.source.endswith(".SAFE")
+    assert [b.name for b in scene.bands] == ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12"]
+    assert scene.shape == (60, 60) and scene.transform.a == 20
+    np.testing.assert_allclose(scene.data.values, 2000 * 1e-4 - 0.1, rtol=1e-5)  # baseline 05.10: DN - 1000
+
+
+def test_an_old_l1c_safe_reads_every_band_without_the_0400_offset(tmp_path):
+    scene = read_scene(write_safe(tmp_path, L1C_SAFE, dn=2000))
+    assert scene.product == "l1c-pre0400" and len(scene.bands) == 13 and scene.shape == (60, 60)
+    np.testing.assert_allclose(scene.data.values, 2000 * 1e-4, rtol=1e-5)  # baseline 02.09: no offset yet
+    assert read_scene(scene.source, product="l1c").product == "l1c"  # an explicit product wins
+
+
+def test_a_safe_without_one_granule_is_a_clear_error(tmp_path):
+    (tmp_path / L2A_SAFE / "GRANULE").mkdir(parents=True)
+    with pytest.raises(SceneError, match="one granule"):
+        read_scene(tmp_path / L2A_SAFE)
 
 
 def test_empty_folder_and_corrupt_file(tmp_path):
