@@ -925,8 +925,9 @@ class LocalRunner:
             fill()
             while running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    key = running.pop(fut)
+                finished = [(running.pop(fut), fut) for fut in done]
+                fill()  # first: the workers keep busy while the consumer blends what finished
+                for key, fut in finished:
                     yield key, fut.result()
                 fill()
 
