@@ -2,7 +2,7 @@
 
 Why a raw file first: results arrive window by window from Dask, so they are streamed into a plain
 tiled GeoTIFF next to the destination (hidden name, same folder so the final rename is atomic), then
-``rio_cogeo.cog_translate`` builds the overviews and the COG layout, the result is checked with
+GDAL's COG driver builds the overviews and the COG layout, the result is checked with rio-cogeo's
 ``cog_validate``, and only then renamed onto the destination. A crash or a full disk at any point
 leaves the destination untouched and no temporary file behind (a SIGKILL can leave a hidden
 ``.name.*.tmp.tif``, which the next run for that output removes).
@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import secrets
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
-from rio_cogeo.cogeo import cog_translate as _cog_translate
+import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
-from rio_cogeo.profiles import cog_profiles
 
 from cloudmask.errors import OutputError
 
@@ -182,29 +180,39 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
     published together.
     """
     part = temp_path(dst, "cog")
-    profile = cog_profiles.get("deflate")
-    profile.update(blockxsize=BLOCK, blockysize=BLOCK)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _cog_translate(
-                str(raw), str(part), profile, overview_resampling=overview_resampling,
-                in_memory=False, quiet=True, use_cog_driver=False,
-                # runs after the model's workers are done: GDAL may compress and build overviews
-                # on every core (4096² mask: 0.47 → 0.35 s)
-                config={"GDAL_NUM_THREADS": "ALL_CPUS"},
-            )
+        # GDAL's COG driver copies the raw file straight into the COG layout. rio-cogeo's
+        # cog_translate goes through a WarpedVRT whose per-pixel nodata masking cost more than the
+        # rest (8192² mask: 1.8 → 0.7 s, same file). It runs after the model's workers are done, so
+        # it may compress and build overviews on every core. GDAL's own temporaries (overviews) are
+        # named after ``part``, so stale_temps() finds them too.
+        with rasterio.open(raw, "r+") as ds:  # says how the overviews were made (as rio-cogeo does)
+            ds.update_tags(OVERVIEW_RESAMPLING=overview_resampling.upper())
+        _copy_to_cog(raw, part, overview_resampling)
     except (OSError, RasterioError) as exc:
-        remove_quietly(part)
+        _remove_with_gdal_temps(part)
         raise output_error(exc, dst) from None
     except Exception:
-        remove_quietly(part)
+        _remove_with_gdal_temps(part)
         raise
     ok, errors, _ = cog_validate(str(part), quiet=True)
     if not ok:
         remove_quietly(part)
         raise OutputError(f"{dst}: written file is not a valid COG ({'; '.join(errors)})")
     return part
+
+
+def _copy_to_cog(raw: Path, part: Path, overview_resampling: str) -> None:
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        rasterio.shutil.copy(
+            str(raw), str(part), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
+            OVERVIEW_RESAMPLING=overview_resampling.upper(), NUM_THREADS="ALL_CPUS",
+        )
+
+
+def _remove_with_gdal_temps(part: Path) -> None:
+    for p in part.parent.glob(part.name + "*"):  # the COG itself and GDAL's overview temporaries
+        remove_quietly(p)
 
 
 def commit(pairs: Iterable[tuple[Path, Path]]) -> None:

@@ -60,10 +60,12 @@ def test_sink_accepts_windows_and_counts_values(tmp_path):
 
 
 def test_disk_full_during_translate_leaves_nothing(tmp_path, monkeypatch):
-    def full(*args, **kwargs):
+    def full(raw, part, resampling):  # GDAL got part-way: the COG and an overview temporary exist
+        part.write_bytes(b"partial")
+        part.with_name(part.name + ".ovr.tmp").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cog, "_cog_translate", full)
+    monkeypatch.setattr(cog, "_copy_to_cog", full)
     (tmp_path / "m.tif").write_bytes(b"old")  # an existing output stays untouched
     with pytest.raises(OutputError, match="disk full"):
         cog.write_cog(_classes(64, 64), tmp_path / "m.tif", nodata=255)

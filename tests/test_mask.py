@@ -178,16 +178,17 @@ def test_archive_mirrors_tree_skips_bad_scene_and_resumes(tmp_path, predictor):
 def test_disk_full_leaves_nothing_and_a_rerun_completes(tmp_path, predictor, monkeypatch):
     src = _s2(tmp_path / "in" / "S2A_c.tif")
     out = tmp_path / "out"
-    real = cog._cog_translate
+    real = cog._copy_to_cog
 
-    def full(*a, **k):
+    def full(raw, part, resampling):  # GDAL got part-way, then the disk filled up
+        part.write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cog, "_cog_translate", full)
+    monkeypatch.setattr(cog, "_copy_to_cog", full)
     with pytest.raises(OutputError, match="disk full"):
         mask_scene(src, out / "c_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, probabilities=True))
     assert _files(out) == []  # no partial mask, no temporaries, no lock
-    monkeypatch.setattr(cog, "_cog_translate", real)
+    monkeypatch.setattr(cog, "_copy_to_cog", real)
     r = mask_many([str(src)], out, MaskOptions(tiles=SMALL), predictor)
     assert r[0].status == "masked" and _files(out) == ["S2A_c_cloudmask.json", "S2A_c_cloudmask.tif"]
 
