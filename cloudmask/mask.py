@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
-from cloudmask.scene import Scene, _is_url, is_safe, read_scene
+from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, is_safe, read_scene
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
@@ -44,6 +44,8 @@ PROBA_SUFFIX = "_cloudprob.tif"
 ITEM_SUFFIX = "_cloudmask.json"
 _OUR_SUFFIXES = (MASK_SUFFIX, PROBA_SUFFIX, ITEM_SUFFIX)
 _RASTERS = {".tif", ".tiff", ".jp2", ".vrt", ".img"}
+#: Files that hold a scene: rasters and archives of band files (``.SAFE.zip``, Landsat ``.tar``).
+_SCENE_FILES = _RASTERS | set(ARCHIVE_SUFFIXES)
 #: Read granularity: small enough that a window's reads barely exceed the window itself.
 READ_CHUNK = 512
 
@@ -277,10 +279,12 @@ def _scene_stem(source: str) -> str:
         name = Path(urlparse(source).path).name or urlparse(source).netloc
     else:
         name = Path(source).name
-    for suffix in (".json", ".safe", *_RASTERS):
+    for suffix in (".json", *_SCENE_FILES):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
+    if name.lower().endswith(".safe"):  # a SAFE folder, or what remains of a .SAFE.zip
+        name = name[: -len(".safe")]
     return _sanitise(name)
 
 
@@ -345,7 +349,7 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             f = d / name
             if name.startswith(".") or name.endswith(_OUR_SUFFIXES):
                 continue
-            if f.suffix.lower() in _RASTERS or _is_stac_item_file(f):
+            if f.suffix.lower() in _SCENE_FILES or _is_stac_item_file(f):
                 found.append(str(f))
     return found
 
@@ -391,7 +395,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
                     continue
                 if p.is_dir():
                     pairs.extend((s, base) for s in _walk(p, band_names))
-                elif p.suffix.lower() in _RASTERS or p.suffix.lower() == ".json":
+                elif p.suffix.lower() in _SCENE_FILES or p.suffix.lower() == ".json":
                     pairs.append((str(p), base))
             continue
         p = Path(item)

@@ -12,7 +12,8 @@ each layer is. Three input shapes are understood:
 * a STAC item JSON (path or URL) whose assets are read in place with HTTP range requests.
 
 A Sentinel-2 ``.SAFE`` product folder is read as the band folder inside it (L2A: ``R20m``; L1C:
-``IMG_DATA``), with its product and processing baseline taken from the product name.
+``IMG_DATA``), with its product and processing baseline taken from the product name; a ``.zip``
+(ESA's ``.SAFE.zip``) or ``.tar`` (USGS Landsat bundles) is read in place, without extraction.
 
 Bands at different resolutions are warped lazily (rasterio ``WarpedVRT``) onto one grid.
 """
@@ -187,6 +188,8 @@ def read_scene(
         raise SceneError(f"{path}: no such file or directory")
     if is_safe(path):
         return _read_safe(path, sensor, bands, product, resolution, registry, chunks)
+    if is_archive(path):
+        return _read_archive(path, sensor, bands, product, resolution, registry, chunks)
     if path.is_dir():
         return _read_band_folder(path, sensor, bands, product, resolution, registry, chunks)
     return _read_multiband(path, sensor, bands, product, resolution, registry, chunks)
@@ -446,14 +449,78 @@ def _read_safe(path: Path, sensor, bands, product, resolution, registry, chunks)
     img = granules[0] / "IMG_DATA"
     folder = img / "R20m" if (img / "R20m").is_dir() else img  # L2A keeps every band but B08 at 20 m
     sensor = resolve_sensor(sensor, registry, path.name, str(path))
-    m = _SAFE_NAME.search(path.name)
-    if product is None and m and sensor.id == "sentinel2":
-        product = m.group(1).lower()
-        if int(m.group(2)) < 4 and f"{product}-pre0400" in sensor.products:  # before 04.00: no +1000 DN offset
-            product = f"{product}-pre0400"
-    scene = _read_band_folder(folder, sensor, bands, product, resolution, registry, chunks)
+    scene = _read_band_folder(folder, sensor, bands, product or _safe_product(path.name, sensor), resolution,
+                              registry, chunks)
     scene.source = str(path)
     return scene
+
+
+def _safe_product(name: str, sensor: Sensor) -> str | None:
+    """The registry product a SAFE's name says: level, and before baseline 04.00 no +1000 DN offset."""
+    m = _SAFE_NAME.search(name)
+    if not m or sensor.id != "sentinel2":
+        return None
+    product = m.group(1).lower()
+    if int(m.group(2)) < 4 and f"{product}-pre0400" in sensor.products:
+        product = f"{product}-pre0400"
+    return product
+
+
+#: Archives read in place through GDAL's virtual file systems (no extraction): ESA's ``.SAFE.zip``,
+#: USGS's Landsat ``.tar`` bundles.
+ARCHIVE_SUFFIXES = {".zip": "/vsizip/", ".tar": "/vsitar/"}
+
+
+def is_archive(path: Path) -> bool:
+    return path.suffix.lower() in ARCHIVE_SUFFIXES and path.is_file()
+
+
+def _archive_members(path: Path) -> list[str]:
+    """Names of the files in a zip or tar (listing only: nothing is extracted)."""
+    import tarfile
+    import zipfile
+
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as z:
+                return [i.filename for i in z.infolist() if not i.is_dir()]
+        with tarfile.open(path) as t:
+            return [m.name for m in t.getmembers() if m.isfile()]
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise SceneError(f"{path}: cannot read archive ({_one_line(exc)})") from None
+
+
+def _read_archive(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    """One scene from the band files inside a zip or tar. Why in place: a Sentinel-2 SAFE zip or a
+    Landsat bundle is ~1 GB; GDAL reads the bands' blocks straight out of it.
+
+    The folder holding the scene's band files is, in order: a SAFE's ``IMG_DATA/R20m`` (L2A), its
+    ``IMG_DATA`` (L1C), else the folder with the most raster files."""
+    from pathlib import PurePosixPath
+
+    rasters = [PurePosixPath(m) for m in _archive_members(path)
+               if PurePosixPath(m).suffix.lower() in _RASTER_SUFFIXES and not PurePosixPath(m).name.startswith(".")]
+    if not rasters:
+        raise SceneError(f"{path}: archive holds no raster files (.tif, .jp2)")
+    folders: dict[PurePosixPath, list[PurePosixPath]] = {}
+    for m in rasters:
+        folders.setdefault(m.parent, []).append(m)
+
+    def rank(folder: PurePosixPath) -> tuple[int, int]:
+        parts = [p.upper() for p in folder.parts]
+        safe = 2 if parts[-2:] == ["IMG_DATA", "R20M"] else 1 if parts[-1:] == ["IMG_DATA"] else 0
+        return safe, len(folders[folder])
+
+    folder = max(sorted(folders), key=rank)
+    safe = next((p for p in folder.parts if p.upper().endswith(".SAFE")), None)
+    hint = f"{safe or path.name}/{folders[folder][0].name}"
+    sensor = resolve_sensor(sensor, registry, hint, str(path))
+    _check_valid_product(sensor, product)
+    product = product or _safe_product(safe or path.name, sensor) or guess_product(sensor, "", hint)
+    vsi = ARCHIVE_SUFFIXES[path.suffix.lower()] + str(path.resolve())
+    files = [(f"{vsi}/{m}", m.stem) for m in sorted(folders[folder])]
+    wanted, chosen = _match_band_files(files, sensor, bands, str(path))
+    return _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks)
 
 
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
@@ -477,27 +544,34 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
         from cloudmask.stac import item_product
 
         product = item_product(item, sensor)
-    found: dict[str, Path] = {}
-    for f in files:
-        for key in band_file_key(f.stem):
+    # else what the names say (Landsat L1 vs L2): the sensor's default would scale L1 DNs as L2
+    product = product or guess_product(sensor, "", path.name + "/" + files[0].name)
+    wanted, chosen = _match_band_files([(str(f), f.stem) for f in files], sensor, bands, str(path))
+    return _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks, item)
+
+
+def _match_band_files(files: Sequence[tuple[str, str]], sensor: Sensor, bands: Sequence[str] | None,
+                      source: str) -> tuple[list[Band], list[str]]:
+    """(path, stem) pairs of single-band files → the bands they hold, in registry (or ``bands``) order."""
+    found: dict[str, str] = {}
+    for path, stem in files:
+        for key in band_file_key(stem):
             try:
                 band = sensor.band(key)
             except BandError:
                 continue
-            found.setdefault(band.name, f)
+            found.setdefault(band.name, path)
             break
     if not found:
-        raise SceneError(f"{path}: no file names a band of {sensor.id} (expected e.g. *_{sensor.band_names[0]}.tif)")
+        raise SceneError(f"{source}: no file names a band of {sensor.id} (expected e.g. *_{sensor.band_names[0]}.tif)")
     if bands:
         wanted = sensor.select(bands)
         missing = [b.name for b in wanted if b.name not in found]
         if missing:
-            raise BandError(f"{path}: no file for band(s) {', '.join(missing)}")
+            raise BandError(f"{source}: no file for band(s) {', '.join(missing)}")
     else:
         wanted = [b for b in sensor.bands if b.name in found]
-    return _stack_files(
-        [(str(found[b.name]), 1) for b in wanted], wanted, sensor, product, resolution, str(path), chunks, item
-    )
+    return wanted, [found[b.name] for b in wanted]
 
 
 def _stack_files(

@@ -226,12 +226,23 @@ def test_unwritable_output_is_reported_per_scene(tmp_path, predictor):
 
 
 def test_a_safe_in_an_archive_is_one_scene_named_after_the_product(tmp_path, predictor):
-    """Its R10m, R20m and R60m band folders would otherwise be masked as three scenes."""
+    """Its R10m, R20m and R60m band folders would otherwise be masked as three scenes; zipped, it is
+    one scene file."""
     name = "S2A_MSIL2A_20240612T103031_N0510_R108_T32TMT_20240612T140342"
     safe = write_safe(tmp_path / "archive" / "2024", f"{name}.SAFE")
     loose = _s2(tmp_path / "archive" / "S2A_loose.tif")
+    import zipfile
+
+    zipped = tmp_path / "archive" / "zips" / f"{name}.SAFE.zip"
+    zipped.parent.mkdir()
+    with zipfile.ZipFile(zipped, "w") as z:
+        for p in sorted(safe.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(safe.parent))
     pairs = expand_inputs([str(tmp_path / "archive")])
-    assert sorted(p for p, _ in pairs) == sorted([str(safe), str(loose)])
+    assert sorted(p for p, _ in pairs) == sorted([str(safe), str(loose), str(zipped)])
+    assert output_for(str(zipped), tmp_path / "archive", tmp_path / "o") == tmp_path / "o" / "zips" / f"{name}_cloudmask.tif"
+    zipped.unlink()
     assert expand_inputs([str(safe)]) == [(str(safe), safe.parent)]
     results = mask_many([str(tmp_path / "archive")], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
     assert [r.status for r in results] == ["masked", "masked"], [r.message for r in results]

@@ -115,6 +115,59 @@ def test_a_safe_without_one_granule_is_a_clear_error(tmp_path):
         read_scene(tmp_path / L2A_SAFE)
 
 
+def _landsat_l1_files(folder, dn: int = 20000):
+    name = "LC08_L1TP_195028_20240612_20240620_02_T1"
+    folder.mkdir(parents=True)
+    for b in range(1, 8):
+        write_raster(folder / f"{name}_B{b}.TIF", np.full((1, 20, 20), dn, "uint16"), transform=test_transform(30), nodata=0)
+    (folder / f"{name}_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n")
+    return name
+
+
+def test_a_landsat_l1_band_folder_is_scaled_as_l1_not_the_default_l2(tmp_path):
+    _landsat_l1_files(tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1")
+    scene = read_scene(tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1")
+    assert scene.sensor.id == "landsat8" and scene.product == "l1"
+    np.testing.assert_allclose(scene.data.values, 20000 * 2e-5 - 0.1, rtol=1e-5)
+
+
+def test_zip_and_tar_archives_are_read_in_place(tmp_path):
+    import tarfile
+    import zipfile
+
+    safe = write_safe(tmp_path / "src", L1C_SAFE, dn=2000)
+    zipped = tmp_path / f"{L1C_SAFE}.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for p in sorted(safe.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(safe.parent))
+    scene = read_scene(zipped)
+    assert scene.product == "l1c-pre0400" and len(scene.bands) == 13 and scene.source == str(zipped)
+    np.testing.assert_allclose(scene.data.values, 0.2, rtol=1e-5)
+
+    name = _landsat_l1_files(tmp_path / "ls")
+    bundle = tmp_path / f"{name}.tar"
+    with tarfile.open(bundle, "w") as t:
+        for p in sorted((tmp_path / "ls").iterdir()):
+            t.add(p, arcname=p.name)
+    scene = read_scene(bundle)
+    assert scene.sensor.id == "landsat8" and scene.product == "l1" and scene.shape == (20, 20)
+    assert [b.name for b in scene.bands] == ["B1", "B2", "B3", "B4", "B5", "B6", "B7"]
+    np.testing.assert_allclose(scene.data.values, 20000 * 2e-5 - 0.1, rtol=1e-5)
+
+
+def test_broken_and_empty_archives_are_clear_errors(tmp_path):
+    import zipfile
+
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(SceneError, match="cannot read archive"):
+        read_scene(tmp_path / "broken.zip", "sentinel2")
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as z:
+        z.writestr("readme.txt", "no bands here")
+    with pytest.raises(SceneError, match="no raster files"):
+        read_scene(tmp_path / "docs.zip", "sentinel2")
+
+
 def test_empty_folder_and_corrupt_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SceneError, match="no raster files"):
