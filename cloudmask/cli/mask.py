@@ -104,7 +104,8 @@ def mask_cmd(
     inputs: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Scenes: multi-band GeoTIFFs, band folders, STAC item JSON paths or URLs, directory trees, "
+            help="Scenes: multi-band GeoTIFFs, band folders, Sentinel-2 .SAFE folders, .SAFE.zip or Landsat .tar "
+            "archives (read in place), STAC item JSON paths or URLs, directory trees, "
             "globs ('archive/**/*.tif'), or @list.txt (one input per line).",
             show_default=False,
         ),
