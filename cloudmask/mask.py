@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
-from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, is_safe, read_scene
+from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, is_safe, read_scene
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
@@ -349,9 +349,19 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             f = d / name
             if name.startswith(".") or name.endswith(_OUR_SUFFIXES):
                 continue
-            if f.suffix.lower() in _SCENE_FILES or _is_stac_item_file(f):
+            if f.suffix.lower() in _RASTERS or _is_stac_item_file(f) or _is_scene_archive(f):
                 found.append(str(f))
     return found
+
+
+def _is_scene_archive(path: Path) -> bool:
+    """A zip or tar holding rasters (a tree walk passes over other archives, e.g. zipped shapefiles)."""
+    if path.suffix.lower() not in ARCHIVE_SUFFIXES:
+        return False
+    try:
+        return bool(archive_rasters(path))
+    except CloudmaskError:  # unreadable: reported when masked, like any broken scene
+        return True
 
 
 def _static_prefix(pattern: str) -> Path:

@@ -475,6 +475,14 @@ def is_archive(path: Path) -> bool:
     return path.suffix.lower() in ARCHIVE_SUFFIXES and path.is_file()
 
 
+def archive_rasters(path: Path) -> list[str]:
+    """The raster files in a zip or tar (names inside it; hidden files left out)."""
+    from pathlib import PurePosixPath
+
+    return [m for m in _archive_members(path)
+            if PurePosixPath(m).suffix.lower() in _RASTER_SUFFIXES and not PurePosixPath(m).name.startswith(".")]
+
+
 def _archive_members(path: Path) -> list[str]:
     """Names of the files in a zip or tar (listing only: nothing is extracted)."""
     import tarfile
@@ -495,13 +503,20 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
     Landsat bundle is ~1 GB; GDAL reads the bands' blocks straight out of it.
 
     The folder holding the scene's band files is, in order: a SAFE's ``IMG_DATA/R20m`` (L2A), its
-    ``IMG_DATA`` (L1C), else the folder with the most raster files."""
+    ``IMG_DATA`` (L1C), else the folder with the most raster files. An archive of one raster is that
+    raster (e.g. a zipped multi-band GeoTIFF)."""
     from pathlib import PurePosixPath
 
-    rasters = [PurePosixPath(m) for m in _archive_members(path)
-               if PurePosixPath(m).suffix.lower() in _RASTER_SUFFIXES and not PurePosixPath(m).name.startswith(".")]
+    rasters = [PurePosixPath(m) for m in archive_rasters(path)]
     if not rasters:
         raise SceneError(f"{path}: archive holds no raster files (.tif, .jp2)")
+    # GDAL's braced form: the archive's own path may hold dots and suffixes of any kind, and the
+    # path survives pathlib (which would fold "/vsizip//abs" into "/vsizip/abs")
+    vsi = ARCHIVE_SUFFIXES[path.suffix.lower()] + "{" + str(path.resolve()) + "}"
+    if len(rasters) == 1:
+        scene = _read_multiband(Path(f"{vsi}/{rasters[0]}"), sensor, bands, product, resolution, registry, chunks)
+        scene.source = str(path)
+        return scene
     folders: dict[PurePosixPath, list[PurePosixPath]] = {}
     for m in rasters:
         folders.setdefault(m.parent, []).append(m)
@@ -517,7 +532,6 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
     sensor = resolve_sensor(sensor, registry, hint, str(path))
     _check_valid_product(sensor, product)
     product = product or _safe_product(safe or path.name, sensor) or guess_product(sensor, "", hint)
-    vsi = ARCHIVE_SUFFIXES[path.suffix.lower()] + str(path.resolve())
     files = [(f"{vsi}/{m}", m.stem) for m in sorted(folders[folder])]
     wanted, chosen = _match_band_files(files, sensor, bands, str(path))
     return _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks)

@@ -239,10 +239,13 @@ def test_a_safe_in_an_archive_is_one_scene_named_after_the_product(tmp_path, pre
         for p in sorted(safe.rglob("*")):
             if p.is_file():
                 z.write(p, p.relative_to(safe.parent))
+    with zipfile.ZipFile(zipped.parent / "roads.zip", "w") as z:  # not a scene: passed over
+        z.writestr("roads.shp", b"\x00" * 100)
     pairs = expand_inputs([str(tmp_path / "archive")])
     assert sorted(p for p, _ in pairs) == sorted([str(safe), str(loose), str(zipped)])
     assert output_for(str(zipped), tmp_path / "archive", tmp_path / "o") == tmp_path / "o" / "zips" / f"{name}_cloudmask.tif"
     zipped.unlink()
+    (zipped.parent / "roads.zip").unlink()
     assert expand_inputs([str(safe)]) == [(str(safe), safe.parent)]
     results = mask_many([str(tmp_path / "archive")], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
     assert [r.status for r in results] == ["masked", "masked"], [r.message for r in results]

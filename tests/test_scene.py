@@ -156,6 +156,16 @@ def test_zip_and_tar_archives_are_read_in_place(tmp_path):
     np.testing.assert_allclose(scene.data.values, 20000 * 2e-5 - 0.1, rtol=1e-5)
 
 
+def test_a_zipped_multiband_file_is_read_as_that_file(tmp_path, s2_l2a_tif):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "one.zip", "w") as z:
+        z.write(s2_l2a_tif, f"data/{s2_l2a_tif.name}")
+    scene, plain = read_scene(tmp_path / "one.zip"), read_scene(s2_l2a_tif)
+    assert scene.source == str(tmp_path / "one.zip") and scene.product == plain.product
+    np.testing.assert_array_equal(scene.data.values, plain.data.values)
+
+
 def test_broken_and_empty_archives_are_clear_errors(tmp_path):
     import zipfile
 
