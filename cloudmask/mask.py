@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
-from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, is_safe, read_scene
+from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
@@ -70,11 +70,12 @@ class MaskOptions:
     shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
     shadow_boost: float = ShadowOptions.boost  # its strength: in the zone P(shadow) counts (1 + boost)×
     # the sun's position for matching (degrees; azimuth clockwise from north), or with
-    # ``sun_from_item`` each scene's STAC ``view:sun_azimuth`` / ``view:sun_elevation``; unknown: the
-    # shift is learnt alone (the default: on simulated scenes the sun gained on one set, lost on another)
+    # ``sun_from_metadata`` each scene's own (Scene.sun: STAC view:sun_*, Landsat MTL, SAFE
+    # MTD_TL.xml); unknown: the shift is learnt alone (the default: on simulated scenes the sun
+    # gained on one set, lost on another)
     sun_azimuth: float | None = None
     sun_elevation: float | None = None
-    sun_from_item: bool = False
+    sun_from_metadata: bool = False
     overwrite: bool = False
     weights: str | None = None  # a weights file from `cloudmask train`; default: the bundled model
     device: str = "auto"  # where the model runs locally: cpu, cuda, cuda:N, auto (CUDA if torch sees one)
@@ -92,13 +93,11 @@ class MaskOptions:
         return opts
 
     def sun_for(self, scene: Scene) -> tuple[float | None, float | None]:
-        """(azimuth, elevation) for ``scene``: these options' values, else (with ``sun_from_item``) its
-        STAC item's view extension, where a value that is missing, not a number or out of range
-        counts as unknown."""
-        props = ((scene.item or {}).get("properties") or {}) if self.sun_from_item else {}
-        return (self.sun_azimuth if self.sun_azimuth is not None else _angle(props.get("view:sun_azimuth"), 0.0, 360.0),
-                self.sun_elevation if self.sun_elevation is not None
-                else _angle(props.get("view:sun_elevation"), 0.0, 90.0, open_low=True))
+        """(azimuth, elevation) for ``scene``: these options' values, else (with ``sun_from_metadata``)
+        what its metadata says (checked when read: missing or out of range is unknown)."""
+        az, el = (scene.sun or (None, None)) if self.sun_from_metadata else (None, None)
+        return (self.sun_azimuth if self.sun_azimuth is not None else az,
+                self.sun_elevation if self.sun_elevation is not None else el)
 
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
@@ -108,9 +107,9 @@ class MaskOptions:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
         if not self.shadow_boost >= 0.0:
             raise UsageError(f"--shadow-boost must be zero or positive, got {self.shadow_boost}")
-        if self.sun_azimuth is not None and _angle(self.sun_azimuth, 0.0, 360.0) is None:
+        if self.sun_azimuth is not None and degrees_within(self.sun_azimuth, 0.0, 360.0) is None:
             raise UsageError(f"--sun-azimuth must be within 0..360 degrees, got {self.sun_azimuth}")
-        if self.sun_elevation is not None and _angle(self.sun_elevation, 0.0, 90.0, open_low=True) is None:
+        if self.sun_elevation is not None and degrees_within(self.sun_elevation, 0.0, 90.0, open_low=True) is None:
             raise UsageError(f"--sun-elevation must be above 0 and at most 90 degrees, got {self.sun_elevation}")
         from cloudmask.model.predictor import resolve_device
 
@@ -123,17 +122,6 @@ class MaskOptions:
             from cloudmask.registry import load_registry
 
             load_registry().get_sensor(self.sensor)  # UnknownSensorError with suggestions
-
-
-def _angle(value: Any, low: float, high: float, open_low: bool = False) -> float | None:
-    """``value`` as degrees within [low, high] (or (low, high]), else None (metadata is untrusted)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if (low < v if open_low else low <= v) and v <= high else None
 
 
 @dataclass

@@ -135,6 +135,14 @@ class Scene:
     product: str | None = None
     item: dict[str, Any] | None = None  # STAC item JSON, when read from one
     raw: RawBands | None = None  # the stored values behind ``data`` (for readers that cache chunks)
+    # (azimuth, elevation) in degrees as the scene's metadata gives them (STAC view:sun_*, a Landsat
+    # MTL, a SAFE granule's MTD_TL.xml); None where it gives none
+    sun: tuple[float | None, float | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sun is None and self.item is not None:
+            props = self.item.get("properties") or {}
+            self.sun = sun_angles(props.get("view:sun_azimuth"), props.get("view:sun_elevation"))
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -432,6 +440,53 @@ def band_file_key(stem: str) -> list[str]:
     return keys
 
 
+def degrees_within(value: Any, low: float, high: float, open_low: bool = False) -> float | None:
+    """``value`` as degrees within [low, high] (or (low, high]), else None: metadata is untrusted."""
+    if isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if (low < v if open_low else low <= v) and v <= high else None
+
+
+def sun_angles(azimuth: Any, elevation: Any) -> tuple[float | None, float | None] | None:
+    """Checked (azimuth, elevation): an azimuth within 0–360, an elevation above 0 up to 90; None
+    when neither is usable."""
+    az, el = degrees_within(azimuth, 0.0, 360.0), degrees_within(elevation, 0.0, 90.0, open_low=True)
+    return None if az is None and el is None else (az, el)
+
+
+#: Metadata files that state the sun's position, and how to read it from their text.
+_SUN_FILES = re.compile(r"(_MTL\.(txt|json)|MTD_TL\.xml)$", re.I)
+_LANDSAT_SUN = tuple(re.compile(rf'{key}"?\s*[=:]\s*"?(-?[\d.]+)') for key in ("SUN_AZIMUTH", "SUN_ELEVATION"))
+_S2_SUN = re.compile(r"<Mean_Sun_Angle>\s*<ZENITH_ANGLE[^>]*>\s*([-\d.]+)\s*</ZENITH_ANGLE>\s*"
+                     r"<AZIMUTH_ANGLE[^>]*>\s*([-\d.]+)\s*</AZIMUTH_ANGLE>", re.I)
+_SUN_FILE_MAX = 4 * 2**20  # a larger "metadata" file is not read
+
+
+def sun_from_metadata(text: str) -> tuple[float | None, float | None] | None:
+    """The sun in a Landsat MTL (txt or json) or a Sentinel-2 granule's MTD_TL.xml, read with
+    regular expressions (no XML parser sees untrusted input)."""
+    m = _S2_SUN.search(text)
+    if m:
+        return sun_angles(m.group(2), 90.0 - float(m.group(1)) if degrees_within(m.group(1), 0.0, 90.0) is not None else None)
+    az, el = (r.search(text) for r in _LANDSAT_SUN)
+    if az or el:
+        return sun_angles(az.group(1) if az else None, el.group(1) if el else None)
+    return None
+
+
+def _sun_from_file(path: Path) -> tuple[float | None, float | None] | None:
+    try:
+        if path.stat().st_size > _SUN_FILE_MAX:
+            return None
+        return sun_from_metadata(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
 def is_safe(path: Path) -> bool:
     """A Sentinel-2 product folder as ESA distributes it (``S2A_MSIL2A_….SAFE`` with ``GRANULE/``)."""
     return path.name.upper().endswith(".SAFE") and (path / "GRANULE").is_dir()
@@ -452,6 +507,7 @@ def _read_safe(path: Path, sensor, bands, product, resolution, registry, chunks)
     scene = _read_band_folder(folder, sensor, bands, product or _safe_product(path.name, sensor), resolution,
                               registry, chunks)
     scene.source = str(path)
+    scene.sun = _sun_from_file(granules[0] / "MTD_TL.xml") if (granules[0] / "MTD_TL.xml").is_file() else None
     return scene
 
 
@@ -481,6 +537,25 @@ def archive_rasters(path: Path) -> list[str]:
 
     return [m for m in _archive_members(path)
             if PurePosixPath(m).suffix.lower() in _RASTER_SUFFIXES and not PurePosixPath(m).name.startswith(".")]
+
+
+def _archive_text(path: Path, member: str) -> str | None:
+    """A small text member of a zip or tar (a metadata file), or None."""
+    import tarfile
+    import zipfile
+
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as z:
+                if z.getinfo(member).file_size > _SUN_FILE_MAX:
+                    return None
+                return z.read(member).decode("utf-8", errors="replace")
+        with tarfile.open(path) as t:
+            info = t.getmember(member)
+            f = t.extractfile(info) if info.size <= _SUN_FILE_MAX else None
+            return f.read().decode("utf-8", errors="replace") if f is not None else None
+    except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError):
+        return None
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -534,7 +609,11 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
     product = product or _safe_product(safe or path.name, sensor) or guess_product(sensor, "", hint)
     files = [(f"{vsi}/{m}", m.stem) for m in sorted(folders[folder])]
     wanted, chosen = _match_band_files(files, sensor, bands, str(path))
-    return _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks)
+    scene = _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks)
+    meta = next((m for m in sorted(_archive_members(path)) if _SUN_FILES.search(m)), None)
+    text = _archive_text(path, meta) if meta is not None else None
+    scene.sun = sun_from_metadata(text) if text is not None else None
+    return scene
 
 
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
@@ -561,7 +640,11 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
     # else what the names say (Landsat L1 vs L2): the sensor's default would scale L1 DNs as L2
     product = product or guess_product(sensor, "", path.name + "/" + files[0].name)
     wanted, chosen = _match_band_files([(str(f), f.stem) for f in files], sensor, bands, str(path))
-    return _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks, item)
+    scene = _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks, item)
+    if scene.sun is None:  # no STAC item saying it: a Landsat MTL beside the bands may
+        meta = next((f for f in sorted(path.iterdir()) if _SUN_FILES.search(f.name) and f.is_file()), None)
+        scene.sun = _sun_from_file(meta) if meta is not None else None
+    return scene
 
 
 def _match_band_files(files: Sequence[tuple[str, str]], sensor: Sensor, bands: Sequence[str] | None,

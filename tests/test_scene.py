@@ -166,6 +166,44 @@ def test_a_zipped_multiband_file_is_read_as_that_file(tmp_path, s2_l2a_tif):
     np.testing.assert_array_equal(scene.data.values, plain.data.values)
 
 
+MTD_TL = """<n1:Level-2A_Tile_ID><n1:Geometric_Info><Tile_Angles>
+  <Mean_Sun_Angle>
+    <ZENITH_ANGLE unit="deg">27.6</ZENITH_ANGLE>
+    <AZIMUTH_ANGLE unit="deg">152.3</AZIMUTH_ANGLE>
+  </Mean_Sun_Angle>
+</Tile_Angles></n1:Geometric_Info></n1:Level-2A_Tile_ID>
+"""
+
+
+def test_the_sun_is_read_from_stac_items_landsat_mtl_and_safe_metadata(tmp_path):
+    from cloudmask.scene import Scene, sun_from_metadata
+
+    assert sun_from_metadata("GROUP = IMAGE_ATTRIBUTES\n  SUN_AZIMUTH = 151.288\n  SUN_ELEVATION = 62.215\n") == (151.288, 62.215)
+    assert sun_from_metadata('{"IMAGE_ATTRIBUTES": {"SUN_AZIMUTH": "151.288", "SUN_ELEVATION": "62.215"}}') == (151.288, 62.215)
+    assert sun_from_metadata(MTD_TL) == pytest.approx((152.3, 62.4))  # elevation = 90 - zenith
+    assert sun_from_metadata("SUN_AZIMUTH = 400\nSUN_ELEVATION = -2") is None and sun_from_metadata("none") is None
+    # STAC view extension; untrusted values (not a number, out of range) count as unknown
+    item = {"properties": {"view:sun_azimuth": 151.2, "view:sun_elevation": 38.5}}
+    assert Scene(None, None, [], "x", item=item).sun == (151.2, 38.5)
+    for bad in ({}, {"view:sun_azimuth": "east", "view:sun_elevation": -3}, {"view:sun_azimuth": True},
+                {"view:sun_azimuth": float("nan"), "view:sun_elevation": 95}):
+        assert Scene(None, None, [], "x", item={"properties": bad}).sun is None
+    # a SAFE's granule metadata; a Landsat folder's and bundle's MTL
+    safe = write_safe(tmp_path, L2A_SAFE)
+    next((safe / "GRANULE").iterdir()).joinpath("MTD_TL.xml").write_text(MTD_TL)
+    assert read_scene(safe).sun == pytest.approx((152.3, 62.4))
+    name = _landsat_l1_files(tmp_path / "ls")
+    (tmp_path / "ls" / f"{name}_MTL.txt").write_text("SUN_AZIMUTH = 140.5\nSUN_ELEVATION = 55.25\n")
+    assert read_scene(tmp_path / "ls").sun == (140.5, 55.25)
+    import tarfile
+
+    with tarfile.open(tmp_path / f"{name}.tar", "w") as t:
+        for p in sorted((tmp_path / "ls").iterdir()):
+            t.add(p, arcname=p.name)
+    assert read_scene(tmp_path / f"{name}.tar").sun == (140.5, 55.25)
+    assert read_scene(write_raster(tmp_path / "S2A_MSIL2A_x.tif", random_reflectance(13, 8, 8))).sun is None
+
+
 def test_broken_and_empty_archives_are_clear_errors(tmp_path):
     import zipfile
 

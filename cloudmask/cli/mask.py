@@ -163,11 +163,11 @@ def mask_cmd(
                      help="Sun elevation in degrees: with the azimuth, bounds the shadow distance for clouds "
                           "0.2-12 km high."),
     ] = None,
-    sun_from_item: Annotated[
+    sun_from_metadata: Annotated[
         bool,
-        typer.Option("--sun-from-item",
-                     help="Take each scene's sun position from its STAC item (view:sun_azimuth, view:sun_elevation; "
-                          "e.g. folders from `cloudmask fetch`) where --sun-azimuth/--sun-elevation are not given."),
+        typer.Option("--sun-from-metadata",
+                     help="Take each scene's sun position from its metadata (STAC view:sun_azimuth/view:sun_elevation, "
+                          "a Landsat MTL, a SAFE's MTD_TL.xml) where --sun-azimuth/--sun-elevation are not given."),
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
@@ -207,7 +207,7 @@ def mask_cmd(
         sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        shadow_matching=shadow_matching, shadow_boost=shadow_boost, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_item=sun_from_item, overwrite=overwrite, weights=str(weights) if weights else None,
+        shadow_matching=shadow_matching, shadow_boost=shadow_boost, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_metadata=sun_from_metadata, overwrite=overwrite, weights=str(weights) if weights else None,
         device=device,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:

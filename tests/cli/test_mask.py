@@ -149,7 +149,7 @@ def test_negative_shadow_boost_exits_2(tmp_path):
 
 
 @pytest.mark.parametrize("flag, sun", [([], [None, None]), (["--sun-azimuth", "120", "--sun-elevation", "35.5"], [120.0, 35.5]),
-                                       (["--sun-from-item"], [None, None])])  # a GeoTIFF has no item
+                                       (["--sun-from-metadata"], [None, None])])  # a bare GeoTIFF has none
 def test_the_sun_flags_reach_the_stac_item(tmp_path, flag, sun):
     src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
     res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", *flag, *FAST])
