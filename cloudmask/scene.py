@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
@@ -507,7 +509,7 @@ def _read_safe(path: Path, sensor, bands, product, resolution, registry, chunks)
     scene = _read_band_folder(folder, sensor, bands, product or _safe_product(path.name, sensor), resolution,
                               registry, chunks)
     scene.source = str(path)
-    scene.sun = _sun_from_file(granules[0] / "MTD_TL.xml") if (granules[0] / "MTD_TL.xml").is_file() else None
+    scene.sun = _sun_from_file(granules[0] / "MTD_TL.xml")  # None when missing or unreadable
     return scene
 
 
@@ -533,17 +535,16 @@ def is_archive(path: Path) -> bool:
 
 def archive_rasters(path: Path) -> list[str]:
     """The raster files in a zip or tar (names inside it; hidden files left out)."""
-    from pathlib import PurePosixPath
+    return _rasters_among(_archive_members(path))
 
-    return [m for m in _archive_members(path)
+
+def _rasters_among(members: Sequence[str]) -> list[str]:
+    return [m for m in members
             if PurePosixPath(m).suffix.lower() in _RASTER_SUFFIXES and not PurePosixPath(m).name.startswith(".")]
 
 
 def _archive_text(path: Path, member: str) -> str | None:
     """A small text member of a zip or tar (a metadata file), or None."""
-    import tarfile
-    import zipfile
-
     try:
         if path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as z:
@@ -560,9 +561,6 @@ def _archive_text(path: Path, member: str) -> str | None:
 
 def _archive_members(path: Path) -> list[str]:
     """Names of the files in a zip or tar (listing only: nothing is extracted)."""
-    import tarfile
-    import zipfile
-
     try:
         if path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as z:
@@ -580,9 +578,8 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
     The folder holding the scene's band files is, in order: a SAFE's ``IMG_DATA/R20m`` (L2A), its
     ``IMG_DATA`` (L1C), else the folder with the most raster files. An archive of one raster is that
     raster (e.g. a zipped multi-band GeoTIFF)."""
-    from pathlib import PurePosixPath
-
-    rasters = [PurePosixPath(m) for m in archive_rasters(path)]
+    members = _archive_members(path)  # listed once: a tar's listing reads every member's header
+    rasters = [PurePosixPath(m) for m in _rasters_among(members)]
     if not rasters:
         raise SceneError(f"{path}: archive holds no raster files (.tif, .jp2)")
     # GDAL's braced form: the archive's own path may hold dots and suffixes of any kind, and the
@@ -610,14 +607,15 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
     files = [(f"{vsi}/{m}", m.stem) for m in sorted(folders[folder])]
     wanted, chosen = _match_band_files(files, sensor, bands, str(path))
     scene = _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks)
-    meta = next((m for m in sorted(_archive_members(path)) if _SUN_FILES.search(m)), None)
+    meta = next((m for m in sorted(members) if _SUN_FILES.search(m)), None)
     text = _archive_text(path, meta) if meta is not None else None
     scene.sun = sun_from_metadata(text) if text is not None else None
     return scene
 
 
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file())
+    entries = sorted(p for p in path.iterdir() if p.is_file())
+    files = [p for p in entries if p.suffix.lower() in _RASTER_SUFFIXES]
     item_json = next(iter(sorted(path.glob("*.json"))), None)
     if not files:
         if item_json is not None:
@@ -642,7 +640,7 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
     wanted, chosen = _match_band_files([(str(f), f.stem) for f in files], sensor, bands, str(path))
     scene = _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks, item)
     if scene.sun is None:  # no STAC item saying it: a Landsat MTL beside the bands may
-        meta = next((f for f in sorted(path.iterdir()) if _SUN_FILES.search(f.name) and f.is_file()), None)
+        meta = next((f for f in entries if _SUN_FILES.search(f.name)), None)
         scene.sun = _sun_from_file(meta) if meta is not None else None
     return scene
 
