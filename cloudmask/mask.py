@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
 from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene
-from cloudmask.shadows import ShadowMatcher, ShadowOptions, shadow_prior
+from cloudmask.shadows import ShadowMatcher, ShadowOptions, nir_band, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
@@ -69,6 +69,9 @@ class MaskOptions:
     binary: bool = False
     shadow_matching: bool = True  # cloud–shadow geometry step (cloudmask.shadows)
     shadow_boost: float = ShadowOptions.boost  # its strength: in the zone P(shadow) counts (1 + boost)×
+    # opt-in darkness test: in the zone a clear pixel with NIR under this × its clear surroundings'
+    # NIR turns shadow too (e.g. 0.7; None: off)
+    shadow_darkness: float | None = None
     # the sun's position for matching (degrees; azimuth clockwise from north), or with
     # ``sun_from_metadata`` each scene's own (Scene.sun: STAC view:sun_*, Landsat MTL, SAFE
     # MTD_TL.xml); unknown: the shift is learnt alone (the default: on simulated scenes the sun
@@ -85,7 +88,7 @@ class MaskOptions:
         class); with ``scene``, narrowed to the shifts its sun allows when the sun is known."""
         if not self.shadow_matching or self.binary:
             return None
-        opts = ShadowOptions(boost=self.shadow_boost)
+        opts = ShadowOptions(boost=self.shadow_boost, darkness=self.shadow_darkness or None)
         if scene is not None:
             azimuth, elevation = self.sun_for(scene)
             if azimuth is not None:
@@ -107,6 +110,8 @@ class MaskOptions:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
         if not self.shadow_boost >= 0.0:
             raise UsageError(f"--shadow-boost must be zero or positive, got {self.shadow_boost}")
+        if self.shadow_darkness is not None and not 0.0 <= self.shadow_darkness <= 1.0:
+            raise UsageError(f"--shadow-darkness must be between 0 and 1, got {self.shadow_darkness}")
         if self.sun_azimuth is not None and degrees_within(self.sun_azimuth, 0.0, 360.0) is None:
             raise UsageError(f"--sun-azimuth must be within 0..360 degrees, got {self.sun_azimuth}")
         if self.sun_elevation is not None and degrees_within(self.sun_elevation, 0.0, 90.0, open_low=True) is None:
@@ -511,6 +516,7 @@ def stac_item_for_mask(
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
             "shadow_matching": shadows is not None,
             "shadow_boost": shadows.boost if shadows is not None else None,
+            "shadow_darkness": shadows.darkness if shadows is not None else None,
             "tile_size": options.tiles.tile_size, "overlap": options.tiles.overlap,
         },
         "cloudmask:seconds": round(seconds, 3),
@@ -655,6 +661,7 @@ def mask_scene(
                     graph, runner, write_mask, write_proba, threshold=options.threshold,
                     dilate=options.dilate, binary=options.binary, on_block=on_block,
                     shadows=shadows, scratch=scratch,
+                    nir_band=nir_band(scene.descriptors) if shadows is not None and shadows.darkness else None,
                 )
             except CloudmaskError:
                 raise

@@ -400,20 +400,37 @@ class WeightedGraph:
         """Which sides (top, bottom, left, right) of block (i, j) are on the scene's edge."""
         return i == 0, i == len(self.ychunks) - 1, j == 0, j == len(self.xchunks) - 1
 
-    def block_reader(self, i: int, j: int) -> Any:
+    def block_reader(self, i: int, j: int, nir_band: int | None = None) -> Any:
         """Like :meth:`block`, as a local callable that reads the window one band at a time, so the
-        transient memory of reading is one band's chunks rather than all of them at once."""
+        transient memory of reading is one band's chunks rather than all of them at once.
+
+        With ``nir_band`` it returns ``(block, nir)``: that band's values over the block's core, as
+        read (stored or physical, see :meth:`core_to_physical`), for the shadow step's darkness test
+        (reading the band again later would decode the scene's blocks a second time)."""
         y0, y1, x0, x1 = self._window(i, j)
         reader, args, edges = self.reader, self.args, self._edges(i, j)
         stored = reader.stored if _accepts(args[0], "stored") else None
+        d, ch, cw = self.plan.depth, self.ychunks[i], self.xchunks[j]
 
-        def run() -> np.ndarray:
+        def run() -> Any:
             # _predict_block cuts windows flush with the scene edges: it never reads beyond them
             if stored is not None:  # the model converts the stored values, chunk by chunk
-                return _predict_block(reader.window_stored(y0, y1, x0, x1), *args, edges, owned=True, stored=stored)
-            return _predict_block(reader.window(y0, y1, x0, x1, outside=None), *args, edges, owned=True)
+                win = reader.window_stored(y0, y1, x0, x1)
+            else:
+                win = reader.window(y0, y1, x0, x1, outside=None)
+            nir = None if nir_band is None else win[nir_band, d : d + ch, d : d + cw].copy()  # the model may reuse win
+            block = _predict_block(win, *args, edges, owned=True, stored=stored)
+            return block if nir_band is None else (block, nir, stored is not None)
 
         return run
+
+    def core_to_physical(self, band: int, values: np.ndarray, is_stored: bool) -> np.ndarray:
+        """Core values from :meth:`block_reader` as physical float32 (stored ones converted)."""
+        if not is_stored or self.reader.convert is None:
+            return values.astype("float32", copy=False)
+        out = np.empty(values.shape, "float32")
+        self.reader.convert[band].into(values[None], out[None])
+        return out
 
     @functools.cached_property
     def reader(self) -> ChunkReader:
@@ -608,6 +625,26 @@ class ChunkReader:
         else:
             out = np.full(shape, outside, dtype="float32")
         self._fill(out, y0, y1, x0, x1, convert=self.convert is not None)
+        return out
+
+    def band_rows(self, band: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of one band over the full width, physical float32 (for the shadow step's
+        darkness test: one band instead of all)."""
+        _, _, w = self.shape
+        out = np.empty((y1 - y0, w), dtype="float32")
+        boff, yoff, xoff = self.offsets
+        ib = int(np.searchsorted(boff, band, "right")) - 1
+        for key, iy, ix in self._keys(y0, y1, 0, w):
+            if key[1] != ib:
+                continue
+            chunk = self._chunk(key, None)
+            sy0, sy1 = max(y0, yoff[iy]), min(y1, yoff[iy + 1])
+            part = chunk[band - boff[ib] : band - boff[ib] + 1, sy0 - yoff[iy] : sy1 - yoff[iy], :]
+            dst = out[None, sy0 - y0 : sy1 - y0, xoff[ix] : xoff[ix + 1]]
+            if self.convert is not None:
+                self.convert[ib].into(part, dst)
+            else:
+                dst[...] = part
         return out
 
     def window_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -997,6 +1034,23 @@ class _RowDilator:
         return emitted
 
 
+class _BandRows:
+    """One band's rows in increasing order, read a strip of whole chunk rows at a time: rows are
+    asked for in slices shorter than a chunk, and a chunk read per slice would decode it again."""
+
+    def __init__(self, reader: ChunkReader, band: int) -> None:
+        self.reader, self.band = reader, band
+        self.edges = reader.offsets[1]
+        self.y0, self.rows = 0, np.empty((0, reader.shape[2]), "float32")
+
+    def __call__(self, y0: int, y1: int) -> np.ndarray:
+        if not (self.y0 <= y0 and y1 <= self.y0 + self.rows.shape[0]):
+            a = int(self.edges[np.searchsorted(self.edges, y0, "right") - 1])
+            b = int(self.edges[np.searchsorted(self.edges, y1, "left")])
+            self.y0, self.rows = a, self.reader.band_rows(self.band, a, b)
+        return self.rows[y0 - self.y0 : y1 - self.y0]
+
+
 def stream_mask(
     graph: WeightedGraph,
     runner: LocalRunner | DistributedRunner,
@@ -1009,6 +1063,7 @@ def stream_mask(
     on_block: Any = None,
     shadows: ShadowOptions | None = None,
     scratch: Any = None,
+    nir_band: int | None = None,
 ) -> ShadowMatcher | None:
     """Run pass 1 block by block and overlap-add into a rolling buffer a few block rows tall.
 
@@ -1020,6 +1075,7 @@ def stream_mask(
     rows``, ``scratch.read(y0, y1)``) while a :class:`~cloudmask.shadows.ShadowMatcher` learns the
     scene's cloud–shadow displacement; a second, cheap pass over the uint8 rows resolves shadow
     candidates, then dilates and writes them. Returns that matcher (what it learnt), else None.
+    ``nir_band``: the band its darkness test reads (:func:`cloudmask.shadows.nir_band`), if on.
     """
     h, w = graph.shape
     d = graph.plan.depth
@@ -1035,7 +1091,7 @@ def stream_mask(
     def jobs():
         for i in range(ny):
             for j in range(nx):
-                yield (i, j), (graph.block_reader(i, j) if local else graph.block(i, j))
+                yield (i, j), (graph.block_reader(i, j, nir_band if dark else None) if local else graph.block(i, j))
 
     # One preallocated buffer, tall enough for a block row plus both margins: rows are shifted up in
     # place as they are finished, never reallocated (a growing concatenate briefly doubles it).
@@ -1049,6 +1105,33 @@ def stream_mask(
     matcher = ShadowMatcher(h, w, shadows) if shadows is not None and not binary else None
     if matcher is not None and scratch is None:
         raise ValueError("shadow matching needs a scratch raster for the second pass")
+    dark = matcher is not None and matcher.dark and nir_band is not None
+    # the darkness test's NIR rows: locally each block brings its core's NIR along (assembled per
+    # block row in ``nir_store``); on a cluster the band is read again (GDAL decodes it once more)
+    nir_rows = _BandRows(graph.reader, nir_band) if dark and not local else None
+    nir_store: dict[int, np.ndarray] = {}  # block row → (its rows, w) NIR, until emitted
+    cy = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # scene row where core row i starts
+    cx = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
+
+    def keep_nir(i: int, j: int, values: np.ndarray, is_stored: bool) -> None:
+        rows = nir_store.get(i)
+        if rows is None:
+            rows = nir_store[i] = np.empty((graph.ychunks[i], w), "float32")
+        rows[:, cx[j] : cx[j + 1]] = graph.core_to_physical(nir_band, values, is_stored)
+
+    def stored_nir(y0: int, y1: int) -> np.ndarray:
+        """NIR rows y0:y1 from the block rows that hold them; rows before y0 are not asked again."""
+        for i in [k for k in nir_store if cy[k + 1] <= y0]:
+            del nir_store[i]
+        out = np.empty((y1 - y0, w), "float32")
+        for i, rows in nir_store.items():
+            a, b = max(y0, cy[i]), min(y1, cy[i + 1])
+            if a < b:
+                out[a - y0 : b - y0] = rows[a - cy[i] : b - cy[i]]
+        return out
+
+    if dark and local:
+        nir_rows = stored_nir
 
     def finish(y0: int, cls: np.ndarray) -> None:
         for yy, rows in dil.push(y0, cls):
@@ -1069,7 +1152,8 @@ def stream_mask(
         if matcher is None:
             finish(y0, cls)
         else:
-            scratch[y0 : y0 + cls.shape[0], 0:w] = matcher.observe(y0, proba, cls)
+            nir = nir_rows(y0, y0 + cls.shape[0]) if nir_rows is not None else None
+            scratch[y0 : y0 + cls.shape[0], 0:w] = matcher.observe(y0, proba, cls, nir)
 
     def fits(i: int) -> bool:
         return int(yoff[i]) + graph.ychunks[i] + 2 * d <= base + acc.shape[1]
@@ -1105,6 +1189,9 @@ def stream_mask(
     max_early = max(1, int(getattr(runner, "slots", 1)))
     done_blocks = 0
     for (i, j), block in runner.run(jobs(), may_submit=lambda: len(early) < max_early):
+        if isinstance(block, tuple):  # (weighted block, the NIR of its core, whether stored values)
+            keep_nir(i, j, block[1], block[2])
+            block = block[0]
         done_blocks += 1
         if on_block:
             on_block(done_blocks, total)

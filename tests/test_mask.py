@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +453,66 @@ def test_sun_from_metadata_reads_each_scenes_stac_item(tmp_path):
 def test_a_sun_off_the_sky_is_a_usage_error(opts, flag):
     with pytest.raises(UsageError, match=flag):
         MaskOptions(**opts).check()
+
+
+def _rim_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_shadow_scene` where the per-pixel model is sure each shadow's 2 px rim is clear,
+    although the rims, like the whole shadows and the decoys, are dark in NIR (0.1 against 0.3)."""
+    from scipy import ndimage
+
+    from cloudmask.registry import load_registry
+    from cloudmask.shadows import nir_band
+
+    src, cloud, shadow, decoy = _shadow_scene(tmp_path)
+    with rasterio.open(src) as ds:
+        dn = ds.read()
+    rim = shadow & ~ndimage.binary_erosion(shadow, iterations=2)
+    dn[0][rim] = 4000  # band 1 at 0.3: the model calls it clear
+    s2 = load_registry().get_sensor("sentinel2")
+    dn[nir_band(s2.descriptors(list(s2.bands)))][shadow | decoy] = 2000
+    return write_raster(tmp_path / "S2A_MSIL2A_rims.tif", dn, nodata=0), cloud, shadow, decoy, rim
+
+
+def test_the_darkness_test_finds_shadows_the_network_calls_clear(tmp_path):
+    """Shadow rims the per-pixel model calls clear but whose NIR is dark are found with
+    --shadow-darkness, and only then; the option is recorded in the mask's STAC item."""
+    from test_shadows import _PointPredictor
+
+    src, cloud, shadow, decoy, rim = _rim_scene(tmp_path)
+    out = {}
+    for darkness in (None, 0.7):
+        dst = tmp_path / f"d{darkness}" / "s_cloudmask.tif"
+        mask_scene(src, dst, _PointPredictor(), MaskOptions(tiles=SMALL, shadow_darkness=darkness))
+        with rasterio.open(dst) as m:
+            out[darkness] = m.read(1)
+        assert json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:options"]["shadow_darkness"] == darkness
+    assert rim.sum() > 200 and (out[None][rim] == 3).mean() < 0.1
+    assert (out[0.7][rim] == 3).mean() > 0.9 and not (out[0.7][decoy] == 3).any()
+    assert (out[0.7][cloud] == 1).all() and set(np.unique(out[0.7])) <= {0, 1, 3}
+
+
+def test_the_darkness_test_on_a_cluster_gives_the_local_mask(tmp_path):
+    """On a cluster the NIR rows are read again rather than carried by the blocks: same mask."""
+    distributed = pytest.importorskip("distributed")
+    from test_shadows import _PointPredictor
+
+    src, cloud, shadow, decoy, rim = _rim_scene(tmp_path)
+    opts = MaskOptions(tiles=SMALL, shadow_darkness=0.7)
+    local = mask_scene(src, tmp_path / "local_cloudmask.tif", _PointPredictor(), opts)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        results = mask_many([str(src)], tmp_path / "dist", replace(opts, scheduler=cluster.scheduler_address), _PointPredictor())
+    assert results[0].status == "masked", results[0].message
+    with rasterio.open(local.output) as a, rasterio.open(results[0].output) as b:
+        got = b.read(1)
+        np.testing.assert_array_equal(a.read(1), got)
+    assert (got[rim] == 3).mean() > 0.9
+
+
+def test_a_darkness_ratio_outside_0_1_is_a_usage_error():
+    with pytest.raises(UsageError, match="shadow-darkness"):
+        MaskOptions(shadow_darkness=1.5).check()
+    MaskOptions(shadow_darkness=0.0).check()  # 0: off
 
 
 def test_negative_shadow_boost_is_a_usage_error():

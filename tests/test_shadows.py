@@ -278,3 +278,118 @@ def test_the_sun_keeps_only_shifts_away_from_it():
     assert hit > 0.95 and fake_hit < 0.7  # fakes only where another cloud's zone reaches them
     peak_away, _, hit_away, _ = found[(sun + 180.0) % 360.0]
     assert peak_away < 0.3 * peak and hit_away < 0.3
+
+
+# --------------------------------------------------------------------------- the darkness test
+
+
+def _dark_scene(seed: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_scene` plus NIR reflectance, every shadow and decoy dark in NIR (0.1 against 0.3).
+    The network stays unsure of each shadow's core, which teaches the shift, but is sure the outer
+    7 px of each shadow (``quiet``) are clear."""
+    from scipy import ndimage
+
+    p, cloud, shadow, decoy = _scene(seed)
+    nir = np.full(cloud.shape, 0.3, "float32")
+    nir[cloud] = 0.6
+    nir[shadow | decoy] = 0.1
+    quiet = shadow & ~ndimage.binary_erosion(shadow, iterations=7)
+    p[0][quiet], p[3][quiet] = 0.95, 0.05
+    return p, cloud, shadow, decoy, quiet, nir
+
+
+def test_the_darkness_test_turns_dark_clear_ground_in_the_zone_to_shadow():
+    p, cloud, shadow, decoy, quiet, nir = _dark_scene()
+    assert quiet.sum() > 2000 and (shadow & ~quiet).sum() > 2000
+    cls = classify(p, np.ones(cloud.shape, bool))
+    without = match_shadows(p, cls, nir=nir)  # off by default: NIR changes nothing
+    np.testing.assert_array_equal(without, match_shadows(p, cls))
+    assert (without[quiet] == 3).mean() < 0.05
+    dark = shadows.ShadowOptions(darkness=0.7)
+    out = match_shadows(p, cls, dark, nir=nir)
+    assert (out[quiet] == 3).mean() > 0.9 and (out[shadow] == 3).mean() > 0.9
+    assert not (out[decoy] == 3).any()  # dark, but outside every cloud's zone
+    assert (out[cloud] == 1).all() and set(np.unique(out)) <= {0, 1, 3}
+    # a threshold under the shadows' ratio (0.1 / 0.3) adds nothing; without NIR it is off
+    np.testing.assert_array_equal(match_shadows(p, cls, shadows.ShadowOptions(darkness=0.3), nir=nir), without)
+    np.testing.assert_array_equal(match_shadows(p, cls, dark), without)
+
+
+def test_darkness_is_judged_against_the_clear_ground_nearby():
+    """A uniformly darker half of the scene (another field, not a shadow) is not called shadow:
+    each pixel is compared with the clear ground around it, not the scene's mean."""
+    p, cloud, shadow, decoy, quiet, nir = _dark_scene()
+    w = cloud.shape[1]
+    nir[:, w // 2 :] *= 0.5  # shadows there: 0.05 against 0.15 clear, still a third
+    cls = classify(p, np.ones(cloud.shape, bool))
+    out = match_shadows(p, cls, shadows.ShadowOptions(darkness=0.7), nir=nir)
+    plain = (cls == 0) & ~shadow & ~decoy
+    assert (out[plain] == 3).mean() < 0.02
+    assert (out[quiet] == 3).mean() > 0.85
+
+
+@pytest.mark.parametrize("lowres, min_cell", [(1024, 1), (64, 4), (20, 4)])
+def test_darkness_rows_fed_in_pieces_give_the_whole_array_result(monkeypatch, lowres, min_cell):
+    monkeypatch.setattr(shadows, "LOWRES", lowres)
+    monkeypatch.setattr(shadows, "MIN_CELL", min_cell)
+    p, cloud, shadow, decoy, quiet, nir = _dark_scene(seed=3)
+    nir[5:9, 40:60] = np.nan  # a NIR gap is never dark
+    valid = np.ones(cloud.shape, bool)
+    valid[:, :6] = False
+    cls = classify(p, valid)
+    opt = shadows.ShadowOptions(darkness=0.7)
+    want = match_shadows(p, cls, opt, nir=nir)
+    m = ShadowMatcher(*cls.shape, opt)
+    cuts = [0, 17, 64, 65, 130, 201, cls.shape[0]]
+    marked = np.concatenate([m.observe(a, p[:, a:b], cls[a:b], nir[a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
+    assert m.resolve()
+    got = np.concatenate([m.apply(a, marked[a:b].copy()) for a, b in zip(cuts[:-1], cuts[1:])])
+    np.testing.assert_array_equal(got, want)
+    assert (got[:, :6] == NODATA).all() and set(np.unique(got)) <= {0, 1, 3, NODATA}
+    assert (got[quiet & valid] == 3).mean() > 0.85
+
+
+def test_nir_codes_keep_the_order_of_reflectance():
+    v = np.array([-0.1, 0.0, 0.0005, 0.01, 0.1, 0.5, 1.9, 5.0, np.nan, np.inf], "float32")
+    c = shadows._nir_codes(v)
+    assert c.dtype == np.uint8 and c.min() >= shadows.DARK_BASE and c.max() == 254
+    assert (np.diff(c[:8].astype(int)) >= 0).all() and c[3] < c[4] < c[5] < c[6]
+    assert c[8] == 254 and c[9] < 254  # NaN is never dark; +inf saturates below it
+    # about 3 % of reflectance per code
+    assert int(c[5]) - int(shadows._nir_codes(np.array([0.5 * 0.7], "float32"))[0]) in (11, 12)
+
+
+def test_the_nir_band_is_found_by_its_descriptor(s2_desc):
+    from cloudmask.registry import load_registry
+
+    s2 = load_registry().get_sensor("sentinel2")
+    assert s2.bands[shadows.nir_band(s2_desc)].name == "B08"
+    rgb = s2_desc[[1, 2, 3]]  # blue, green, red
+    assert shadows.nir_band(rgb) is None
+    assert shadows.nir_band(np.zeros((0, 5))) is None
+
+
+def test_the_streamed_mask_runs_the_darkness_test_like_the_whole_scene(s2_desc):
+    from cloudmask.tiles import LocalRunner, TileOptions, stream_mask, weighted_graph
+
+    p, cloud, shadow, decoy, quiet, nir = _dark_scene(seed=1)
+    x = np.full((13, *cloud.shape), 0.3, "float32")
+    x[0][cloud] = 0.8
+    x[0][(shadow & ~quiet) | decoy] = 0.05  # _PointPredictor: unsure of these, sure the quiet ones are clear
+    i = shadows.nir_band(s2_desc)
+    x[i] = nir
+    x[:, :, :4] = np.nan
+    valid = np.isfinite(x).all(0)
+    pred = _PointPredictor()
+    opt = shadows.ShadowOptions(darkness=0.7)
+    want_p = pred.predict_proba_batch(np.nan_to_num(x)[None], s2_desc)[0]
+    want = match_shadows(want_p, classify(want_p, valid), opt, nir=x[i])
+    got = np.full(cloud.shape, 77, "uint8")
+
+    def put(y0, rows):
+        got[y0 : y0 + rows.shape[0]] = rows
+
+    graph = weighted_graph(x, s2_desc, pred, TileOptions(tile_size=48, threads=2))
+    stream_mask(graph, LocalRunner(2), put, shadows=opt, scratch=_Scratch(cloud.shape), nir_band=i)
+    np.testing.assert_array_equal(got, want)
+    assert (got[quiet & valid] == 3).mean() > 0.85 and not (got[decoy & valid] == 3).any()

@@ -151,6 +151,12 @@ def mask_cmd(
                      help="Strength of shadow matching: inside the learnt shadow zone a clear pixel turns shadow "
                           "when (1 + B) x P(shadow) > P(clear). Lower: fewer added shadows; 0: none."),
     ] = 3.0,
+    shadow_darkness: Annotated[
+        float | None,
+        typer.Option("--shadow-darkness", min=0.0, max=1.0,
+                     help="Also turn a clear pixel in the learnt shadow zone to shadow when its NIR is below R x the "
+                          "NIR of the clear ground around it (e.g. 0.7; default: off)."),
+    ] = None,
     sun_azimuth: Annotated[
         float | None,
         typer.Option("--sun-azimuth", min=0.0, max=360.0,
@@ -207,7 +213,7 @@ def mask_cmd(
         sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
         tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
         scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        shadow_matching=shadow_matching, shadow_boost=shadow_boost, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_metadata=sun_from_metadata, overwrite=overwrite, weights=str(weights) if weights else None,
+        shadow_matching=shadow_matching, shadow_boost=shadow_boost, shadow_darkness=shadow_darkness, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_metadata=sun_from_metadata, overwrite=overwrite, weights=str(weights) if weights else None,
         device=device,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:

@@ -27,7 +27,7 @@ from cloudmask.model.data import (
 )
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import save_weights
-from cloudmask.shadows import match_shadows
+from cloudmask.shadows import match_shadows, nir_band
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
@@ -228,7 +228,8 @@ def evaluate_sets(net: CloudNet, sets: dict[str, list[tuple[np.ndarray, np.ndarr
             if match and sh:
                 cm_net += confusion(pred, y)
             if match:
-                pred = match_shadows(prob, pred)
+                i = nir_band(d)
+                pred = match_shadows(prob, pred, nir=None if i is None else x[i])
             c = confusion(pred, y)
             cm += c
             if sh:

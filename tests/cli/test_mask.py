@@ -142,6 +142,22 @@ def test_shadow_boost_reaches_the_stac_item(tmp_path, flag, boost):
     assert props["cloudmask:options"]["shadow_boost"] == boost
 
 
+@pytest.mark.parametrize("flag, darkness", [([], None), (["--shadow-darkness", "0.7"], 0.7)])
+def test_shadow_darkness_reaches_the_stac_item(tmp_path, flag, darkness):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", *flag, *FAST])
+    assert res.exit_code == 0, res.output
+    props = json.loads((tmp_path / "out" / "S2A_MSIL2A_a_cloudmask.json").read_text())["properties"]
+    assert props["cloudmask:options"]["shadow_darkness"] == darkness
+
+
+def test_a_shadow_darkness_above_1_exits_2(tmp_path):
+    src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--shadow-darkness", "2", *FAST])
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "shadow-darkness" in res.output and "Traceback" not in res.output
+
+
 def test_negative_shadow_boost_exits_2(tmp_path):
     src = _s2(tmp_path / "S2A_MSIL2A_a.tif")
     res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--shadow-boost", "-1", *FAST])
