@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -21,12 +22,29 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None, _default: Any = warnings.showwarning) -> None:
+    """A warning as one yellow line on stderr (Python's own format, with its source line, under --debug)."""
+    if _state["debug"]:
+        _default(message, category, filename, lineno, file, line)
+        return
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 class _ErrorMappingGroup(TyperGroup):
-    """Turns library errors into one red line on stderr and the error's exit code (2 usage, 1 run)."""
+    """Turns library errors into one red line on stderr and the error's exit code (2 usage, 1 run),
+    and warnings into one yellow line each."""
 
     def invoke(self, ctx: Any) -> Any:
+        from rasterio.errors import NotGeoreferencedWarning
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                # cloudmask says so itself, once per scene ("… is not georeferenced; the mask will
+                # not be either"); rasterio would add a line for every file it opens or writes
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return super().invoke(ctx)
         except CloudmaskError as exc:
             if _state["debug"]:
                 raise

@@ -205,3 +205,15 @@ def test_device_that_torch_cannot_see_is_a_usage_error(tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     ok = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "cpu"), "--device", "cpu", "--quiet", *FAST])
     assert ok.exit_code == 0 and (tmp_path / "cpu" / "S2A_d_cloudmask.tif").is_file()
+
+
+def test_warnings_are_one_line_each(tmp_path):
+    """An un-georeferenced scene: cloudmask's own warning as one line; rasterio's
+    NotGeoreferencedWarning for every file opened or written is not shown."""
+    dn = np.round(random_reflectance(13, 64, 72, seed=3) * 10000 + 1000).astype("uint16")
+    src = write_raster(tmp_path / "plain.tif", dn, crs=None)
+    res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel2", "-o", str(tmp_path / "out"), "--quiet", *FAST])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == ["warning: plain.tif is not georeferenced; the mask will not be either"]
+    assert (tmp_path / "out" / "plain_cloudmask.tif").is_file()
