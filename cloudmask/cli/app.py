@@ -28,6 +28,11 @@ def _warning_line(message: Any, category: type[Warning], filename: str, lineno: 
     if _state["debug"]:
         _default(message, category, filename, lineno, file, line)
         return
+    if category.__name__ == "NotGeoreferencedWarning":
+        # rasterio's, for every file opened or written; cloudmask says it once per scene ("… is not
+        # georeferenced; the mask will not be either"). By name: importing rasterio here would
+        # slow down every command that does not need it
+        return
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
@@ -36,14 +41,9 @@ class _ErrorMappingGroup(TyperGroup):
     and warnings into one yellow line each."""
 
     def invoke(self, ctx: Any) -> Any:
-        from rasterio.errors import NotGeoreferencedWarning
-
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _warning_line
-                # cloudmask says so itself, once per scene ("… is not georeferenced; the mask will
-                # not be either"); rasterio would add a line for every file it opens or writes
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 return super().invoke(ctx)
         except CloudmaskError as exc:
             if _state["debug"]:
@@ -51,6 +51,8 @@ class _ErrorMappingGroup(TyperGroup):
             raise _fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
+        except BrokenPipeError:  # `cloudmask … | head`: click stops quietly (exit 1), as for its own output
+            raise
         except OSError as exc:  # disk full, permissions, broken pipes outside the library's own checks
             if _state["debug"]:
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -15,3 +16,15 @@ def test_building_the_cli_leaves_the_mask_stack_unimported() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """`cloudmask fetch --help | head`: the reader goes away; no error line, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "cloudmask", "fetch", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "80"})
+    for _ in range(10):  # rich writes the help in pieces: by now a later one meets the closed pipe
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == ""  # exit status: whatever click and rich give a closed pipe
