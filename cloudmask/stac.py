@@ -273,6 +273,11 @@ def _open_client(target: Target) -> Any:
 
 
 def _short(exc: BaseException) -> str:
+    """One short reason: the innermost OS error of a wrapped connection failure ("Connection
+    refused", not urllib3's whole chain), else the message's first line."""
+    errnos = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    if errnos:
+        return errnos[-1].strip()
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     return msg[:300]
