@@ -1051,6 +1051,35 @@ class _BandRows:
         return self.rows[y0 - self.y0 : y1 - self.y0]
 
 
+class _CoreRows:
+    """One band's rows assembled from the block cores that carry them (:meth:`WeightedGraph.block_reader`
+    with a band), kept per block row until asked for; rows are asked for in increasing order."""
+
+    def __init__(self, graph: WeightedGraph, band: int) -> None:
+        self.graph, self.band, self.w = graph, band, graph.shape[1]
+        self.cy = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # scene row of core row i
+        self.cx = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
+        self.rows: dict[int, np.ndarray] = {}  # block row → (its rows, w) float32
+
+    def keep(self, i: int, j: int, values: np.ndarray, is_stored: bool) -> None:
+        rows = self.rows.get(i)
+        if rows is None:
+            rows = self.rows[i] = np.empty((self.graph.ychunks[i], self.w), "float32")
+        rows[:, self.cx[j] : self.cx[j + 1]] = self.graph.core_to_physical(self.band, values, is_stored)
+
+    def __call__(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0:y1; block rows wholly above y0 are dropped (never asked for again)."""
+        cy = self.cy
+        for i in [k for k in self.rows if cy[k + 1] <= y0]:
+            del self.rows[i]
+        out = np.empty((y1 - y0, self.w), "float32")
+        for i, rows in self.rows.items():
+            a, b = max(y0, cy[i]), min(y1, cy[i + 1])
+            if a < b:
+                out[a - y0 : b - y0] = rows[a - cy[i] : b - cy[i]]
+        return out
+
+
 def stream_mask(
     graph: WeightedGraph,
     runner: LocalRunner | DistributedRunner,
@@ -1106,32 +1135,10 @@ def stream_mask(
     if matcher is not None and scratch is None:
         raise ValueError("shadow matching needs a scratch raster for the second pass")
     dark = matcher is not None and matcher.dark and nir_band is not None
-    # the darkness test's NIR rows: locally each block brings its core's NIR along (assembled per
-    # block row in ``nir_store``); on a cluster the band is read again (GDAL decodes it once more)
-    nir_rows = _BandRows(graph.reader, nir_band) if dark and not local else None
-    nir_store: dict[int, np.ndarray] = {}  # block row → (its rows, w) NIR, until emitted
-    cy = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # scene row where core row i starts
-    cx = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
-
-    def keep_nir(i: int, j: int, values: np.ndarray, is_stored: bool) -> None:
-        rows = nir_store.get(i)
-        if rows is None:
-            rows = nir_store[i] = np.empty((graph.ychunks[i], w), "float32")
-        rows[:, cx[j] : cx[j + 1]] = graph.core_to_physical(nir_band, values, is_stored)
-
-    def stored_nir(y0: int, y1: int) -> np.ndarray:
-        """NIR rows y0:y1 from the block rows that hold them; rows before y0 are not asked again."""
-        for i in [k for k in nir_store if cy[k + 1] <= y0]:
-            del nir_store[i]
-        out = np.empty((y1 - y0, w), "float32")
-        for i, rows in nir_store.items():
-            a, b = max(y0, cy[i]), min(y1, cy[i + 1])
-            if a < b:
-                out[a - y0 : b - y0] = rows[a - cy[i] : b - cy[i]]
-        return out
-
-    if dark and local:
-        nir_rows = stored_nir
+    # the darkness test's NIR rows: locally each block brings its core's NIR along; on a cluster
+    # the band is read again (GDAL decodes it once more)
+    cores = _CoreRows(graph, nir_band) if dark and local else None
+    nir_rows = cores if cores is not None else (_BandRows(graph.reader, nir_band) if dark else None)
 
     def finish(y0: int, cls: np.ndarray) -> None:
         for yy, rows in dil.push(y0, cls):
@@ -1190,7 +1197,7 @@ def stream_mask(
     done_blocks = 0
     for (i, j), block in runner.run(jobs(), may_submit=lambda: len(early) < max_early):
         if isinstance(block, tuple):  # (weighted block, the NIR of its core, whether stored values)
-            keep_nir(i, j, block[1], block[2])
+            cores.keep(i, j, block[1], block[2])
             block = block[0]
         done_blocks += 1
         if on_block:
