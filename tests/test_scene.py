@@ -20,6 +20,11 @@ def test_multiband_uint16_is_scaled_with_the_product_offset(s2_l2a_tif):
     np.testing.assert_allclose(values[:, 4:], refl[:, 4:], atol=6e-5)
     assert scene.descriptors.shape == (13, 5)
     assert not bool(scene.valid[:4].any()) and bool(scene.valid[4:].all())
+    # pixel-centre coordinates of the file's grid (as rioxarray gives them), one band per chunk
+    t = scene.transform
+    np.testing.assert_allclose(scene.data.x.values, t.c + t.a * (np.arange(96) + 0.5))
+    np.testing.assert_allclose(scene.data.y.values, t.f + t.e * (np.arange(80) + 0.5))
+    assert set(scene.data.data.chunks[0]) == {1}
 
 
 def test_raw_bands_convert_to_the_physical_values(s2_l2a_tif):
