@@ -440,11 +440,15 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
 
 
 def _check_readable(path: Path) -> None:
-    """Touch the last block so a truncated file fails now with a clear message, not mid-inference."""
+    """Touch the last block so a truncated file fails now with a clear message, not mid-inference.
+
+    The last band's: it is the file's last block whether bands are interleaved by pixel (one block
+    holds them all) or by band (written one after another); reading every band's would decode 13
+    blocks of a band-interleaved file for one."""
     try:
         with rasterio.open(str(path)) as ds:
             h, w = ds.height, ds.width
-            ds.read(window=((h - 1, h), (w - 1, w)))
+            ds.read(ds.count, window=((h - 1, h), (w - 1, w)))
     except RasterioIOError as exc:
         raise SceneError(f"{path}: file is corrupt or truncated ({_one_line(exc)})") from None
 

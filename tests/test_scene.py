@@ -248,6 +248,25 @@ def test_truncated_file_is_reported_when_opened(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(SceneError, match="t.tif"):
         read_scene(path, "sentinel2")
+    # bands interleaved by band: a damaged last block of the last band is found as well
+    import rasterio
+
+    from cloudmask.testing import TEST_CRS, test_transform
+
+    band_path = tmp_path / "b.tif"
+    with rasterio.open(band_path, "w", driver="GTiff", width=128, height=128, count=4, dtype="float32", tiled=True,
+                       blockxsize=64, blockysize=64, interleave="band", compress="deflate", crs=TEST_CRS,
+                       transform=test_transform(20.0)) as dst:
+        dst.write(random_reflectance(4, 128, 128, seed=2))
+        dst.descriptions = ("red", "green", "blue", "nir")
+    with rasterio.open(band_path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=4))
+        size = int(src.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=4))
+    data = bytearray(band_path.read_bytes())
+    data[offset : offset + size] = b"\xff" * size
+    band_path.write_bytes(bytes(data))
+    with pytest.raises(SceneError, match="b.tif: file is corrupt or truncated"):
+        read_scene(band_path, "sentinel2")
 
 
 def test_not_georeferenced_file_is_read_with_a_warning(tmp_path):
