@@ -446,7 +446,7 @@ def _check_readable(path: Path) -> None:
     holds them all) or by band (written one after another); reading every band's would decode 13
     blocks of a band-interleaved file for one."""
     try:
-        with rasterio.open(str(path)) as ds:
+        with _open(str(path)) as ds:
             h, w = ds.height, ds.width
             ds.read(ds.count, window=((h - 1, h), (w - 1, w)))
     except RasterioIOError as exc:

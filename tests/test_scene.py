@@ -7,7 +7,8 @@ import pytest
 
 from cloudmask.errors import BandError, SceneError
 from cloudmask.scene import read_scene
-from cloudmask.testing import random_reflectance, test_transform, write_raster, write_safe
+from cloudmask.testing import random_reflectance, write_raster, write_safe
+from cloudmask.testing import test_transform as grid_transform
 
 
 def test_multiband_uint16_is_scaled_with_the_product_offset(s2_l2a_tif):
@@ -82,7 +83,7 @@ def _band_folder(tmp_path, bands: tuple[tuple[str, int], ...]):
     for band, res in bands:
         n = int(1200 / res)
         dn = (random_reflectance(1, n, n) * 10000 + 1000).astype("uint16")
-        write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=test_transform(res), nodata=0)
+        write_raster(folder / f"T32TMT_20240101T103021_{band}_{res}m.tif", dn, transform=grid_transform(res), nodata=0)
     return folder
 
 
@@ -124,7 +125,7 @@ def _landsat_l1_files(folder, dn: int = 20000):
     name = "LC08_L1TP_195028_20240612_20240620_02_T1"
     folder.mkdir(parents=True)
     for b in range(1, 8):
-        write_raster(folder / f"{name}_B{b}.TIF", np.full((1, 20, 20), dn, "uint16"), transform=test_transform(30), nodata=0)
+        write_raster(folder / f"{name}_B{b}.TIF", np.full((1, 20, 20), dn, "uint16"), transform=grid_transform(30), nodata=0)
     (folder / f"{name}_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n")
     return name
 
@@ -251,12 +252,12 @@ def test_truncated_file_is_reported_when_opened(tmp_path):
     # bands interleaved by band: a damaged last block of the last band is found as well
     import rasterio
 
-    from cloudmask.testing import TEST_CRS, test_transform
+    from cloudmask.testing import TEST_CRS
 
     band_path = tmp_path / "b.tif"
     with rasterio.open(band_path, "w", driver="GTiff", width=128, height=128, count=4, dtype="float32", tiled=True,
                        blockxsize=64, blockysize=64, interleave="band", compress="deflate", crs=TEST_CRS,
-                       transform=test_transform(20.0)) as dst:
+                       transform=grid_transform(20.0)) as dst:
         dst.write(random_reflectance(4, 128, 128, seed=2))
         dst.descriptions = ("red", "green", "blue", "nir")
     with rasterio.open(band_path) as src:
