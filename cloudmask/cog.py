@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
-from cloudmask.errors import OutputError
+from cloudmask.errors import OutputError, first_line
 
 #: Internal tile edge of the COGs (and of the raw intermediate), in pixels.
 BLOCK = 512
@@ -70,8 +70,7 @@ def output_error(exc: BaseException, path: Path | str) -> OutputError:
         return OutputError(f"{path}: disk full while writing (no space left on device)")
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"{path}: output folder is not writable")
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return OutputError(f"{path}: cannot write output ({msg})")
+    return OutputError(f"{path}: cannot write output ({first_line(exc)})")
 
 
 def remove_quietly(path: Path | None) -> None:

@@ -56,3 +56,13 @@ class NoResultsError(FetchError):
 
 class EvaluateError(CloudmaskError):
     """Prediction and truth cannot be compared (grid mismatch, unknown encoding)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for a message. rasterio's "See previous exception" wrapper gives way
+    to its cause, GDAL's own message, which says what failed."""
+    text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if "previous exception" in text and cause is not None and str(cause).strip():
+        text = str(cause).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

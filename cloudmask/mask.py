@@ -25,7 +25,7 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from cloudmask import cog
-from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError
+from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError, first_line
 from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, nir_band, shadow_prior
 from cloudmask.tiles import (
@@ -666,7 +666,11 @@ def mask_scene(
             except CloudmaskError:
                 raise
             except (RasterioError, OSError) as exc:
-                raise SceneError(f"{source}: reading failed mid-scene ({cog.output_error(exc, source).args[0].split(': ', 1)[-1]})") from None
+                # The sinks raise OutputError for their own writes, so what lands here was a read,
+                # unless the system ran out of space on the way (e.g. GDAL's temporary files).
+                if cog.is_disk_full(exc):
+                    raise cog.output_error(exc, paths.mask) from None
+                raise SceneError(f"{source}: reading failed mid-scene ({first_line(exc)})") from None
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"{source}: inference failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
             for s in sinks:

@@ -41,7 +41,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 
-from cloudmask.errors import BandError, SceneError, UsageError
+from cloudmask.errors import BandError, SceneError, UsageError, first_line
 from cloudmask.registry import Band, Registry, Scaling, Sensor, load_registry
 
 #: Default dask chunk edge in pixels for lazily read scenes.
@@ -282,17 +282,7 @@ def _open(path: str) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: cannot read raster ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    """First line of an error; rasterio's "See previous exception" wrapper gives way to GDAL's own
-    message (the cause), which says what failed."""
-    text = str(exc).strip()
-    cause = exc.__cause__ or exc.__context__
-    if "previous exception" in text and cause is not None and str(cause).strip():
-        text = str(cause).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise SceneError(f"{path}: cannot read raster ({first_line(exc)})") from None
 
 
 def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToPhysical:
@@ -310,7 +300,7 @@ def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
                 path, chunks={"band": 1, "y": chunks, "x": chunks}, mask_and_scale=False, lock=False
             )
     except (RasterioIOError, OSError, ValueError) as exc:
-        raise SceneError(f"{path}: cannot read raster ({_one_line(exc)})") from None
+        raise SceneError(f"{path}: cannot read raster ({first_line(exc)})") from None
 
 
 def _lazy_band(
@@ -450,7 +440,7 @@ def _check_readable(path: Path) -> None:
             h, w = ds.height, ds.width
             ds.read(ds.count, window=((h - 1, h), (w - 1, w)))
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: file is corrupt or truncated ({_one_line(exc)})") from None
+        raise SceneError(f"{path}: file is corrupt or truncated ({first_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- (b) folder of band files
@@ -595,7 +585,7 @@ def _archive_members(path: Path) -> list[str]:
         with tarfile.open(path) as t:
             return [m.name for m in t.getmembers() if m.isfile()]
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise SceneError(f"{path}: cannot read archive ({_one_line(exc)})") from None
+        raise SceneError(f"{path}: cannot read archive ({first_line(exc)})") from None
 
 
 def _read_archive(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
@@ -740,7 +730,7 @@ def load_item(source: str) -> dict[str, Any]:
         else:
             item = json.loads(Path(source.removeprefix("file://")).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SceneError(f"{source}: cannot read STAC item ({_one_line(exc)})") from None
+        raise SceneError(f"{source}: cannot read STAC item ({first_line(exc)})") from None
     if not isinstance(item, dict) or item.get("type") != "Feature" or "assets" not in item:
         raise SceneError(f"{source}: not a STAC item (expected a GeoJSON Feature with assets)")
     return item

@@ -518,3 +518,28 @@ def test_a_darkness_ratio_outside_0_1_is_a_usage_error():
 def test_negative_shadow_boost_is_a_usage_error():
     with pytest.raises(UsageError, match="shadow-boost"):
         MaskOptions(shadow_boost=-1.0).check()
+
+
+def test_a_block_that_cannot_be_decoded_mid_scene_fails_with_gdals_reason(tmp_path, predictor):
+    """The truncation check touches the last block only; a damaged block elsewhere fails while
+    masking, is reported as a read (with GDAL's reason, not "cannot write output") and leaves
+    nothing behind."""
+    src = tmp_path / "S2A_MSIL2A_damaged.tif"
+    dn = np.round(random_reflectance(13, 128, 128, seed=4) * 10000 + 1000).astype("uint16")
+    with rasterio.open(src, "w", driver="GTiff", width=128, height=128, count=13, dtype="uint16", nodata=0,
+                       tiled=True, blockxsize=64, blockysize=64, compress="deflate", crs="EPSG:32632",
+                       transform=grid_transform(20.0)) as dst:
+        dst.write(dn)
+    with rasterio.open(src) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_1", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_0_1", "TIFF", bidx=1))
+    data = bytearray(src.read_bytes())
+    data[offset : offset + size] = b"\xff" * size
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(SceneError) as info:
+        mask_scene(src, out / "m.tif", predictor, MaskOptions(tiles=SMALL))
+    message = str(info.value)
+    assert message.startswith(f"{src}: reading failed mid-scene (") and "\n" not in message
+    assert "cannot write output" not in message and "previous exception" not in message
+    assert not out.exists() or _files(out) == []

@@ -295,18 +295,3 @@ def test_dn_conversion_into_strided_windows_matches_plain_maths(shape):
     np.testing.assert_array_equal(dst, want)
     assert (big[0] == 7.0).all() and (big[1, ..., :4] == 7.0).all() and (big[1, ..., 4 + shape[-1] :] == 7.0).all()
     np.testing.assert_array_equal(conv(dn), want)
-
-
-def test_read_errors_carry_gdals_reason_not_rasterios_wrapper():
-    """rasterio raises "Read failed. See previous exception for details." from GDAL's error; the
-    one-line message users see must be GDAL's reason (which block of which band failed)."""
-    from cloudmask.scene import _one_line
-
-    try:
-        try:
-            raise ValueError("t.tif, band 1: IReadBlock failed at X offset 0, Y offset 0\nsecond line")
-        except ValueError as gdal:
-            raise OSError("Read failed. See previous exception for details.") from gdal
-    except OSError as exc:
-        assert _one_line(exc) == "t.tif, band 1: IReadBlock failed at X offset 0, Y offset 0"
-    assert _one_line(OSError("plain\nmore")) == "plain"
