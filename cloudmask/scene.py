@@ -21,6 +21,7 @@ Bands at different resolutions are warped lazily (rasterio ``WarpedVRT``) onto o
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 import warnings
@@ -38,7 +39,7 @@ import xarray as xr
 import dask.array as dask_array
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 
 from cloudmask.errors import BandError, SceneError, UsageError, first_line
@@ -386,6 +387,7 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
         tags = src.tags()
         dtypes = [np.dtype(d) for d in src.dtypes]
         nodatas = [src.nodata] * count
+        _check_readable(src, path)
     sensor = resolve_sensor(sensor, registry, tags.get("CLOUDMASK_SENSOR") or path.name, str(path))
     _check_valid_product(sensor, product)
     product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), path.name)
@@ -399,7 +401,6 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
         whole = _open_lazy(str(path), chunks)  # one band per chunk
         layers, coords = whole.data, _grid_coords(whole)
         files = [(str(path), i) for i in range(1, count + 1)]
-    _check_readable(path)
     return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform, files=files,
                      coords=coords)
 
@@ -429,18 +430,50 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     return src.crs, Affine(resolution, 0, left, 0, -resolution, top), width, height
 
 
-def _check_readable(path: Path) -> None:
-    """Touch the last block so a truncated file fails now with a clear message, not mid-inference.
+def _check_readable(ds: rasterio.io.DatasetReader, path: Path) -> None:
+    """Fail now, with a clear message, on a file cut short (an interrupted download or copy), not
+    mid-inference.
 
-    The last band's: it is the file's last block whether bands are interleaved by pixel (one block
-    holds them all) or by band (written one after another); reading every band's would decode 13
-    blocks of a band-interleaved file for one."""
+    A local GeoTIFF says where each block lies (GDAL's ``BLOCK_OFFSET_x_y`` / ``BLOCK_SIZE_x_y``), so
+    comparing the block ends with the file's size finds truncation without decoding anything (for a
+    256² chip, decoding its one block had cost as much as reading the chip again). Other files
+    (archives, URLs, other formats) have the last band's last pixel read: its block is the file's last
+    under either interleave. A damaged block that is present in full is found where it is read."""
+    end = _block_data_end(ds) if os.path.isfile(path) else None
+    if end is not None:
+        size = os.path.getsize(path)
+        if end > size:
+            raise SceneError(f"{path}: file is truncated ({size} bytes; its blocks reach byte {end})")
+        return
     try:
-        with _open(str(path)) as ds:
-            h, w = ds.height, ds.width
-            ds.read(ds.count, window=((h - 1, h), (w - 1, w)))
+        h, w = ds.height, ds.width
+        ds.read(ds.count, window=((h - 1, h), (w - 1, w)))
     except RasterioIOError as exc:
         raise SceneError(f"{path}: file is corrupt or truncated ({first_line(exc)})") from None
+
+
+def _block_data_end(ds: rasterio.io.DatasetReader, max_blocks: int = 4096) -> int | None:
+    """The byte past the last stored block of a GeoTIFF (None: not a GeoTIFF GDAL can map).
+
+    Every block of every band when there are at most ``max_blocks`` (~6 µs each), else the last
+    band's last block, which GDAL and most writers store last."""
+    by, bx = ds.block_shapes[-1]
+    nx, ny = -(-ds.width // bx), -(-ds.height // by)
+    if nx * ny * ds.count <= max_blocks:
+        cells = [(b, i, j) for b in range(1, ds.count + 1) for j in range(ny) for i in range(nx)]
+    else:
+        cells = [(ds.count, nx - 1, ny - 1)]
+    end = 0
+    try:
+        for b, i, j in cells:
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=b)
+            size = ds.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=b)
+            if offset is None or size is None:
+                return None
+            end = max(end, int(offset) + int(size))
+    except (RasterioError, ValueError):
+        return None
+    return end
 
 
 # --------------------------------------------------------------------------- (b) folder of band files
