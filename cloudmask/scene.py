@@ -316,6 +316,7 @@ def _lazy_band(
     with _open(path) as src:
         dtype = np.dtype(src.dtypes[index - 1])
         nodata = src.nodata
+        _check_readable(src, Path(path), decode=False)
         same = grid is None or (src.width, src.height, src.transform) == (grid[2], grid[3], grid[1])
     if same:
         da = _open_lazy(path, chunks)
@@ -430,7 +431,7 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     return src.crs, Affine(resolution, 0, left, 0, -resolution, top), width, height
 
 
-def _check_readable(ds: rasterio.io.DatasetReader, path: Path) -> None:
+def _check_readable(ds: rasterio.io.DatasetReader, path: Path, decode: bool = True) -> None:
     """Fail now, with a clear message, on a file cut short (an interrupted download or copy), not
     mid-inference.
 
@@ -438,12 +439,16 @@ def _check_readable(ds: rasterio.io.DatasetReader, path: Path) -> None:
     comparing the block ends with the file's size finds truncation without decoding anything (for a
     256² chip, decoding its one block had cost as much as reading the chip again). Other files
     (archives, URLs, other formats) have the last band's last pixel read: its block is the file's last
-    under either interleave. A damaged block that is present in full is found where it is read."""
+    under either interleave, unless ``decode`` is False (one band of many: a range request or a
+    JPEG 2000 tile per band is not worth it). A damaged block that is present in full is found where
+    it is read."""
     end = _block_data_end(ds) if os.path.isfile(path) else None
     if end is not None:
         size = os.path.getsize(path)
         if end > size:
             raise SceneError(f"{path}: file is truncated ({size} bytes; its blocks reach byte {end})")
+        return
+    if not decode:
         return
     try:
         h, w = ds.height, ds.width

@@ -98,6 +98,22 @@ def test_band_folder_resampled_to_one_grid(tmp_path):
     assert scene.transform.a == 20
 
 
+
+def test_a_band_file_cut_short_is_named_before_any_work(tmp_path):
+    """A band of a folder downloaded in part: its block map points past its end."""
+    import rasterio
+
+    folder = _band_folder(tmp_path, (("B02", 10), ("B11", 20), ("B01", 60)))
+    band = folder / "T32TMT_20240101T103021_B11_20m.tif"
+    with rasterio.open(band) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    data = band.read_bytes()
+    assert offset + size <= len(data) and offset > 8  # the header comes first
+    band.write_bytes(data[: offset + size // 2])
+    with pytest.raises(SceneError, match=r"_B11_20m.tif: file is truncated"):
+        read_scene(folder)
+
 L2A_SAFE = "S2A_MSIL2A_20240612T103031_N0510_R108_T32TMT_20240612T140342.SAFE"
 L1C_SAFE = "S2B_MSIL1C_20200612T103029_N0209_R108_T32TMT_20200612T123456.SAFE"
 
