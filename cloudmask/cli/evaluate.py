@@ -105,7 +105,7 @@ def _print_tables(report: dict[str, Any]) -> None:
         )
 
 
-@app.command("evaluate", help=_HELP)
+@app.command("evaluate", help=_HELP, short_help="Score predicted masks against reference masks.")
 def evaluate_cmd(
     preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False, metavar="PRED")],
     truth: Annotated[Path, typer.Option("--truth", "-t", help="Reference mask file or folder (paired by file name).")],

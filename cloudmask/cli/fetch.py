@@ -25,7 +25,7 @@ class _RichLogHandler(logging.Handler):
         err_console.print(f"[{style}]{escape(record.getMessage())}[/]", highlight=False, soft_wrap=True)
 
 
-@app.command("fetch")
+@app.command("fetch", short_help="Search a STAC catalogue and download the scenes' bands.")
 def fetch_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write one sub-folder per item into.")] = Path("scenes"),
     bbox: Annotated[str | None, typer.Option("--bbox", help="Area as W,S,E,N in degrees.")] = None,
@@ -47,7 +47,10 @@ def fetch_cmd(
 ) -> None:
     """Search a STAC catalogue and download the bands the model uses, one folder per item.
 
-    Example: cloudmask fetch --bbox 5.9,45.8,10.5,47.8 --date 2024-06-01/2024-06-30 --sensor sentinel2 -o scenes/
+    \b
+    Example:
+      cloudmask fetch --bbox 5.9,45.8,10.5,47.8 --date 2024-06-01/2024-06-30 \\
+        --sensor sentinel2 -o scenes/
     """
     from cloudmask import fetch as fetch_mod
     from cloudmask import stac

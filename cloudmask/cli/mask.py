@@ -99,7 +99,7 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     return table
 
 
-@app.command("mask")
+@app.command("mask", short_help="Mask clouds and cloud shadow; one COG per scene.")
 def mask_cmd(
     inputs: Annotated[
         list[str] | None,
@@ -197,6 +197,7 @@ def mask_cmd(
     """Mask clouds and cloud shadow; write one COG (+ STAC item) per scene.
 
     Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
+
     Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request.
     """
     # imported here: the mask stack (Dask, xarray, rasterio) costs ~1 s that --help, sensors and

@@ -19,7 +19,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "S2A_MSIL2A_sample.tif"
 SAMPLE_LABEL = SAMPLE.with_name("S2A_MSIL2A_sample.label.tif")
 
 
-@app.command("sample")
+@app.command("sample", short_help="Copy the bundled sample scene and its labels.")
 def sample_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to copy the sample scene into.")] = Path("sample"),
     as_json: JsonOpt = False,

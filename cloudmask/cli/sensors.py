@@ -38,7 +38,7 @@ def _sensor_json(s: Sensor) -> dict:
     }
 
 
-@app.command("sensors")
+@app.command("sensors", short_help="List the sensor registry, or one sensor's bands.")
 def sensors_cmd(
     name: Annotated[str | None, typer.Argument(help="Show one sensor's bands (id, alias or platform).")] = None,
     sensors_dir: SensorsDirOpt = None,

@@ -21,7 +21,7 @@ def scene_seed(base: int, index: int) -> int:
     return int(np.random.SeedSequence([base, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
-@app.command("simulate")
+@app.command("simulate", short_help="Simulate labelled scenes (image, labels, JSON).")
 def simulate_cmd(
     sensor: Annotated[str, typer.Option("--sensor", "-s", help="Sensor id, alias or platform (see `cloudmask sensors`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", file_okay=False)],

@@ -21,7 +21,7 @@ def _val_text(val: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-@app.command("train")
+@app.command("train", short_help="Train the model on simulated (and real) scenes.")
 def train_cmd(
     overrides: Annotated[
         list[str] | None,

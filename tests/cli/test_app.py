@@ -22,9 +22,20 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     """`cloudmask fetch --help | head`: the reader goes away; no error line, no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "cloudmask", "fetch", "--help"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "80"})
-    for _ in range(10):  # rich writes the help in pieces: by now a later one meets the closed pipe
-        proc.stdout.readline()
-    proc.stdout.close()
+    proc.stdout.close()  # gone before the command (still importing) writes a byte: its first write fails
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert err == ""  # exit status: whatever click and rich give a closed pipe
+
+
+def test_help_names_every_option_in_full_on_an_80_column_terminal() -> None:
+    """Plain help, not rich's table: at 80 columns the table cut option names short
+    ("--sun-from-metad…") and squeezed their help into a column a few words wide."""
+    out = subprocess.run([sys.executable, "-m", "cloudmask", "mask", "--help"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "80"}).stdout
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    for option in ("--shadow-matching / --no-shadow-matching", "--sun-from-metadata", "--shadow-darkness"):
+        assert option in out
+    listing = subprocess.run([sys.executable, "-m", "cloudmask", "--help"], capture_output=True, text=True,
+                             check=True, env={**os.environ, "COLUMNS": "80"}).stdout
+    assert "..." not in listing.split("Commands:")[1]  # every command's one-line summary whole
