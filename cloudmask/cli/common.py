@@ -17,7 +17,7 @@ err_console = Console(stderr=True)
 SensorsDirOpt = Annotated[
     list[Path] | None,
     typer.Option(
-        "--sensors-dir",
+        "--sensors-dir", metavar="DIR",
         help="Extra directory of sensor YAML files (repeatable; also $CLOUDMASK_SENSORS).",
         exists=True,
         file_okay=False,

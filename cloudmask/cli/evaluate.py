@@ -108,35 +108,35 @@ def _print_tables(report: dict[str, Any]) -> None:
 @app.command("evaluate", help=_HELP, short_help="Score predicted masks against reference masks.")
 def evaluate_cmd(
     preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False, metavar="PRED")],
-    truth: Annotated[Path, typer.Option("--truth", "-t", help="Reference mask file or folder (paired by file name).")],
+    truth: Annotated[Path, typer.Option("--truth", "-t", metavar="PATH", help="Reference mask file or folder (paired by file name).")],
     truth_format: Annotated[
-        str, typer.Option("--truth-format", help="cloudmask | cloudsen12 | biome | sparcs, or a YAML mapping file.")
+        str, typer.Option("--truth-format", metavar="FORMAT", help="cloudmask | cloudsen12 | biome | sparcs, or a YAML mapping file.")
     ] = "cloudmask",
     pred_format: Annotated[
-        str, typer.Option("--pred-format", help="Encoding of the predictions (same choices as --truth-format).")
+        str, typer.Option("--pred-format", metavar="FORMAT", help="Encoding of the predictions (same choices as --truth-format).")
     ] = "cloudmask",
     classes: Annotated[
         str | None,
-        typer.Option("--classes", help="Classes the truth labels, e.g. 'cloud,thin,shadow' or 'cloud,shadow' "
+        typer.Option("--classes", metavar="CLASSES", help="Classes the truth labels, e.g. 'cloud,thin,shadow' or 'cloud,shadow' "
                      "(default: what the truth format labels)."),
     ] = None,
     names: Annotated[
-        list[str] | None, typer.Option("--name", "-n", help="Column name for each PRED, in order (repeatable).")
+        list[str] | None, typer.Option("--name", "-n", metavar="NAME", help="Column name for each PRED, in order (repeatable).")
     ] = None,
     reproject: Annotated[
         bool, typer.Option("--reproject", help="Resample predictions onto the truth grid when grids differ.")
     ] = False,
-    window: Annotated[int, typer.Option("--window", min=8, help="Window edge in pixels for the cloud-cover analysis.")] = 128,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write all numbers as long-format CSV.")] = None,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures to this folder.")] = None,
+    window: Annotated[int, typer.Option("--window", metavar="PX", min=8, help="Window edge in pixels for the cloud-cover analysis.")] = 128,
+    csv_path: Annotated[Path | None, typer.Option("--csv", metavar="FILE", help="Write all numbers as long-format CSV.")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", metavar="DIR", help="Write PNG figures to this folder.")] = None,
     image: Annotated[
         Path | None,
-        typer.Option("--image", help="Image (file, or folder paired by name) for RGB quick-looks in --plots.", exists=True),
+        typer.Option("--image", metavar="PATH", help="Image (file, or folder paired by name) for RGB quick-looks in --plots.", exists=True),
     ] = None,
     rgb: Annotated[
-        str | None, typer.Option("--rgb", help="1-based band numbers for red,green,blue of --image (default: by band name).")
+        str | None, typer.Option("--rgb", metavar="R,G,B", help="1-based band numbers for red,green,blue of --image (default: by band name).")
     ] = None,
-    quicklooks: Annotated[int, typer.Option("--quicklooks", min=0, help="How many scenes get a quick-look figure.")] = 6,
+    quicklooks: Annotated[int, typer.Option("--quicklooks", metavar="N", min=0, help="How many scenes get a quick-look figure.")] = 6,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -108,37 +108,38 @@ def mask_cmd(
             "archives (read in place), STAC item JSON paths or URLs, directory trees, "
             "globs ('archive/**/*.tif'), or @list.txt (one input per line).",
             show_default=False,
+            metavar="INPUT",
         ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Output folder; mirrors the input tree. Default: beside each input."),
+        typer.Option("--output", "-o", metavar="DIR", help="Output folder; mirrors the input tree. Default: beside each input."),
     ] = None,
     from_file: Annotated[
-        Path | None, typer.Option("--from-file", help="Text file of inputs, one per line (same as @FILE).")
+        Path | None, typer.Option("--from-file", metavar="FILE", help="Text file of inputs, one per line (same as @FILE).")
     ] = None,
     stac_item: Annotated[
         list[str] | None,
-        typer.Option("--stac-item", help="A STAC item URL or path; read in place with range requests (repeatable)."),
+        typer.Option("--stac-item", metavar="URL", help="A STAC item URL or path; read in place with range requests (repeatable)."),
     ] = None,
     sensor: Annotated[
-        str | None, typer.Option("--sensor", "-s", help="Sensor id; optional when the input names it (STAC, file name).")
+        str | None, typer.Option("--sensor", "-s", metavar="SENSOR", help="Sensor id; optional when the input names it (STAC, file name).")
     ] = None,
     bands: Annotated[
-        str | None, typer.Option("--bands", help="Comma-separated band names of the file's layers, in order.")
+        str | None, typer.Option("--bands", metavar="NAMES", help="Comma-separated band names of the file's layers, in order.")
     ] = None,
-    product: Annotated[str | None, typer.Option("--product", help="Product level (e.g. l1c, l2a) for DN scaling.")] = None,
+    product: Annotated[str | None, typer.Option("--product", metavar="PRODUCT", help="Product level (e.g. l1c, l2a) for DN scaling.")] = None,
     resolution: Annotated[
-        float | None, typer.Option("--resolution", help="Output pixel size in metres (default: the sensor's).")
+        float | None, typer.Option("--resolution", metavar="METRES", help="Output pixel size in metres (default: the sensor's).")
     ] = None,
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="Also write a 4-band probability COG (percent, uint8).")
     ] = False,
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", help="Cloud when P(thick)+P(thin) >= this (0-1); default: most likely class."),
+        typer.Option("--threshold", metavar="P", help="Cloud when P(thick)+P(thin) >= this (0-1); default: most likely class."),
     ] = None,
-    dilate: Annotated[int, typer.Option("--dilate", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
+    dilate: Annotated[int, typer.Option("--dilate", metavar="N", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
     binary: Annotated[bool, typer.Option("--binary", help="Write 1 = cloud (thick or thin), 0 = not cloud.")] = False,
     shadow_matching: Annotated[
         bool,
@@ -147,25 +148,25 @@ def mask_cmd(
     ] = True,
     shadow_boost: Annotated[
         float,
-        typer.Option("--shadow-boost", min=0.0,
+        typer.Option("--shadow-boost", metavar="B", min=0.0,
                      help="Strength of shadow matching: inside the learnt shadow zone a clear pixel turns shadow "
                           "when (1 + B) x P(shadow) > P(clear). Lower: fewer added shadows; 0: none."),
     ] = 3.0,
     shadow_darkness: Annotated[
         float | None,
-        typer.Option("--shadow-darkness", min=0.0, max=1.0,
+        typer.Option("--shadow-darkness", metavar="R", min=0.0, max=1.0,
                      help="Also turn a clear pixel in the learnt shadow zone to shadow when its NIR is below R x the "
                           "NIR of the clear ground around it (e.g. 0.7; default: off)."),
     ] = None,
     sun_azimuth: Annotated[
         float | None,
-        typer.Option("--sun-azimuth", min=0.0, max=360.0,
+        typer.Option("--sun-azimuth", metavar="DEGREES", min=0.0, max=360.0,
                      help="Sun azimuth in degrees clockwise from north: shadow matching keeps only shifts away "
                           "from the sun (default: learnt from the scene alone)."),
     ] = None,
     sun_elevation: Annotated[
         float | None,
-        typer.Option("--sun-elevation", min=0.0, max=90.0,
+        typer.Option("--sun-elevation", metavar="DEGREES", min=0.0, max=90.0,
                      help="Sun elevation in degrees: with the azimuth, bounds the shadow distance for clouds "
                           "0.2-12 km high."),
     ] = None,
@@ -176,19 +177,19 @@ def mask_cmd(
                           "a Landsat MTL, a SAFE's MTD_TL.xml) where --sun-azimuth/--sun-elevation are not given."),
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo scenes whose outputs already exist.")] = False,
-    tile_size: Annotated[int, typer.Option("--tile-size", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
+    tile_size: Annotated[int, typer.Option("--tile-size", metavar="PX", help="Target core edge of one model window in px (the scene is split into near-equal cores).", min=16)] = TileOptions.tile_size,
     overlap: Annotated[
-        int | None, typer.Option("--overlap", help="Extra pixels per window side (default: model halo + 8).", min=0)
+        int | None, typer.Option("--overlap", metavar="PX", help="Extra pixels per window side (default: model halo + 8).", min=0)
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model call.", min=1)] = TileOptions.batch_size,
-    threads: Annotated[int | None, typer.Option("--threads", help="Local worker threads (default: all cores).", min=1)] = None,
-    device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when torch sees a GPU). Dask cluster workers (--scheduler) run it on their CPUs.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Windows per model call.", min=1)] = TileOptions.batch_size,
+    threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="Local worker threads (default: all cores).", min=1)] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when torch sees a GPU). Dask cluster workers (--scheduler) run it on their CPUs.")] = "auto",
     scheduler: Annotated[
-        str | None, typer.Option("--scheduler", help="Run on a dask.distributed cluster, e.g. tcp://host:8786.")
+        str | None, typer.Option("--scheduler", metavar="ADDRESS", help="Run on a dask.distributed cluster, e.g. tcp://host:8786.")
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", help="Model weights (.safetensors from `cloudmask train`); default: bundled model."),
+        typer.Option("--weights", metavar="FILE", help="Model weights (.safetensors from `cloudmask train`); default: bundled model."),
     ] = None,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,

@@ -21,7 +21,7 @@ SAMPLE_LABEL = SAMPLE.with_name("S2A_MSIL2A_sample.label.tif")
 
 @app.command("sample", short_help="Copy the bundled sample scene and its labels.")
 def sample_cmd(
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder to copy the sample scene into.")] = Path("sample"),
+    out: Annotated[Path, typer.Option("-o", "--out", metavar="DIR", help="Folder to copy the sample scene into.")] = Path("sample"),
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

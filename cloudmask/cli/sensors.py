@@ -40,7 +40,7 @@ def _sensor_json(s: Sensor) -> dict:
 
 @app.command("sensors", short_help="List the sensor registry, or one sensor's bands.")
 def sensors_cmd(
-    name: Annotated[str | None, typer.Argument(help="Show one sensor's bands (id, alias or platform).")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show one sensor's bands (id, alias or platform).", metavar="SENSOR")] = None,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -23,17 +23,17 @@ def scene_seed(base: int, index: int) -> int:
 
 @app.command("simulate", short_help="Simulate labelled scenes (image, labels, JSON).")
 def simulate_cmd(
-    sensor: Annotated[str, typer.Option("--sensor", "-s", help="Sensor id, alias or platform (see `cloudmask sensors`).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", file_okay=False)],
-    n: Annotated[int, typer.Option("--n", "-n", help="Number of scenes.", min=1, max=100000)] = 1,
-    size: Annotated[int, typer.Option("--size", help="Scene size in pixels (square).", min=16, max=8192)] = 512,
-    seed: Annotated[int | None, typer.Option("--seed", help="Base seed for reproducible scenes.")] = None,
+    sensor: Annotated[str, typer.Option("--sensor", "-s", metavar="SENSOR", help="Sensor id, alias or platform (see `cloudmask sensors`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder.", file_okay=False)],
+    n: Annotated[int, typer.Option("--n", "-n", metavar="N", help="Number of scenes.", min=1, max=100000)] = 1,
+    size: Annotated[int, typer.Option("--size", metavar="PX", help="Scene size in pixels (square).", min=16, max=8192)] = 512,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Base seed for reproducible scenes.")] = None,
     bands: Annotated[
-        list[str] | None, typer.Option("--bands", "-b", help="Bands to simulate (repeat or comma-separate; default all).")
+        list[str] | None, typer.Option("--bands", "-b", metavar="NAMES", help="Bands to simulate (repeat or comma-separate; default all).")
     ] = None,
-    pixel_size: Annotated[float | None, typer.Option("--pixel-size", help="Metres per pixel (default: median band resolution).", min=1)] = None,
-    cloud_cover: Annotated[float | None, typer.Option("--cloud-cover", help="Fix the cloud-layer cover 0..1 (default random).", min=0, max=1)] = None,
-    level: Annotated[str, typer.Option("--level", help="toa (L1 top-of-atmosphere) or boa (L2 surface reflectance).")] = "toa",
+    pixel_size: Annotated[float | None, typer.Option("--pixel-size", metavar="METRES", help="Metres per pixel (default: median band resolution).", min=1)] = None,
+    cloud_cover: Annotated[float | None, typer.Option("--cloud-cover", metavar="F", help="Fix the cloud-layer cover 0..1 (default random).", min=0, max=1)] = None,
+    level: Annotated[str, typer.Option("--level", metavar="LEVEL", help="toa (L1 top-of-atmosphere) or boa (L2 surface reflectance).")] = "toa",
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

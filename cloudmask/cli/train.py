@@ -25,10 +25,11 @@ def _val_text(val: dict[str, Any]) -> str:
 def train_cmd(
     overrides: Annotated[
         list[str] | None,
-        typer.Argument(help="Config overrides as key.sub=value (YAML values), e.g. train.steps=500 data.tile=96."),
+        typer.Argument(help="Config overrides as key.sub=value (YAML values), e.g. train.steps=500 data.tile=96.",
+                       metavar="KEY=VALUE"),
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML training config (defaults apply for missing keys).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML training config (defaults apply for missing keys).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>/last.pt (same config).")] = False,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
