@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -89,6 +90,10 @@ class MaskOptions:
         if not self.shadow_matching or self.binary:
             return None
         opts = ShadowOptions(boost=self.shadow_boost, darkness=self.shadow_darkness or None)
+        if scene is not None and opts.darkness and nir_band(scene.descriptors) is None:
+            warnings.warn(f"{Path(scene.source).name}: no NIR band near 0.84 µm; --shadow-darkness is off for "
+                          "this scene", stacklevel=2)
+            opts = replace(opts, darkness=None)
         if scene is not None:
             azimuth, elevation = self.sun_for(scene)
             if azimuth is not None:
@@ -484,7 +489,7 @@ def stac_item_for_mask(
     valid = int(counts[:255].sum())
     total = int(counts.sum())
     names = {0: "clear", 1: "cloud"} if options.binary else CLASSES
-    shadows = options.shadow_options()
+    shadows = matcher.opt if matcher is not None else options.shadow_options()  # as applied to this scene
     fractions = {name: (float(counts[v]) / valid if valid else 0.0) for v, name in names.items()}
     fractions["nodata"] = float(counts[NODATA]) / total if total else 1.0
     cloudy = fractions.get("cloud", fractions.get("thick_cloud", 0.0) + fractions.get("thin_cloud", 0.0))

@@ -509,6 +509,20 @@ def test_the_darkness_test_on_a_cluster_gives_the_local_mask(tmp_path):
     assert (got[rim] == 3).mean() > 0.9
 
 
+def test_the_darkness_test_without_a_nir_band_warns_and_records_that_it_was_off(tmp_path, predictor):
+    """A blue/green/red file has no band near 0.84 µm: the scene is masked without the test, a
+    warning says so, and the STAC item does not claim it ran."""
+    src = tmp_path / "rgb.tif"
+    write_raster(src, random_reflectance(3, 48, 48, seed=3))
+    dst = tmp_path / "out" / "rgb_cloudmask.tif"
+    opts = MaskOptions(tiles=SMALL, sensor="sentinel2", bands=("B2", "B3", "B4"), shadow_darkness=0.7)
+    with pytest.warns(UserWarning, match=r"rgb.tif: no NIR band near 0.84 µm; --shadow-darkness is off"):
+        r = mask_scene(src, dst, predictor, opts)
+    assert r.status == "masked"
+    options = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:options"]
+    assert options["shadow_matching"] is True and options["shadow_darkness"] is None
+
+
 def test_a_darkness_ratio_outside_0_1_is_a_usage_error():
     with pytest.raises(UsageError, match="shadow-darkness"):
         MaskOptions(shadow_darkness=1.5).check()
