@@ -96,6 +96,9 @@ class MaskOptions:
             opts = replace(opts, darkness=None)
         if scene is not None:
             azimuth, elevation = self.sun_for(scene)
+            if self.sun_from_metadata and azimuth is None:
+                warnings.warn(f"{Path(scene.source).name}: no sun position in its metadata; shadow matching learns "
+                              "the shift from the scene alone", stacklevel=2)
             if azimuth is not None:
                 opts = replace(opts, prior=shadow_prior(azimuth, elevation, scene.transform, scene.crs))
         return opts

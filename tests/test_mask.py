@@ -523,6 +523,16 @@ def test_the_darkness_test_without_a_nir_band_warns_and_records_that_it_was_off(
     assert options["shadow_matching"] is True and options["shadow_darkness"] is None
 
 
+def test_sun_from_metadata_without_any_warns_and_matches_as_usual(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_MSIL2A_nosun.tif")
+    dst = tmp_path / "out" / "nosun_cloudmask.tif"
+    with pytest.warns(UserWarning, match=r"S2A_MSIL2A_nosun.tif: no sun position in its metadata"):
+        r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, sun_from_metadata=True))
+    assert r.status == "masked"
+    matching = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
+    assert matching["sun_azimuth"] is None
+
+
 def test_a_darkness_ratio_outside_0_1_is_a_usage_error():
     with pytest.raises(UsageError, match="shadow-darkness"):
         MaskOptions(shadow_darkness=1.5).check()
