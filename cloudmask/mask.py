@@ -124,6 +124,15 @@ class MaskOptions:
             raise UsageError(f"--sun-azimuth must be within 0..360 degrees, got {self.sun_azimuth}")
         if self.sun_elevation is not None and degrees_within(self.sun_elevation, 0.0, 90.0, open_low=True) is None:
             raise UsageError(f"--sun-elevation must be above 0 and at most 90 degrees, got {self.sun_elevation}")
+        if self.binary or not self.shadow_matching:
+            unused = [name for name, given in (
+                ("--shadow-boost", self.shadow_boost != ShadowOptions.boost), ("--shadow-darkness", bool(self.shadow_darkness)),
+                ("--sun-azimuth", self.sun_azimuth is not None), ("--sun-elevation", self.sun_elevation is not None),
+                ("--sun-from-metadata", self.sun_from_metadata)) if given]
+            if unused:
+                why = "--binary (no shadow class)" if self.binary else "--no-shadow-matching"
+                warnings.warn(f"{', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with {why}",
+                              stacklevel=2)
         from cloudmask.model.predictor import resolve_device
 
         resolve_device(self.device)  # a GPU torch cannot see fails here, before any scene

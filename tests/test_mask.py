@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -531,6 +532,18 @@ def test_sun_from_metadata_without_any_warns_and_matches_as_usual(tmp_path, pred
     assert r.status == "masked"
     matching = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
     assert matching["sun_azimuth"] is None
+
+
+def test_shadow_options_that_cannot_apply_are_named_once_per_run():
+    with pytest.warns(UserWarning, match=r"^--shadow-darkness has no effect with --binary \(no shadow class\)$"):
+        MaskOptions(binary=True, shadow_darkness=0.7).check()
+    with pytest.warns(UserWarning, match=r"^--shadow-boost, --sun-azimuth have no effect with --no-shadow-matching$"):
+        MaskOptions(shadow_matching=False, shadow_boost=1.0, sun_azimuth=10.0).check()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskOptions().check()
+        MaskOptions(binary=True).check()
+        MaskOptions(shadow_darkness=0.7, sun_from_metadata=True).check()
 
 
 def test_a_darkness_ratio_outside_0_1_is_a_usage_error():
