@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject as _rio_reproject
 
 from cloudmask import metrics
-from cloudmask.errors import EvaluateError, SceneError, UsageError
+from cloudmask.errors import EvaluateError, SceneError, UsageError, first_line
 from cloudmask.metrics import CLEAR, NODATA, SHADOW, THICK, THIN, Labelled
 
 MASK_SUFFIXES = (".tif", ".tiff", ".png", ".jp2", ".img", ".vrt")
@@ -90,7 +90,7 @@ def load_encoding(spec: str | None) -> Encoding:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read mapping ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"{path}: cannot read mapping ({first_line(exc)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict) or not doc["values"]:
         raise UsageError(f"{path}: a mapping file needs a 'values:' table of raw value -> clear|thick|thin|shadow|nodata")
     values: dict[int, int] = {}
@@ -190,7 +190,7 @@ def read_mask(path: str | Path, encoding: Encoding) -> Mask:
                 raw = ds.read(1)
                 crs, transform, nodata = ds.crs, ds.transform, ds.nodata
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: cannot read raster ({str(exc).strip().splitlines()[0]})") from None
+        raise SceneError(f"{path}: cannot read raster ({first_line(exc)})") from None
     return Mask(apply_encoding(raw, encoding, nodata, str(path)), crs, transform, path)
 
 
@@ -361,7 +361,7 @@ def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1
                 out_shape = (3, -(-ds.height // step), -(-ds.width // step))
                 data = ds.read(list(bands), out_shape=out_shape, resampling=Resampling.nearest, masked=True)
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: cannot read image ({str(exc).strip().splitlines()[0]})") from None
+        raise SceneError(f"{path}: cannot read image ({first_line(exc)})") from None
     arr = data.astype("float32").filled(np.nan)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:

@@ -689,7 +689,7 @@ def mask_scene(
                     raise cog.output_error(exc, paths.mask) from None
                 raise SceneError(f"{source}: reading failed mid-scene ({first_line(exc)})") from None
             except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{source}: inference failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+                raise ModelError(f"{source}: inference failed ({first_line(exc)})") from None
             for s in sinks:
                 s.close()
             commits: list[tuple[Path, Path]] = []

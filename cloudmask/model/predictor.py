@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloudmask.errors import BandError, ModelError, UsageError
+from cloudmask.errors import BandError, ModelError, UsageError, first_line
 from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm, stored_to_physical
 
 #: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
@@ -264,7 +264,6 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Predictor:
         net = CloudNet(ModelConfig.from_dict(arch))
         net.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model weights {weights.name} do not fit the architecture: {first}") from None
+        raise ModelError(f"model weights {weights.name} do not fit the architecture: {first_line(exc)}") from None
     version = str(sidecar.get("version") or meta.get("version") or "unknown")
     return Predictor(net, version=version, sha256=digest, source=str(weights), meta=sidecar)
