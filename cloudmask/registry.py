@@ -175,14 +175,24 @@ class Registry(Mapping[str, Sensor]):
     def get_sensor(self, name: str) -> Sensor:
         """Resolve an id, alias or platform (e.g. ``sentinel-2b``), suggesting close names on failure."""
         key = name.strip().lower()
-        for s in self._sensors.values():
-            if key == s.id or key in (a.lower() for a in (*s.aliases, *s.platforms)):
-                return s
-        close = difflib.get_close_matches(key, list(self._sensors), n=3, cutoff=0.4)
+        names = {n.lower(): s.id for s in self._sensors.values() for n in (s.id, *s.aliases, *s.platforms)}
+        if key in names:
+            return self._sensors[names[key]]
+        # Spelling differences only (LANDSAT_8 in Landsat metadata, "Sentinel 2"): one sensor, so take it.
+        bare = {_bare(n): sid for n, sid in names.items()}
+        if _bare(key) in bare and len({sid for n, sid in names.items() if _bare(n) == _bare(key)}) == 1:
+            return self._sensors[bare[_bare(key)]]
+        # Suggest sensors one of whose names is close (difflib's usual 0.6: 'bogus' is not 'modis').
+        close = list(dict.fromkeys(names[n] for n in difflib.get_close_matches(key, list(names), n=6, cutoff=0.6)))[:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownSensorError(
             f"unknown sensor {name!r}{hint} (known: {', '.join(self._sensors)}; see `cloudmask sensors`)"
         )
+
+
+def _bare(name: str) -> str:
+    """A sensor name without case, spaces, hyphens and underscores."""
+    return "".join(c for c in name.lower() if c.isalnum() or c == "+")
 
 
 def bundled_sensors_dir() -> Path:

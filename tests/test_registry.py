@@ -225,7 +225,8 @@ def test_centres_agree_with_spyndex_bands_table() -> None:
     ("name", "sensor_id"),
     [("landsat8", "landsat8"), ("LC08", "landsat8"), ("Landsat-8", "landsat8"), (" l9 ", "landsat9"),
      ("LE07", "landsat7"), ("landsat-5", "landsat5"), ("SENTINEL-2B", "sentinel2"), ("S2", "sentinel2"),
-     ("Sentinel3-OLCI", "sentinel3-olci"), ("PlanetScope", "superdove"), ("TERRA", "modis")],
+     ("Sentinel3-OLCI", "sentinel3-olci"), ("PlanetScope", "superdove"), ("TERRA", "modis"),
+     ("LANDSAT_8", "landsat8"), ("Sentinel 2", "sentinel2"), ("sentinel3_olci", "sentinel3-olci")],
 )
 def test_sensor_lookup_by_id_alias_or_platform_is_case_insensitive(name: str, sensor_id: str) -> None:
     assert get_sensor(name).id == sensor_id
@@ -244,6 +245,11 @@ def test_unknown_sensor_suggests_close_names() -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(UnknownSensorError, match="known: .*superdove"):
         get_sensor("worldview3")
+    with pytest.raises(UnknownSensorError, match="did you mean sentinel2"):
+        get_sensor("sentinal-2")  # a misspelt platform name
+    with pytest.raises(UnknownSensorError) as err:
+        get_sensor("bogus")  # only names that are close are suggested
+    assert "did you mean" not in str(err.value)
 
 
 def test_unknown_band_and_product_and_duplicates() -> None:
