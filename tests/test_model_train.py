@@ -351,3 +351,48 @@ def test_four_band_validation_sets_and_their_part_in_selection(tmp_path: Path) -
     train(load_config(None, [f"out={out}", *TINY_RUN, "train.steps=1", "val.four_bands=true"]))
     val = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val"]
     assert {"sim_sentinel2_4band", "sim_landsat8_4band"} <= set(val)
+
+
+def test_distillation_loss_is_kl_over_valid_pixels_only() -> None:
+    from cloudmask.model.train import distillation_loss
+
+    teacher = torch.log_softmax(torch.randn(2, 4, 8, 8), dim=1)
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    assert float(distillation_loss(teacher.clone(), teacher, valid)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(2, 4, 8, 8)
+    kl = float(distillation_loss(student, teacher, valid))
+    assert kl > 0.01
+    # a teacher NaN at nodata (label 255) must not reach the loss
+    teacher[0, :, 0, 0] = float("nan")
+    valid[0, 0, 0] = False
+    assert np.isfinite(float(distillation_loss(student, teacher, valid)))
+
+
+def test_train_with_a_teacher_learns_its_probabilities(tmp_path: Path) -> None:
+    """train.teacher + distill=1: the labels play no part, the network moves towards the teacher."""
+    from cloudmask.model.predictor import load_model
+    from cloudmask.model.train import train
+
+    tiny = [*TINY_RUN, "real.root=null", "train.val_every=100", "train.ckpt_every=100"]
+    train(load_config(None, [f"out={tmp_path / 't'}", *tiny, "train.steps=1", "seed=3"]))
+    teacher = tmp_path / "t" / "best.safetensors"
+
+    def gap(weights: Path) -> float:
+        from cloudmask.model.data import SimSource
+
+        src = SimSource(load_config(None, [f"out={tmp_path}", *tiny])["data"], np.random.default_rng(99))
+        b = src.batch(4, 32)
+        x, d = torch.from_numpy(b.x), torch.from_numpy(b.desc)
+        with torch.no_grad():
+            t = torch.log_softmax(load_model(teacher).net(x, d), dim=1)
+            s = torch.log_softmax(load_model(weights).net(x, d), dim=1)
+        return float((t.exp() * (t - s)).sum(dim=1).nanmean())
+
+    train(load_config(None, [f"out={tmp_path / 's'}", *tiny, "train.steps=40", "train.lr=0.01", "seed=4",
+                             f"train.teacher={teacher}", "train.distill=1.0", "train.val_every=40"]))
+    train(load_config(None, [f"out={tmp_path / 'n'}", *tiny, "train.steps=40", "train.lr=0.01", "seed=4",
+                             "train.val_every=40"]))
+    assert gap(tmp_path / "s" / "best.safetensors") < 0.5 * gap(tmp_path / "n" / "best.safetensors")
+    with pytest.raises(UsageError, match="distill must be within"):
+        train(load_config(None, [f"out={tmp_path / 'x'}", *tiny, "train.steps=1", f"train.teacher={teacher}",
+                                 "train.distill=2"]))

@@ -66,6 +66,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "threads": 2,
         "select": "score",  # checkpoint selection: mean of sim and l8biome-val cloud F1 (+ shadow F1)
         "init": None,  # weights to start from (fine-tuning); None = random initialisation
+        # distillation: a trained model (weights file) whose probabilities the network learns to
+        # match, e.g. a narrower network copying the bundled one; distill = the share of the loss
+        # that is KL(teacher || network), the rest cross-entropy with the labels
+        "teacher": None,
+        "distill": 1.0,
         "max_minutes": None,  # wall-clock budget: stop (with a final validation) when it is spent
         "schedule": "steps",  # "steps": cosine over train.steps; "time": cosine over max(step, time) progress
         "ema": 0.0,  # >0: validate and save an exponential moving average of the weights with this decay
@@ -179,6 +184,15 @@ def partial_cross_entropy(logits: torch.Tensor, y: torch.Tensor, thin_lab: torch
     if class_weights is not None:
         wts = wts * class_weights[yc]
     return -(ll * wts).sum() / wts.sum().clamp(min=1.0)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_log_proba: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || network) over ``valid`` pixels: the network learns the teacher's whole
+    probability vector (its calibration too, which cloud-shadow matching's boost was set for),
+    not just its argmax."""
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1), teacher_log_proba, reduction="none",
+                                    log_target=True).sum(dim=1)
+    return torch.where(valid, kl, 0.0).sum() / valid.sum().clamp(min=1)  # where: NaN at nodata stays out
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -321,6 +335,14 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         if init.config != net.config:
             raise UsageError(f"train.init {tcfg['init']}: its architecture differs from model: in the config")
         net.load_state_dict(init.net.state_dict())
+    teacher, distill = None, float(tcfg.get("distill", 1.0))
+    if tcfg.get("teacher"):
+        from cloudmask.model.predictor import load_model
+
+        if not 0.0 <= distill <= 1.0:
+            raise UsageError(f"train.distill must be within 0..1, got {distill}")
+        teacher = load_model(tcfg["teacher"]).net.to(device).eval()
+        teacher.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     steps, warm = int(tcfg["steps"]), int(tcfg["warmup"])
 
@@ -397,12 +419,16 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             use_real = real_src is not None and rng_aug.random() < float(rcfg["prob"])
             batch: Batch = (real_src if use_real else sim_src).batch(int(dcfg["batch"]), int(dcfg["tile"]))  # type: ignore[union-attr]
             x, d = jitter(batch.x, batch.desc, rng_aug, dcfg.get("jitter", {}))
-            xt = torch.from_numpy(x).to(device)
-            logits = net(xt, torch.from_numpy(d).to(device))
+            xt, dt, yt = torch.from_numpy(x).to(device), torch.from_numpy(d).to(device), torch.from_numpy(batch.y).to(device)
+            logits = net(xt, dt)
             loss = partial_cross_entropy(
-                logits, torch.from_numpy(batch.y).to(device),
-                torch.from_numpy(batch.thin_labelled).to(device), torch.from_numpy(batch.shadow_labelled).to(device), cw,
+                logits, yt, torch.from_numpy(batch.thin_labelled).to(device),
+                torch.from_numpy(batch.shadow_labelled).to(device), cw,
             )
+            if teacher is not None:
+                with torch.no_grad():
+                    target = torch.log_softmax(teacher(xt, dt), dim=1)
+                loss = (1.0 - distill) * loss + distill * distillation_loss(logits, target, yt != 255)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 2.0)
