@@ -179,9 +179,9 @@ class Registry(Mapping[str, Sensor]):
         if key in names:
             return self._sensors[names[key]]
         # Spelling differences only (LANDSAT_8 in Landsat metadata, "Sentinel 2"): one sensor, so take it.
-        bare = {_bare(n): sid for n, sid in names.items()}
-        if _bare(key) in bare and len({sid for n, sid in names.items() if _bare(n) == _bare(key)}) == 1:
-            return self._sensors[bare[_bare(key)]]
+        same = {sid for n, sid in names.items() if _bare(n) == _bare(key)}
+        if len(same) == 1:
+            return self._sensors[same.pop()]
         # Suggest sensors one of whose names is close (difflib's usual 0.6: 'bogus' is not 'modis').
         close = list(dict.fromkeys(names[n] for n in difflib.get_close_matches(key, list(names), n=6, cutoff=0.6)))[:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
