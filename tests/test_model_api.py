@@ -10,6 +10,7 @@ import pytest
 
 from cloudmask.errors import BandError, ModelError
 from cloudmask.model import Predictor, load_model
+from cloudmask.model.descriptors import descriptor_features
 from cloudmask.registry import get_sensor
 
 TINY = {"desc_dim": 16, "enc_width": 8, "lin4_width": 4, "c4": 8, "c8": 12, "dilations": (1, 2), "head_width": 6}
@@ -195,6 +196,27 @@ def test_output_region_equals_crop_of_full_output(predictor: Predictor) -> None:
     for bad in [(0, 62, 0, 75), (10, 10, 0, 5), (-1, 5, 0, 5)]:
         with pytest.raises(BandError, match="region"):
             predictor.predict_proba(x, d, region=bad)
+
+
+def test_cropped_decoder_equals_crop_of_the_whole_context(predictor: Predictor) -> None:
+    """The decoder run on part of the 1/4-resolution map (what a tiled window's output region
+    needs) gives that part of the whole map: edges, odd offsets, one row or column."""
+    import torch
+
+    net = predictor._infer
+    x, d = _scene(9, 168, 200, seed=6)
+    x[3, 40:90, 60:120] = np.nan  # the masking path
+    xt, dt = torch.from_numpy(x)[None], torch.from_numpy(d)
+    with torch.inference_mode():
+        emb = net.desc_mlp(descriptor_features(dt))
+        v4, m4 = net._pool(xt, dt, fast=False)
+        full = net._context(v4, m4, dt, emb)
+        h4, w4 = full.shape[-2:]
+        for keep in [(0, h4, 0, w4), (5, 37, 7, 44), (0, 3, w4 - 2, w4), (h4 - 1, h4, 0, 1), (20, 21, 19, 20), (6, 41, 1, 49)]:
+            r0, r1, c0, c1 = keep
+            part = net._context(v4, m4, dt, emb, keep=keep)
+            assert part.shape[-2:] == (r1 - r0, c1 - c0)
+            torch.testing.assert_close(part, full[..., r0:r1, c0:c1], rtol=0, atol=1e-5)
 
 
 def test_finite_hint_skips_only_a_check(predictor: Predictor) -> None:
