@@ -485,7 +485,7 @@ def _bounds_wgs84(scene: Scene) -> list[float] | None:
     from rasterio.warp import transform_bounds
 
     h, w = scene.shape
-    south, west, north, east = array_bounds(h, w, scene.transform)
+    west, south, east, north = array_bounds(h, w, scene.transform)  # rasterio's order
     try:
         return [float(v) for v in transform_bounds(scene.crs, "EPSG:4326", west, south, east, north)]
     except Exception:  # noqa: BLE001 - odd CRS: the item simply carries no footprint

@@ -69,6 +69,16 @@ def test_one_scene_gives_valid_cog_on_the_input_grid_and_a_stac_item(tmp_path, p
     assert fr["nodata"] == pytest.approx(4 / 80, abs=1e-5)
     assert item["assets"]["mask"]["href"] == "a_cloudmask.tif"
     assert _files(tmp_path / "out") == ["a_cloudmask.json", "a_cloudmask.tif", "a_cloudprob.tif"]
+    # the footprint in lon/lat: west, south, east, north, and a polygon around the same box
+    with rasterio.open(src) as s:
+        from rasterio.warp import transform_bounds
+
+        want = transform_bounds(s.crs, "EPSG:4326", *s.bounds)
+    assert item["bbox"] == pytest.approx(list(want), abs=1e-6)
+    west, south, east, north = item["bbox"]
+    assert west < east and south < north
+    lons, lats = zip(*item["geometry"]["coordinates"][0])
+    assert (min(lons), min(lats), max(lons), max(lats)) == pytest.approx((west, south, east, north), abs=1e-6)
 
 
 def test_mask_matches_whole_scene_prediction_away_from_edges(tmp_path, predictor):
