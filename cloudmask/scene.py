@@ -63,6 +63,9 @@ class ToPhysical:
     scaling: Scaling
     is_int: bool
     nodata: float | None
+    #: a second nodata value: an integer file's own, where it differs from the registry's (both
+    #: mark missing data; such a band is converted here, never handed to the model as stored)
+    also: float | None = None
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         out = np.empty(block.shape, dtype="float32")
@@ -74,7 +77,7 @@ class ToPhysical:
         """(scale, offset) when the stored values are integers mapped affinely (the common case),
         so a consumer may convert them itself; None for float files and thermal radiance."""
         sc = self.scaling
-        if self.is_int and sc.k1 is None and sc.k2 is None:
+        if self.is_int and sc.k1 is None and sc.k2 is None and self.also is None:
             return float(sc.scale), float(sc.offset)
         return None
 
@@ -82,9 +85,9 @@ class ToPhysical:
         """Write the physical values of ``block`` into ``out`` (float32, same shape). A plain affine
         map of integers needs no temporaries: scaled integer DNs are always finite."""
         sc = self.scaling
-        nodata = self.nodata if self.nodata is not None and np.isfinite(self.nodata) and block.size else None
-        if nodata is not None and not (block.min() <= nodata <= block.max()):
-            nodata = None  # usually one cheap pass over the stored values, no temporary
+        nodata, also = (_occurring(block, v) for v in (self.nodata, self.also))
+        if nodata is None:
+            nodata, also = also, None
         if self.is_int and sc.k1 is None and sc.k2 is None:
             scale, offset = np.float32(sc.scale), np.float32(sc.offset)
             # in row slabs of ~256 KB: every pass after the first finds the slab still in cache (a
@@ -98,12 +101,29 @@ class ToPhysical:
                     o += offset
                 if nodata is not None:
                     np.copyto(o, np.float32(np.nan), where=b == nodata)
+                if also is not None:
+                    np.copyto(o, np.float32(np.nan), where=b == also)
             return
         # float files as they are; thermal radiance through Planck's law (may be non-finite)
         out[...] = sc.apply(block) if self.is_int else block
         np.copyto(out, np.float32(np.nan), where=~np.isfinite(out))
-        if nodata is not None:
-            np.copyto(out, np.float32(np.nan), where=block == nodata)
+        for value in (nodata, also):
+            if value is not None:
+                np.copyto(out, np.float32(np.nan), where=block == value)
+
+
+def _occurring(block: np.ndarray, value: float | None) -> float | None:
+    """``value`` if it may occur in ``block`` (within its range; NaNs in a float block ignored),
+    else None: usually one cheap pass over the stored values that spares a comparison pass."""
+    if value is None or not np.isfinite(value) or not block.size:
+        return None
+    if block.dtype.kind == "f":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN block
+            lo, hi = np.nanmin(block), np.nanmax(block)
+    else:
+        lo, hi = block.min(), block.max()
+    return value if lo <= value <= hi else None
 
 
 @dataclass(frozen=True)
@@ -287,9 +307,13 @@ def _open(path: str) -> rasterio.io.DatasetReader:
 
 
 def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToPhysical:
-    """How one band's stored values become physical ones (the registry's nodata wins for integers)."""
-    nodata = (scaling.nodata if scaling.nodata is not None else file_nodata) if is_int else file_nodata
-    return ToPhysical(scaling, is_int, nodata)
+    """How one band's stored values become physical ones. For integers both the registry's nodata
+    (a sensor fact: e.g. DN 0 is never a measurement) and the file's own mark missing data."""
+    if not is_int:
+        return ToPhysical(scaling, is_int, file_nodata)
+    if scaling.nodata is None or file_nodata is None or file_nodata == scaling.nodata:
+        return ToPhysical(scaling, is_int, scaling.nodata if scaling.nodata is not None else file_nodata)
+    return ToPhysical(scaling, is_int, scaling.nodata, also=file_nodata)
 
 
 def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:

@@ -313,3 +313,27 @@ def test_dn_conversion_into_strided_windows_matches_plain_maths(shape):
     np.testing.assert_array_equal(dst, want)
     assert (big[0] == 7.0).all() and (big[1, ..., :4] == 7.0).all() and (big[1, ..., 4 + shape[-1] :] == 7.0).all()
     np.testing.assert_array_equal(conv(dn), want)
+
+
+def test_an_integer_files_own_nodata_is_nodata_besides_the_registrys(tmp_path):
+    """A uint16 file declaring nodata 65535: those pixels are missing (NaN), and so is DN 0, the
+    sensor's own nodata; the model is then handed physical values, not stored ones."""
+    dn = (random_reflectance(13, 40, 48, seed=3) * 10000 + 1000).astype("uint16")
+    dn[:, :, :20] = 65535  # the file's fill
+    dn[:, 30:, 30:] = 0  # the registry's
+    path = write_raster(tmp_path / "S2A_MSIL2A_fill.tif", dn, nodata=65535)
+    scene = read_scene(path)
+    phys = scene.data.values
+    assert np.isnan(phys[:, :, :20]).all() and np.isnan(phys[:, 30:, 30:]).all()
+    assert np.isfinite(phys[:, :30, 20:]).all()
+    assert scene.raw.convert[0].affine is None  # both values checked on conversion
+
+
+def test_a_float_files_nodata_holds_in_chunks_with_a_nan(tmp_path):
+    x = random_reflectance(13, 40, 48, seed=4)
+    x[:, :, :24] = -9999.0
+    x[2, 5, 30] = np.nan
+    path = write_raster(tmp_path / "S2A_MSIL2A_float.tif", x, nodata=-9999.0)
+    phys = read_scene(path).data.values
+    assert np.isnan(phys[:, :, :24]).all()
+    assert np.isnan(phys[2, 5, 30]) and np.isfinite(np.delete(phys[:, :, 24:], 2, axis=0)).all()
