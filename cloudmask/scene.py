@@ -695,19 +695,14 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
     entries = sorted(p for p in path.iterdir() if p.is_file())
     files = [p for p in entries if p.suffix.lower() in _RASTER_SUFFIXES]
-    item_json = next(iter(sorted(path.glob("*.json"))), None)
+    item_json, item = _stac_item_in(path)
     if not files:
         if item_json is not None:
             return _read_stac_item(str(item_json), sensor, bands, product, resolution, registry, chunks)
         raise SceneError(f"{path}: folder holds no raster files (.tif, .jp2)")
-    item = None
     hint = path.name + "/" + files[0].name
-    if item_json is not None:
-        try:
-            item = json.loads(item_json.read_text())
-            hint = item.get("properties", {}).get("platform") or hint
-        except (OSError, ValueError):
-            item = None
+    if item is not None:
+        hint = item.get("properties", {}).get("platform") or hint
     sensor = resolve_sensor(sensor, registry, hint, str(path))
     _check_valid_product(sensor, product)
     if product is None and item is not None:  # `cloudmask fetch` records the registry product it chose
@@ -722,6 +717,22 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
         meta = next((f for f in entries if _SUN_FILES.search(f.name)), None)
         scene.sun = _sun_from_file(meta) if meta is not None else None
     return scene
+
+
+def _stac_item_in(folder: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The first JSON file in ``folder`` that is a STAC item (a GeoJSON Feature), and its content.
+    Why not any JSON: USGS ships Landsat metadata as ``*_MTL.json``, which says nothing of the
+    product a STAC item records, so taking it for one scaled L1 bands as L2."""
+    for candidate in sorted(folder.glob("*.json")):
+        if _SUN_FILES.search(candidate.name):
+            continue
+        try:
+            doc = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("type") == "Feature":
+            return candidate, doc
+    return None, None
 
 
 def _match_band_files(files: Sequence[tuple[str, str]], sensor: Sensor, bands: Sequence[str] | None,

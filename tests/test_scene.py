@@ -148,11 +148,21 @@ def _landsat_l1_files(folder, dn: int = 20000):
     return name
 
 
-def test_a_landsat_l1_band_folder_is_scaled_as_l1_not_the_default_l2(tmp_path):
-    _landsat_l1_files(tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1")
-    scene = read_scene(tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1")
-    assert scene.sensor.id == "landsat8" and scene.product == "l1"
+@pytest.mark.parametrize("mtl_json", [False, True])
+def test_a_landsat_l1_band_folder_is_scaled_as_l1_not_the_default_l2(tmp_path, mtl_json):
+    """Also beside USGS's ``*_MTL.json`` (metadata, not a STAC item: it must not decide the product)."""
+    import json
+
+    folder = tmp_path / "LC08_L1TP_195028_20240612_20240620_02_T1"
+    _landsat_l1_files(folder)
+    if mtl_json:
+        meta = {"LANDSAT_METADATA_FILE": {"IMAGE_ATTRIBUTES": {"SUN_AZIMUTH": "140.5", "SUN_ELEVATION": "55.2"}}}
+        (folder / f"{folder.name}_MTL.json").write_text(json.dumps(meta))
+    scene = read_scene(folder)
+    assert scene.sensor.id == "landsat8" and scene.product == "l1" and scene.item is None
     np.testing.assert_allclose(scene.data.values, 20000 * 2e-5 - 0.1, rtol=1e-5)
+    if mtl_json:
+        assert scene.sun == pytest.approx((140.5, 55.2))
 
 
 def test_zip_and_tar_archives_are_read_in_place(tmp_path):
