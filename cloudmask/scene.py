@@ -533,9 +533,11 @@ def degrees_within(value: Any, low: float, high: float, open_low: bool = False) 
 
 
 def sun_angles(azimuth: Any, elevation: Any) -> tuple[float | None, float | None] | None:
-    """Checked (azimuth, elevation): an azimuth within 0–360, an elevation above 0 up to 90; None
-    when neither is usable."""
-    az, el = degrees_within(azimuth, 0.0, 360.0), degrees_within(elevation, 0.0, 90.0, open_low=True)
+    """Checked (azimuth, elevation): an azimuth within −180–360 (Landsat MTLs give −180–180),
+    returned within 0–360; an elevation above 0 up to 90; None when neither is usable."""
+    az, el = degrees_within(azimuth, -180.0, 360.0), degrees_within(elevation, 0.0, 90.0, open_low=True)
+    if az is not None:
+        az %= 360.0
     return None if az is None and el is None else (az, el)
 
 

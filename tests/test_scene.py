@@ -212,6 +212,8 @@ def test_the_sun_is_read_from_stac_items_landsat_mtl_and_safe_metadata(tmp_path)
     assert sun_from_metadata('{"IMAGE_ATTRIBUTES": {"SUN_AZIMUTH": "151.288", "SUN_ELEVATION": "62.215"}}') == (151.288, 62.215)
     assert sun_from_metadata(MTD_TL) == pytest.approx((152.3, 62.4))  # elevation = 90 - zenith
     assert sun_from_metadata("SUN_AZIMUTH = 400\nSUN_ELEVATION = -2") is None and sun_from_metadata("none") is None
+    # Landsat MTLs give azimuths within -180..180: the same direction, within 0..360
+    assert sun_from_metadata("SUN_AZIMUTH = -37.5\nSUN_ELEVATION = 21.7") == (322.5, 21.7)
     # STAC view extension; untrusted values (not a number, out of range) count as unknown
     item = {"properties": {"view:sun_azimuth": 151.2, "view:sun_elevation": 38.5}}
     assert Scene(None, None, [], "x", item=item).sun == (151.2, 38.5)
