@@ -115,6 +115,8 @@ class RasterSink:
             "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
             "compress": "none", "BIGTIFF": "IF_SAFER",
         }
+        if count > 1:  # GDAL would take 3–4 byte bands for RGB(A), e.g. P(shadow) for alpha
+            profile["photometric"] = "MINISBLACK"
         if crs is not None:
             profile["crs"] = crs
         if transform is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 
 from cloudmask import cog
 from cloudmask import mask as mask_mod
@@ -58,7 +59,9 @@ def test_one_scene_gives_valid_cog_on_the_input_grid_and_a_stac_item(tmp_path, p
     assert (cls[:4] == 255).all() and set(np.unique(cls[4:])) <= {0, 1, 2, 3}
     with rasterio.open(OutputPaths(dst).proba) as p:
         prob = p.read()
+        interp = p.colorinterp
     assert p.count == 4 and (prob[:, :4] == 255).all()
+    assert ColorInterp.alpha not in interp and ColorInterp.red not in interp  # four plain layers, not RGBA
     np.testing.assert_allclose(prob[:, 4:].astype(int).sum(0), 100, atol=3)
     item = json.loads(OutputPaths(dst).item.read_text())
     pystac.Item.from_dict(item)  # parses as STAC
