@@ -620,7 +620,7 @@ def mask_scene(
     if not os.access(paths.mask.parent, os.W_OK):
         raise OutputError(f"{paths.mask.parent}: output folder is not writable")
     with OutputLock(paths.lock, paths.mask):
-        for dst in (paths.mask, paths.proba):
+        for dst in (paths.mask, paths.proba, paths.item):
             for stale in cog.stale_temps(dst):
                 cog.remove_quietly(stale)
         scene = read_scene(

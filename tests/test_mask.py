@@ -214,11 +214,14 @@ def test_killed_run_leftovers_are_cleaned_and_not_taken_for_output(tmp_path, pre
     dst.parent.mkdir()
     leftover = cog.temp_path(dst, "mask")
     leftover.write_bytes(b"partial")
+    item_leftover = dst.parent / f".{OutputPaths(dst).item.name}.cmtmp-999999"  # killed while writing its item
+    item_leftover.write_text("{")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     OutputPaths(dst).lock.write_text(f"{dead.pid} {os.uname().nodename}\n")  # stale lock of a dead run
     r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
     assert r.status == "masked" and not leftover.exists() and not OutputPaths(dst).lock.exists()
+    assert _files(dst.parent) == ["d_cloudmask.json", "d_cloudmask.tif"]
 
 
 def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
