@@ -234,4 +234,6 @@ def mask_cmd(
         for r in failed:
             err_console.print(f"[bold red]error:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
     err_console.print(f"[bold red]error:[/] {len(failed)} of {len(results)} scenes failed", highlight=False)
-    raise typer.Exit(max(r.exit_code for r in failed) or 1)
+    # some scenes done: 1, as documented (a cron job can tell "retry these" from "fix the command");
+    # every scene failed: the request itself may be wrong (e.g. --sensor for all), so their code
+    raise typer.Exit(1 if len(failed) < len(results) else max(r.exit_code for r in failed) or 1)

@@ -107,6 +107,16 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
     assert res.exit_code == 0, res.stderr
 
 
+def test_archive_exit_status_is_1_when_some_scenes_failed_and_2_when_all_failed_as_bad_requests(tmp_path):
+    good = _s2(tmp_path / "S2A_g.tif")
+    odd = write_raster(tmp_path / "odd.tif", random_reflectance(3, 32, 32))  # 3 bands: not Sentinel-2's 13
+    res = runner.invoke(app, ["mask", str(good), str(odd), "--sensor", "sentinel2", "-o", str(tmp_path / "o"), "-q", *FAST])
+    assert res.exit_code == 1 and "1 of 2 scenes failed" in res.stderr
+    odd2 = write_raster(tmp_path / "odd2.tif", random_reflectance(2, 32, 32))
+    res = runner.invoke(app, ["mask", str(odd), str(odd2), "--sensor", "sentinel2", "-o", str(tmp_path / "o2"), "-q", *FAST])
+    assert res.exit_code == 2 and "2 of 2 scenes failed" in res.stderr
+
+
 def test_single_missing_scene_exits_1_with_its_message(tmp_path):
     res = runner.invoke(app, ["mask", str(tmp_path / "gone.tif"), "--sensor", "sentinel2"])
     assert res.exit_code == 1 and "gone.tif: no such file" in res.stderr
