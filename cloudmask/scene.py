@@ -448,11 +448,27 @@ def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions
     )
 
 
+#: Metres per degree of latitude (and of longitude at the equator), for pixel sizes given in metres
+#: on a geographic grid.
+_M_PER_DEGREE = 111_320.0
+
+
 def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tuple[Any, Affine, int, int]:
-    left, bottom, right, top = src.bounds
-    width = max(1, int(round((right - left) / resolution)))
-    height = max(1, int(round((top - bottom) / resolution)))
-    return src.crs, Affine(resolution, 0, left, 0, -resolution, top), width, height
+    """``src``'s extent on a grid of ``resolution`` metres (in degrees at the extent's mid-latitude
+    on a geographic CRS), oriented as ``src`` (north-up or south-up; rotated grids become north-up)."""
+    t, w, h = src.transform, src.width, src.height
+    xs = [t.c, t.c + t.a * w + t.b * h, t.c + t.a * w, t.c + t.b * h]
+    ys = [t.f, t.f + t.d * w + t.e * h, t.f + t.d * w, t.f + t.e * h]
+    left, right, south, north = min(xs), max(xs), min(ys), max(ys)
+    xres = yres = float(resolution)
+    if src.crs is not None and src.crs.is_geographic:
+        yres = resolution / _M_PER_DEGREE
+        xres = yres / max(float(np.cos(np.radians((south + north) / 2))), 0.01)
+    width = max(1, int(round((right - left) / xres)))
+    height = max(1, int(round((north - south) / yres)))
+    if t.b == 0 and t.d == 0 and t.e > 0:  # south-up stays south-up
+        return src.crs, Affine(xres, 0, left, 0, yres, south), width, height
+    return src.crs, Affine(xres, 0, left, 0, -yres, north), width, height
 
 
 def _check_readable(ds: rasterio.io.DatasetReader, path: Path, decode: bool = True) -> None:
@@ -779,7 +795,7 @@ def _stack_files(
     layers, dtypes, nodatas, files = [], [], [], []
     for (p, idx), band in zip(paths, bands):
         with _open(p) as ds:
-            coarser = abs(ds.transform.a) > res
+            coarser = abs(ds.transform.a) > abs(grid[1].a)  # in the grid's units (degrees on a geographic grid)
         resampling = Resampling.bilinear if coarser else Resampling.average
         layer, dt, nd, file = _lazy_band(p, idx, chunks, grid, resampling)
         layers.append(layer.data)

@@ -99,6 +99,51 @@ def test_band_folder_resampled_to_one_grid(tmp_path):
 
 
 
+S2_NAMES = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def test_a_south_up_grid_resampled_stays_the_scene_flipped(tmp_path):
+    """A south-up file (positive y pixel size) at a given resolution: the same grid, south-up, and
+    the same pixels as the north-up file upside down (a north-up-only grid had made it one row)."""
+    from affine import Affine
+
+    dn = (random_reflectance(13, 40, 50, seed=5) * 10000 + 1000).astype("uint16")
+    north = write_raster(tmp_path / "north.tif", dn, transform=Affine(20, 0, 500000, 0, -20, 5200800), nodata=0,
+                         descriptions=S2_NAMES)
+    south = write_raster(tmp_path / "south.tif", dn[:, ::-1], transform=Affine(20, 0, 500000, 0, 20, 5200000),
+                         nodata=0, descriptions=S2_NAMES)
+    a = read_scene(north, sensor="sentinel2", resolution=20)
+    b = read_scene(south, sensor="sentinel2", resolution=20)
+    assert b.shape == a.shape == (40, 50)
+    assert tuple(b.transform)[:6] == (20, 0, 500000, 0, 20, 5200000)
+    np.testing.assert_array_equal(b.data.values, a.data.values[:, ::-1])
+    folder = tmp_path / "S2A_MSIL2A_south"
+    folder.mkdir()
+    for i, name in enumerate(S2_NAMES):
+        write_raster(folder / f"T32TMT_{name}.tif", dn[i, ::-1], transform=Affine(20, 0, 500000, 0, 20, 5200000), nodata=0)
+    c = read_scene(folder)
+    assert c.shape == (40, 50) and c.transform.e == 20
+    np.testing.assert_array_equal(c.data.values, b.data.values)
+
+
+def test_a_geographic_band_folder_is_resampled_to_metres_not_degrees(tmp_path):
+    """The sensor's 20 m on an EPSG:4326 grid is ~0.00018° of latitude, not 20°."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    dn = (random_reflectance(13, 50, 50, seed=6) * 10000 + 1000).astype("uint16")
+    folder = tmp_path / "S2A_MSIL2A_geo"
+    folder.mkdir()
+    for i, name in enumerate(S2_NAMES):
+        write_raster(folder / f"T32TMT_{name}.tif", dn[i], crs=CRS.from_epsg(4326),
+                     transform=Affine(0.0002, 0, 9.0, 0, -0.0002, 46.0), nodata=0)
+    scene = read_scene(folder)
+    t = scene.transform
+    assert t.e == pytest.approx(-20 / 111_320) and t.a == pytest.approx(20 / 111_320 / np.cos(np.radians(45.995)), rel=1e-4)
+    assert scene.shape == (round(0.01 / -t.e), round(0.01 / t.a)) == (56, 39)
+    assert np.isfinite(scene.data.values).mean() > 0.95
+
+
 def test_a_band_file_cut_short_is_named_before_any_work(tmp_path):
     """A band of a folder downloaded in part: its block map points past its end."""
     import rasterio
