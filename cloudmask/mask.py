@@ -393,6 +393,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
     band_names = _band_names()
     pairs: list[tuple[str, Path | None]] = []
     loose: list[int] = []
+    folders: dict[Path, bool] = {}  # folder → is it one scene (band folder, SAFE)
     queue = list(inputs)
     while queue:
         item = queue.pop(0).strip()
@@ -416,7 +417,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
                 if p.is_dir():
                     pairs.extend((s, base) for s in _walk(p, band_names))
                 elif p.suffix.lower() in _SCENE_FILES or p.suffix.lower() == ".json":
-                    pairs.append((str(p), base))
+                    # a band file of a band folder or SAFE ('**/*.tif' reaches them) means its scene
+                    pairs.append((str(_scene_holding(p, base, band_names, folders)), base))
             continue
         p = Path(item)
         if p.is_dir():
@@ -439,7 +441,24 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
             common = None
         for i in loose:
             pairs[i] = (pairs[i][0], common)
-    return pairs
+    # the same scene named twice (a repeated argument, overlapping globs): masked once
+    unique: dict[str, tuple[str, Path | None]] = {}
+    for source, root in pairs:
+        unique.setdefault(source if _is_url(source) else str(Path(source).resolve()), (source, root))
+    return list(unique.values())
+
+
+def _scene_holding(path: Path, base: Path | None, band_names: set[str], folders: dict[Path, bool]) -> Path:
+    """``path``, or the band folder or SAFE (below ``base``) that it is one band of."""
+    stop = base.resolve() if base is not None else None
+    for folder in path.parents:
+        if stop is not None and not folder.resolve().is_relative_to(stop):
+            break
+        if folder not in folders:
+            folders[folder] = is_safe(folder) or is_band_folder(folder, band_names)
+        if folders[folder]:
+            return folder
+    return path
 
 
 def read_list_file(path: str) -> list[str]:

@@ -286,8 +286,11 @@ def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor
     assert [p for p, _ in pairs] == [str(a), str(b)]
     out = tmp_path / "out"
     assert output_for(str(a), pairs[0][1], out) == out / "a" / "S2A_one_cloudmask.tif"
-    globbed = expand_inputs([str(tmp_path / "**" / "*.tif")])
-    assert {Path(p).name for p, _ in globbed} >= {"S2A_one.tif", "S2A_two.tif"}
+    globbed = expand_inputs([str(tmp_path / "**" / "*.tif")])  # reaches the band files: their folder is one scene
+    assert sorted(Path(p).name for p, _ in globbed) == ["S2A_one.tif", "S2A_two.tif", folder.name]
+    assert output_for(str(folder), globbed[-1][1], out) == out / "c" / f"{folder.name}_cloudmask.tif"
+    # one scene named several ways is masked once
+    assert expand_inputs([str(a), str(a), str(tmp_path / "b" / ".." / "a" / "S2A_one.tif")]) == [(str(a), a.parent)]
     walked = expand_inputs([str(tmp_path / "c")])
     assert walked == [(str(folder), walked[0][1])]
     # a STAC item whose assets are local files; sensor from the item's platform
