@@ -122,6 +122,14 @@ class Sensor:
     def band_names(self) -> list[str]:
         return [b.name for b in self.bands]
 
+    def flown_on(self, platform: Any) -> bool:
+        """Whether a STAC item's ``platform`` is one of this sensor's (spelling aside: LANDSAT_8 is
+        landsat-8). True when either is unknown: a collection such as landsat-c2-l2 mixes
+        Landsat 7, 8 and 9, and an item must be read with its own sensor's bands."""
+        if not platform or not isinstance(platform, str) or not self.platforms:
+            return True
+        return _bare(platform) in {_bare(p) for p in self.platforms}
+
     def band(self, name: str) -> Band:
         """Find a band by its name, common name or alias (case-insensitive)."""
         key = name.strip().lower()

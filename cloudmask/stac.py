@@ -345,15 +345,26 @@ def search(
                 server_filter = "query"
         items: list[dict[str, Any]] = []
         ignored = 0
+        other_platform = 0
+
+        def ours(it: dict[str, Any]) -> bool:
+            nonlocal other_platform
+            if target.sensor.flown_on((it.get("properties") or {}).get("platform")):
+                return True
+            other_platform += 1
+            return False
+
         if server_filter:
             for it in _iter_items(client, target, params, server_filter, max_cloud):
+                if not ours(it):
+                    continue
                 if cloud_ok(it, max_cloud):
                     items.append(it)
                 else:
                     ignored += 1
                 if limit and len(items) >= limit:
                     break
-        if not server_filter or (not items) or ignored:
+        if not server_filter or (not items and not other_platform) or ignored:
             reason = (
                 "the server does not support the query/filter extensions"
                 if not server_filter
@@ -362,15 +373,19 @@ def search(
             if max_cloud is not None:
                 log.info("%s %s: %s; filtering eo:cloud_cover on the client side", target.url, target.collection, reason)
             items = []
+            other_platform = 0
             unfiltered = {**params, "limit": 100} if max_cloud is not None else params  # full pages to scan
             for n, it in enumerate(_iter_items(client, target, unfiltered, None, None)):
                 if n >= CLIENT_FILTER_SCAN_LIMIT:
                     log.warning("client-side filter stopped after %d items; narrow --bbox/--date", n)
                     break
-                if cloud_ok(it, max_cloud):
+                if ours(it) and cloud_ok(it, max_cloud):
                     items.append(it)
                 if limit and len(items) >= limit:
                     break
+        if other_platform:
+            log.info("%s %s: %d item(s) from platforms other than %s's (%s) left out", target.url,
+                     target.collection, other_platform, target.sensor.id, ", ".join(target.sensor.platforms))
         for it in items:
             found.append(prepare(it, target))
     if not found:

@@ -200,12 +200,18 @@ def test_landsat_and_sentinel2_in_one_search(file_server, stac_servers) -> None:
             assets[key] = f"{file_server.url}/LC08/{key}.tif"
     lc = stac_item("LC08_L2SP_195028_20240612_02_T1", assets, platform="landsat-8", collection="landsat-c2-l2", bbox=(8.9, 46.9, 9.1, 47.0),
                    datetime="2024-06-12T10:00:00Z", cloud_cover=12)
+    # landsat-c2-l2 holds Landsat 7, 8 and 9 alike: each item goes to the sensor of its platform
+    others = [stac_item(f"L{n}_other", assets, platform=p, collection="landsat-c2-l2", bbox=(8.9, 46.9, 9.1, 47.0),
+                        datetime=f"2024-06-1{n}T10:00:00Z", cloud_cover=5) for n, p in ((7, "LANDSAT_7"), (9, "landsat-9"))]
     s2 = write_s2_item(file_server, "S2A_l8pair", bands=["B04"], datetime="2024-06-11T10:00:00Z")
-    url = stac_servers.serve([lc, s2])
+    url = stac_servers.serve([lc, s2, *others])
     targets = stac.resolve_targets(["sentinel2", "landsat8"], catalog=url)
     assert [t.collection for t in targets] == ["sentinel-2-l2a", "landsat-c2-l2"]
     found = stac.search(targets, bbox=BBOX, max_cloud=20)
     assert _ids(found) == ["S2A_l8pair", "LC08_L2SP_195028_20240612_02_T1"]
+    both = stac.search(stac.resolve_targets(["landsat7", "landsat8", "landsat9"], catalog=url), bbox=BBOX)
+    assert [(f.id, f.sensor.id) for f in both] == [("LC08_L2SP_195028_20240612_02_T1", "landsat8"),
+                                                   ("L7_other", "landsat7"), ("L9_other", "landsat9")]
     lf = found[1]
     assert lf.sensor.id == "landsat8" and lf.product == l8.default_product
     assert set(lf.assets) == {b.name for b in l8.bands if b.assets.get("earth-search")}
