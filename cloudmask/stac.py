@@ -21,7 +21,7 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,16 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def _parse_instant(text: str, end: bool) -> datetime:
+    """A day (any ISO 8601 date form: 2024-06-02, 20240602) is the whole UTC day; a date-time with
+    an offset is converted to UTC, one without is taken as UTC. Naive UTC out."""
     text = text.strip()
     try:
-        if len(text) == 10:
+        try:
             d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, 23, 59, 59) if end else datetime(d.year, d.month, d.day)
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+        except ValueError:
+            t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo is not None else t
+        return datetime(d.year, d.month, d.day, 23, 59, 59) if end else datetime(d.year, d.month, d.day)
     except ValueError:
         raise UsageError(f"--date {text!r}: expected YYYY-MM-DD (or an ISO 8601 date-time)") from None
 

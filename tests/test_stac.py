@@ -31,6 +31,10 @@ def test_parse_date_forms() -> None:
     assert stac.parse_date("2024-06-01") == "2024-06-01T00:00:00Z/2024-06-01T23:59:59Z"
     assert stac.parse_date("2024-06-01/2024-06-30") == "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z"
     assert stac.parse_date("2024-06-01/..") == "2024-06-01T00:00:00Z/.."
+    assert stac.parse_date("20240602") == "2024-06-02T00:00:00Z/2024-06-02T23:59:59Z"  # a day, in any ISO form
+    # offsets are converted to UTC, not dropped; a date-time without one is UTC
+    assert stac.parse_date("2024-06-02T00:00:00+02:00/2024-06-02T05:00:00+02:00") == "2024-06-01T22:00:00Z/2024-06-02T03:00:00Z"
+    assert stac.parse_date("2024-06-02T10:30:00/2024-06-02T11:00Z") == "2024-06-02T10:30:00Z/2024-06-02T11:00:00Z"
     for bad, word in [("2024-13-01", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
                       ("../..", "at least one")]:
         with pytest.raises(UsageError, match=word):
