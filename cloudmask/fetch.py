@@ -33,6 +33,9 @@ from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
 log = logging.getLogger("cloudmask.fetch")
 
 ITEM_FILE = "item.json"
+#: GeoTIFF tag of a band file cut to a clip box: the box (lon/lat, JSON). Full assets are stored as
+#: downloaded, without it. A run for another extent fetches such files again instead of mixing them.
+CLIP_TAG = "CLOUDMASK_CLIP_BBOX"
 CHUNK_BYTES = 1 << 14  # small reads: a dropped connection loses at most one chunk
 
 #: Progress callback: (file key, bytes just received, total bytes or None).
@@ -81,6 +84,7 @@ class ItemPlan:
     folder: Path
     files: list[FileTask] = field(default_factory=list)
     skipped: bool = False  # already complete on disk
+    stale: list[Path] = field(default_factory=list)  # band files of another extent (full vs a clip box)
 
     def summary(self) -> dict[str, Any]:
         props = self.found.item.get("properties", {})
@@ -158,8 +162,31 @@ def _is_signed(url: str) -> bool:
 # --------------------------------------------------------------------------- planning
 
 
-def plan(found: Sequence[Found], out: Path, clip: bool = False) -> list[ItemPlan]:
-    """Decide folders and file names; raises before any download if an asset cannot be fetched."""
+def _extent(clip_bbox: Sequence[float] | None) -> str:
+    """What a band file holds: "full", or the clip box as JSON."""
+    return "full" if clip_bbox is None else json.dumps([float(v) for v in clip_bbox])
+
+
+def _file_extent(path: Path) -> str | None:
+    """A fetched band file's extent (its clip tag); None when it cannot be read (fetched again)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            return ds.tags().get(CLIP_TAG, "full")
+    except (RasterioError, OSError):
+        return None
+
+
+def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Sequence[float] | None = None) -> list[ItemPlan]:
+    """Decide folders and file names; raises before any download if an asset cannot be fetched.
+
+    An item counts as complete only when its files hold the extent asked for: full assets, or the
+    same ``clip_bbox`` (which implies ``clip``).
+    """
+    clip = clip or clip_bbox is not None
+    want = _extent(clip_bbox) if clip_bbox is not None or not clip else None  # None: any clip box
     plans = []
     used: set[str] = set()
     for f in found:
@@ -180,7 +207,12 @@ def plan(found: Sequence[Found], out: Path, clip: bool = False) -> list[ItemPlan
             )
         if not p.files:
             raise FetchError(f"item {f.id}: no asset matches a band of {f.sensor.id}")
-        p.skipped = (folder / ITEM_FILE).is_file() and all(t.dest.is_file() for t in p.files)
+        for t in p.files:
+            if t.dest.is_file():
+                have = _file_extent(t.dest)
+                if have is None or (have != want if want is not None else have == "full"):
+                    p.stale.append(t.dest)
+        p.skipped = not p.stale and (folder / ITEM_FILE).is_file() and all(t.dest.is_file() for t in p.files)
         plans.append(p)
     return plans
 
@@ -322,6 +354,7 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
                         profile.pop(k, None)
             with rasterio.open(part, "w", **profile) as dst:
                 dst.write(data)
+                dst.update_tags(**{CLIP_TAG: _extent(bbox)})  # so a later run can tell it from a full asset
             os.replace(part, task.dest)
             return task.dest
         except WindowError:
@@ -390,6 +423,9 @@ def fetch(
         if not p.skipped:
             try:
                 p.folder.mkdir(parents=True, exist_ok=True)
+                if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
+                    for old in [p.folder / ITEM_FILE, *p.stale]:
+                        old.unlink(missing_ok=True)
             except OSError as exc:
                 raise OutputError(f"{p.folder}: cannot create folder ({exc.strerror or exc})") from None
     tasks = [t for p in plans if not p.skipped for t in p.files if not t.dest.is_file()]

@@ -144,7 +144,7 @@ def test_clip_reads_only_the_window(file_server, tmp_path) -> None:
     box = transform_bounds("EPSG:32632", "EPSG:4326", left + 160, top - 320, left + 320, top - 160)
     shrink = 1e-5
     box = (box[0] + shrink, box[1] + shrink, box[2] - shrink, box[3] - shrink)
-    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path, clip=True), clip_bbox=box, retry=FAST)
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path, clip_bbox=box), clip_bbox=box, retry=FAST)
     with rasterio.open(tmp_path / "S2A_clip" / "B04.tif") as out, rasterio.open(file_server.root / "S2A_clip" / "red.tif") as src:
         assert out.width < src.width and out.height < src.height
         row, col = src.index(out.transform.c + 1, out.transform.f - 1)
@@ -152,9 +152,18 @@ def test_clip_reads_only_the_window(file_server, tmp_path) -> None:
         np.testing.assert_array_equal(out.read(1), src.read(1, window=window))
     scene = read_scene(tmp_path / "S2A_clip")
     assert [b.name for b in scene.bands] == ["B04", "B8A"]
+    # the same clip again is complete; full assets or another box are not: fetched again, in full
+    assert fetch.plan(_found(file_server, [item]), tmp_path, clip_bbox=box)[0].skipped
+    (again,) = fetch.plan(_found(file_server, [item]), tmp_path)
+    assert not again.skipped and len(again.stale) == 2
+    fetch.fetch([again], retry=FAST)
+    with rasterio.open(tmp_path / "S2A_clip" / "B04.tif") as out, rasterio.open(file_server.root / "S2A_clip" / "red.tif") as src:
+        assert (out.width, out.height) == (src.width, src.height)
+    assert fetch.plan(_found(file_server, [item]), tmp_path)[0].skipped
+    assert not fetch.plan(_found(file_server, [item]), tmp_path, clip_bbox=box)[0].skipped
     far = (20.0, 50.0, 20.1, 50.1)
     with pytest.raises(FetchError, match="does not overlap"):
-        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path / "far", clip=True), clip_bbox=far, retry=FAST)
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path / "far", clip_bbox=far), clip_bbox=far, retry=FAST)
 
 
 def test_hrefs_s3_and_requester_pays(file_server) -> None:

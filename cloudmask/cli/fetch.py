@@ -70,11 +70,11 @@ def fetch_cmd(
     try:
         targets = stac.resolve_targets(sensor or ["sentinel2"], catalog, collection, product)
         found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
-        plans = fetch_mod.plan(found, output, clip=clip)
+        clip_bbox = (box or stac.geometry_bbox(geometry or {})) if clip else None
+        plans = fetch_mod.plan(found, output, clip=clip, clip_bbox=clip_bbox)
         if dry_run:
             _report(plans, json_out, quiet, dry_run=True)
             return
-        clip_bbox = (box or stac.geometry_bbox(geometry or {})) if clip else None
         retry = fetch_mod.Retry(attempts=retries + 1)
         if quiet or json_out:
             fetch_mod.fetch(plans, clip_bbox=clip_bbox, workers=workers, retry=retry)
