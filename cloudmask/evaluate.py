@@ -405,7 +405,7 @@ def model_names(preds: Sequence[Path], names: Sequence[str] | None) -> list[str]
             raise UsageError(f"--name given {len(names)} time(s) for {len(preds)} prediction(s)")
         out = list(names)
     else:
-        out = [scene_key(p) if p.is_file() else p.name for p in preds]
+        out = [scene_key(p) if p.is_file() else (p.name or p.resolve().name or str(p)) for p in preds]  # '.': its folder's name
     if len(set(out)) != len(out):
         out = [f"{n}#{i + 1}" if out.count(n) > 1 else n for i, n in enumerate(out)]
     return out

@@ -28,6 +28,9 @@ _HELP = (
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write via a temp file in the destination folder, then rename."""
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give the CSV file's name")
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
@@ -38,8 +41,12 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         os.umask(current)
         os.chmod(tmp, 0o666 & ~current)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise OutputError(f"{path}: cannot write CSV ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:  # nothing half-written stays behind
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _pct(x: float | None) -> str:

@@ -88,6 +88,18 @@ def test_csv_output(dataset: Path, tmp_path: Path) -> None:
     assert any(r["subject"] == "class:shadow" and r["metric"] == "iou" for r in rows)
     assert any(r["scope"].startswith("bin:") for r in rows)
     assert not list(tmp_path.glob(".m.csv*"))  # no temp file left behind
+    # a folder given as the CSV: one line, nothing left in it
+    (tmp_path / "sub").mkdir()
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), "--truth", str(dataset / "truth"), "--csv", str(tmp_path / "sub"), "-q"])
+    assert res.exit_code != 0 and "is a folder" in res.stderr and list((tmp_path / "sub").iterdir()) == []
+    assert not list(tmp_path.glob(".sub*"))
+
+
+def test_prediction_folder_given_as_dot_is_named_after_the_folder(dataset: Path, monkeypatch) -> None:
+    monkeypatch.chdir(dataset / "good")
+    res = runner.invoke(app, ["evaluate", ".", "--truth", str(dataset / "truth"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert [m["name"] for m in json.loads(res.stdout)["models"]] == ["good"]
 
 
 def test_plots_written(dataset: Path, tmp_path: Path) -> None:
