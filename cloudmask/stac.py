@@ -113,7 +113,9 @@ def load_geojson(path: str | Path) -> dict[str, Any]:
     geoms: list[dict[str, Any]] = []
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == "FeatureCollection":
-        geoms = [f.get("geometry") for f in obj.get("features", []) if isinstance(f, dict) and f.get("geometry")]
+        features = obj.get("features")
+        geoms = [f.get("geometry") for f in (features if isinstance(features, list) else [])
+                 if isinstance(f, dict) and f.get("geometry")]
     elif kind == "Feature":
         geoms = [obj["geometry"]] if obj.get("geometry") else []
     elif kind in ("Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString"):

@@ -57,9 +57,11 @@ def test_geojson_feature_collection(tmp_path) -> None:
     geom = stac.load_geojson(p)
     assert geom["type"] == "MultiPolygon" and len(geom["coordinates"]) == 2
     assert stac.geometry_bbox(geom) == (9.0, 46.0, 9.2, 46.2)
-    (tmp_path / "empty.json").write_text('{"type":"FeatureCollection","features":[]}')
-    with pytest.raises(UsageError, match="no geometry"):
-        stac.load_geojson(tmp_path / "empty.json")
+    for text in ('{"type":"FeatureCollection","features":[]}', '{"type":"FeatureCollection","features":null}',
+                 '{"type":"FeatureCollection","features":{"a":1}}'):
+        (tmp_path / "empty.json").write_text(text)
+        with pytest.raises(UsageError, match="no geometry"):
+            stac.load_geojson(tmp_path / "empty.json")
 
 
 # --------------------------------------------------------------------------- targets and reconciliation
