@@ -238,6 +238,8 @@ def align(pred: Mask, truth: Mask) -> Mask:
             f"cannot reproject {pred.path.name} onto {truth.path.name}: both need a CRS and geotransform "
             "(un-georeferenced masks must already have the same size)"
         )
+    if not _overlap(pred, truth):
+        raise EvaluateError(f"{pred.path.name} does not overlap {truth.path.name} (compared in {truth.crs}): nothing to score")
     finer = abs(pred.transform.a) < abs(truth.transform.a) * 0.999
     out = np.full(truth.shape, NODATA, np.uint8)
     _rio_reproject(
@@ -252,6 +254,23 @@ def align(pred: Mask, truth: Mask) -> Mask:
         resampling=Resampling.mode if finer else Resampling.nearest,
     )
     return Mask(out, truth.crs, truth.transform, pred.path)
+
+
+def _overlap(pred: Mask, truth: Mask) -> bool:
+    """Whether the two grids' footprints meet (the prediction's bounds taken into the truth's CRS)."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    def bounds(m: Mask) -> tuple[float, float, float, float]:
+        w, s, e, n = array_bounds(m.shape[0], m.shape[1], m.transform)
+        return min(w, e), min(s, n), max(w, e), max(s, n)
+
+    try:
+        w, s, e, n = transform_bounds(pred.crs, truth.crs, *bounds(pred), densify_pts=21)
+    except Exception:  # noqa: BLE001 - a transform GDAL cannot do: let the reprojection itself say so
+        return True
+    tw, ts, te, tn = bounds(truth)
+    return w < te and tw < e and s < tn and ts < n
 
 
 # --------------------------------------------------------------------------- pairing
@@ -463,6 +482,8 @@ def evaluate(
             diff = grid_difference(p_mask, t_mask)
             if diff:
                 if not reproject:
+                    if not (p_mask.georeferenced and t_mask.georeferenced):  # --reproject could not help
+                        raise EvaluateError(diff + "; masks without a CRS and geotransform must have the same size")
                     raise EvaluateError(diff + "; pass --reproject to resample the prediction onto the truth grid")
                 p_mask = align(p_mask, t_mask)
                 aligned_count += 1

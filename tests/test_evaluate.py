@@ -119,6 +119,16 @@ def test_reproject_needs_georeferencing(tmp_path: Path) -> None:
     write_raster(tmp_path / "p.tif", _truth(32, 32), nodata=255, crs=None)
     with pytest.raises(EvaluateError, match="cannot reproject"):
         ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", reproject=True)
+    with pytest.raises(EvaluateError, match="must have the same size") as info:  # not "pass --reproject"
+        ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif")
+    assert "--reproject" not in str(info.value)
+
+
+def test_reproject_without_overlap_is_an_error_not_empty_scores(tmp_path: Path) -> None:
+    write_raster(tmp_path / "t.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "p.tif", _truth(), nodata=255, transform=grid_transform(20.0, left=700000.0))
+    with pytest.raises(EvaluateError, match="does not overlap"):
+        ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", reproject=True)
 
 
 def test_scene_key() -> None:
