@@ -14,6 +14,7 @@ Search order (later wins for the same ``id``): the bundled ``sensors/`` director
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,11 +233,25 @@ def load_registry(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> Registry
 
 @lru_cache(maxsize=8)
 def _load_cached(dirs: tuple[str, ...], _env: str) -> Registry:
+    """A later directory's file replaces an earlier one's sensor of the same id (a user's own
+    sentinel2.yaml wins over the bundled one); within one directory an id is one file. No name
+    (id, alias, platform) may then lead to two sensors: which one won would depend on file order."""
     sensors: dict[str, Sensor] = {}
     for d in dirs:
+        here: dict[str, Path] = {}
         for path in sorted(Path(d).glob("*.y*ml")):
             sensor = load_sensor_file(path)
+            if sensor.id in here:
+                raise RegistryError(f"{path}: sensor id {sensor.id!r} is already defined by {here[sensor.id].name}")
+            here[sensor.id] = path
             sensors[sensor.id] = sensor
+    claimed: dict[str, Sensor] = {}
+    for sensor in sensors.values():
+        for n in dict.fromkeys(x.lower() for x in (sensor.id, *sensor.aliases, *sensor.platforms)):
+            other = claimed.setdefault(n, sensor)
+            if other is not sensor:
+                raise RegistryError(f"{sensor.path}: {n!r} already names sensor {other.id!r} ({other.path}); "
+                                    "ids, aliases and platforms must name one sensor")
     return Registry(sensors)
 
 
@@ -275,18 +290,42 @@ class _Checker:
             raise self.fail(f"{where}.{key}" if where else key, f"expected {name}, got {value!r}")
         return value
 
+    def positive(self, obj: Mapping[str, Any], key: str, where: str) -> float:
+        """A required finite number above zero (a pixel size)."""
+        value = self.get(obj, key, where, float)
+        if not (math.isfinite(value) and value > 0):
+            raise self.fail(f"{where}.{key}" if where else key, f"must be a finite number above 0, got {value}")
+        return value
+
+    def finite(self, obj: Mapping[str, Any], key: str, where: str, default: float | None) -> float | None:
+        value = self.get(obj, key, where, float, default)
+        if value is not None and not math.isfinite(value):
+            raise self.fail(f"{where}.{key}", f"must be a finite number, got {value}")
+        return value
+
     def scaling(self, obj: Any, where: str) -> Scaling:
         obj = self.mapping(obj, where)
         nodata = obj.get("nodata")
-        if nodata is not None and not isinstance(nodata, (int, float)):
+        if nodata is not None and (not isinstance(nodata, (int, float)) or isinstance(nodata, bool)):
             raise self.fail(f"{where}.nodata", f"expected a number, got {nodata!r}")
+        scale = self.finite(obj, "scale", where, 1.0)
+        if scale == 0:
+            raise self.fail(f"{where}.scale", "must not be 0 (every value would be the offset)")
         return Scaling(
-            scale=self.get(obj, "scale", where, float, 1.0),
-            offset=self.get(obj, "offset", where, float, 0.0),
+            scale=scale,
+            offset=self.finite(obj, "offset", where, 0.0),
             nodata=None if nodata is None else float(nodata),
-            k1=self.get(obj, "k1", where, float, None),
-            k2=self.get(obj, "k2", where, float, None),
+            k1=self.finite(obj, "k1", where, None),
+            k2=self.finite(obj, "k2", where, None),
         )
+
+    def names(self, obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        """A list of plain names (strings or numbers), e.g. aliases and platforms."""
+        values = self.get(obj, key, where, list, [])
+        for v in values:
+            if not isinstance(v, (str, int)) or isinstance(v, bool) or not str(v).strip():
+                raise self.fail(f"{where}.{key}" if where else key, f"expected names, got {v!r}")
+        return tuple(str(v).strip() for v in values)
 
 
 # libyaml's C parser when PyYAML was built with it: the registry is read at every start of the CLI
@@ -331,21 +370,20 @@ def load_sensor_file(path: Path) -> Sensor:
     if not raw_bands:
         raise c.fail("bands", "at least one band is required")
     bands = [_parse_band(c, b, i, products) for i, b in enumerate(raw_bands)]
-    names: set[str] = set()
-    for b in bands:
+    owner: dict[str, int] = {}  # name or alias → the band that has it
+    for i, b in enumerate(bands):
         for n in b.names:
-            if n.lower() in names and n.lower() != b.name.lower():
+            if owner.setdefault(n.lower(), i) != i:
                 raise c.fail(f"bands.{b.name}", f"name or alias {n!r} is used by two bands")
-            names.add(n.lower())
 
     return Sensor(
         id=sid,
         name=c.get(raw, "name", "", str),
         description=c.get(raw, "description", "", str, ""),
         source=c.get(raw, "source", "", str),
-        platforms=tuple(str(p).lower() for p in c.get(raw, "platforms", "", list, [])),
-        aliases=tuple(str(a).lower() for a in c.get(raw, "aliases", "", list, [])),
-        default_resolution=c.get(raw, "default_resolution", "", float),
+        platforms=tuple(p.lower() for p in c.names(raw, "platforms", "")),
+        aliases=tuple(a.lower() for a in c.names(raw, "aliases", "")),
+        default_resolution=c.positive(raw, "default_resolution", ""),
         default_product=default_product,
         products=products,
         stac=stac,
@@ -378,7 +416,8 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
         if prod not in products:
             raise c.fail(f"{where}.scaling.{prod}", f"unknown product (products: {', '.join(products)})")
         base = products[prod]
-        merged = {"scale": base.scale, "offset": base.offset, "nodata": base.nodata, **c.mapping(spec, "")}
+        merged = {"scale": base.scale, "offset": base.offset, "nodata": base.nodata, "k1": base.k1, "k2": base.k2,
+                  **c.mapping(spec, f"{where}.scaling.{prod}")}
         scaling[str(prod)] = c.scaling(merged, f"{where}.scaling.{prod}")
     return Band(
         name=name,
@@ -387,9 +426,9 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
         wavelength_center=mid,
         wavelength_max=hi,
         fwhm=fwhm,
-        resolution=c.get(raw, "resolution", where, float),
+        resolution=c.positive(raw, "resolution", where),
         common_name=c.get(raw, "common_name", where, str, None),
-        aliases=tuple(str(a) for a in c.get(raw, "aliases", where, list, [])),
+        aliases=c.names(raw, "aliases", where),
         assets={str(k): str(v) for k, v in c.mapping(c.get(raw, "assets", where, dict, {}), f"{where}.assets").items()},
         scaling=scaling,
         srf=c.get(raw, "srf", where, str, None),

@@ -357,6 +357,18 @@ def test_good_user_file_parses_with_defaults(tmp_path: Path) -> None:
         ("source: unit test\n", "source: unit test\ndefault_product: l1\n", "default_product", "not one of"),
         ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: 0.0001, nodata: none}",
          "products.toa.nodata", "expected a number"),
+        ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: 0.0001, nodata: true}",
+         "products.toa.nodata", "expected a number"),
+        # two bands may not share a name, whether as name or alias
+        ("  - name: T1\n", "  - name: b1\n", "bands.b1", "used by two bands"),
+        # sizes and factors: finite, sizes above 0, scale not 0
+        ("default_resolution: 10", "default_resolution: 0", "default_resolution", "above 0"),
+        ("    resolution: 30\n", "    resolution: -30\n", "bands.T1.resolution", "above 0"),
+        ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: .nan}", "products.toa.scale", "finite"),
+        ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: .inf}", "products.toa.scale", "finite"),
+        ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: 0}", "products.toa.scale", "not be 0"),
+        ("scaling: {toa: {scale: 0.01, offset: 150}}", "scaling: {toa: 5}", "bands.T1.scaling.toa", "expected a mapping"),
+        ("source: unit test\n", "source: unit test\naliases: [[a, b]]\n", "aliases", "expected names"),
     ],
 )
 def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, field: str, message: str) -> None:
@@ -387,6 +399,29 @@ def test_structurally_bad_files(tmp_path: Path, text: str, fragment: str) -> Non
     with pytest.raises(RegistryError, match="^bad.yaml: ") as err:
         load_sensor_file(path)
     assert fragment in str(err.value)
+
+
+def test_a_band_override_inherits_the_products_planck_constants(tmp_path: Path) -> None:
+    text = GOOD.format(id="mysat").replace("toa: {scale: 0.0001, offset: 0, nodata: 0}",
+                                           "toa: {scale: 0.0001, offset: 0, nodata: 0, k1: 774.9, k2: 1321.1}")
+    text = text.replace("scaling: {toa: {scale: 0.01, offset: 150}}", "scaling: {toa: {nodata: 65535}}")
+    s = load_sensor_file(_write(tmp_path, "mysat.yaml", text))
+    sc = s.scaling(None, s.band("T1"))
+    assert (sc.scale, sc.k1, sc.k2, sc.nodata) == (0.0001, 774.9, 1321.1, 65535.0)
+
+
+def test_one_name_may_not_lead_to_two_sensors(tmp_path: Path) -> None:
+    """An alias or platform naming another sensor, or one id in two files of a folder, is an error
+    naming both files (which sensor won depended on file order)."""
+    d = tmp_path / "a"
+    _write(d, "mysat.yaml", GOOD.format(id="mysat").replace("source: unit test\n", "source: unit test\naliases: [landsat8]\n"))
+    with pytest.raises(RegistryError, match=r"mysat.yaml: 'landsat8' already names sensor 'landsat8'"):
+        load_registry([d])
+    d = tmp_path / "b"
+    _write(d, "one.yaml", GOOD.format(id="twin"))
+    _write(d, "two.yaml", GOOD.format(id="twin"))
+    with pytest.raises(RegistryError, match=r"two.yaml: sensor id 'twin' is already defined by one.yaml"):
+        load_registry([d])
 
 
 def test_bad_file_in_a_user_dir_fails_the_registry_load(tmp_path: Path) -> None:
