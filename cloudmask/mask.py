@@ -27,7 +27,8 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError, first_line
-from cloudmask.scene import ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene
+from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
+                             stem_last_part)
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, nir_band, shadow_prior
 from cloudmask.tiles import (
     CLASSES,
@@ -320,7 +321,7 @@ def is_band_folder(path: Path, band_names: set[str] | None = None) -> bool:
     hits = 0
     for f in path.iterdir():
         if f.is_file() and f.suffix.lower() in _RASTERS and not f.name.startswith(".") and not f.name.endswith(_OUR_SUFFIXES):
-            if _BAND_STEM.search(f.stem) or f.stem.lower() in names:
+            if _BAND_STEM.search(f.stem) or f.stem.lower() in names or stem_last_part(f.stem).lower() in names:
                 hits += 1
     return hits >= 2
 

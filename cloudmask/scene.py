@@ -525,7 +525,9 @@ def _block_data_end(ds: rasterio.io.DatasetReader, max_blocks: int = 4096) -> in
 
 
 def band_file_key(stem: str) -> list[str]:
-    """Candidate band names encoded in a file stem: ``LC08_..._B4`` → ``B4``; ``T32_..._B8A_20m`` → ``B8A``."""
+    """Candidate band names encoded in a file stem, most specific first: ``LC08_..._B4`` → ``B4``;
+    ``T32_..._B8A_20m`` → ``B8A``; ``S3A_OL_1_EFR_Oa01`` → ``Oa01`` (a custom sensor's band names
+    work as the stem's last part, after any ``_20m`` resolution suffix)."""
     keys = [stem]
     parts = re.split(r"[_.\-]", stem)
     for part in parts:
@@ -534,7 +536,18 @@ def band_file_key(stem: str) -> list[str]:
     m = re.search(r"(?:SR_|ST_)?(B\d{1,2}A?)(?:_\d+m)?$", stem, re.I)
     if m:
         keys.append(m.group(1))
+    last = stem_last_part(stem)
+    if last and last not in keys:
+        keys.append(last)
     return keys
+
+
+def stem_last_part(stem: str) -> str:
+    """The last ``_``/``.``/``-`` separated part of a file stem, a ``20m``-style suffix skipped."""
+    parts = [p for p in re.split(r"[_.\-]", stem) if p]
+    if len(parts) > 1 and re.fullmatch(r"\d+m", parts[-1], re.I):
+        parts = parts[:-1]
+    return parts[-1] if parts else ""
 
 
 def degrees_within(value: Any, low: float, high: float, open_low: bool = False) -> float | None:

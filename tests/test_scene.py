@@ -144,6 +144,21 @@ def test_a_geographic_band_folder_is_resampled_to_metres_not_degrees(tmp_path):
     assert np.isfinite(scene.data.values).mean() > 0.95
 
 
+def test_band_files_named_by_a_sensors_own_band_names(tmp_path):
+    """Not only B4-style names: OLCI's Oa01… as the stem's last part (the registry entry is all a
+    sensor needs), in a folder the archive walk takes for one scene."""
+    from cloudmask.mask import is_band_folder
+
+    folder = tmp_path / "S3A_OL_1_EFR____20240601"
+    folder.mkdir()
+    for i, name in enumerate(("Oa03", "Oa06", "Oa08", "Oa17")):
+        dn = (random_reflectance(1, 32, 32, seed=i) * 10000).astype("uint16") + 1
+        write_raster(folder / f"S3A_OL_1_EFR_{name}.tif", dn, transform=grid_transform(300), nodata=0)
+    assert is_band_folder(folder)
+    scene = read_scene(folder, sensor="olci")
+    assert [b.name for b in scene.bands] == ["Oa03", "Oa06", "Oa08", "Oa17"] and scene.shape == (32, 32)
+
+
 def test_a_band_file_cut_short_is_named_before_any_work(tmp_path):
     """A band of a folder downloaded in part: its block map points past its end."""
     import rasterio
