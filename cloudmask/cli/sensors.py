@@ -16,6 +16,8 @@ def _sensor_json(s: Sensor) -> dict:
     return {
         "id": s.id,
         "name": s.name,
+        "aliases": list(s.aliases),
+        "description": s.description,
         "platforms": list(s.platforms),
         "default_product": s.default_product,
         "products": {k: vars(v) for k, v in s.products.items()},
@@ -32,6 +34,7 @@ def _sensor_json(s: Sensor) -> dict:
                 "wavelength_um": {"min": b.wavelength_min, "center": b.wavelength_center, "max": b.wavelength_max, "fwhm": b.fwhm},
                 "resolution_m": b.resolution,
                 "assets": dict(b.assets),
+                "scaling": {k: vars(v) for k, v in b.scaling.items()},  # overrides of the products' (e.g. thermal)
             }
             for b in s.bands
         ],

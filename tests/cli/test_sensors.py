@@ -92,6 +92,8 @@ def test_json_for_one_sensor() -> None:
     assert wl["min"] < wl["center"] < wl["max"] and 0 < wl["fwhm"] < 0.1
     assert red["assets"] == {"earth-search": "red", "planetary-computer": "red"}
     assert bands["B10"]["type"] == "thermal" and bands["B10"]["resolution_m"] == 100
+    assert bands["B10"]["scaling"]["l2"]["scale"] == pytest.approx(0.00341802) and bands["B10"]["scaling"]["l2"]["offset"] == 149.0
+    assert red["scaling"] == {} and "description" in data and isinstance(data["aliases"], list)
     assert Path(data["file"]).name == "landsat9.yaml"
 
 
