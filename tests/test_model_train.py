@@ -54,9 +54,25 @@ def test_scores_cloud_vs_not() -> None:
     assert s["shadow_f1"] == 0.0
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.steps=abc", "'train.steps' must be a whole number"), ("seed=-1", "'seed' must be a whole number >= 0"),
+    ("train.lr=abc", "'train.lr' must be a number"), ("data.tile=7", "multiple of 8"), ("data.tile=0", "multiple of 8"),
+    ("data.batch=0", "'data.batch' must be >= 1"), ("train.val_every=0", "'train.val_every' must be >= 1"),
+    ("train.class_weights=[1,2]", "four numbers"), ("model.c4=abc", "c4 must be a whole number"),
+    ("train.ema=1.5", "'train.ema' must be within 0-1"), ("train.schedule=foo", "'steps' or 'time'"),
+    ("train.steps=0", "'train.steps' must be >= 1"), ("val.four_bands=yes please", "true or false"),
+    ("train.lr=.nan", "'train.lr' must be a number"),
+])
+def test_bad_config_values_are_one_line_usage_errors(override: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
 def test_config_overrides_and_errors(tmp_path: Path) -> None:
-    cfg = load_config(None, ["train.steps=7", "data.sensors=[sentinel2]", "model.c8=16"])
+    cfg = load_config(None, ["train.steps=7", "data.sensors=[sentinel2]", "model.c8=16", "train.lr=1e-4"])
     assert cfg["train"]["steps"] == 7 and cfg["data"]["sensors"] == ["sentinel2"] and cfg["model"]["c8"] == 16
+    assert cfg["train"]["lr"] == 1e-4  # YAML 1.1 reads 1e-4 as a string: a number where numbers go
     with pytest.raises(UsageError, match="unknown config key"):
         load_config(None, ["train.stepz=1"])
     with pytest.raises(UsageError, match="key.sub=value"):
@@ -65,8 +81,9 @@ def test_config_overrides_and_errors(tmp_path: Path) -> None:
         load_config(None, ["model.encoder=nope"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
+    with pytest.raises(UsageError, match="not valid YAML") as info:
         load_config(bad)
+    assert "\n" not in str(info.value)  # one line
     # simulator options are free-form (the simulator checks them) and merge across file and overrides
     opts = tmp_path / "opts.yaml"
     opts.write_text("data:\n  sim_options: {shadow_max_sun: 0.6}\n")
@@ -184,8 +201,8 @@ def test_train_with_reuse_runs_and_rejects_zero(tmp_path: Path) -> None:
     assert res["steps"] == 4
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
-    with pytest.raises(UsageError, match="at least 1"):
-        train(load_config(None, [f"out={tmp_path / 'z'}", *TINY_RUN, "train.steps=1", "data.reuse=0"]))
+    with pytest.raises(UsageError, match="'data.reuse' must be >= 1"):  # before any work
+        load_config(None, [f"out={tmp_path / 'z'}", *TINY_RUN, "train.steps=1", "data.reuse=0"])
 
 
 def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:
@@ -208,6 +225,28 @@ def test_real_tiles_manifest_and_crops(tmp_path: Path) -> None:
     assert not b.thin_labelled.any() and b.shadow_labelled.all()
     with pytest.raises(UsageError, match="manifest not found"):
         load_real_tiles(tmp_path / "nope", ["*"])
+    # a malformed manifest, or one whose band list does not fit its image: one line each
+    good = manifest[0]
+    for doc, message in [("{", "not readable JSON"), ('{"image": 1}', "expected a list"),
+                         (json.dumps([{"label": "x"}]), "entry 0 lacks image, sensor, bands"),
+                         (json.dumps([{**good, "bands": ["red", "green", "blue"]}]), "4 bands of 40×40 px, but 3 band names")]:
+        (tmp_path / "manifest.json").write_text(doc)
+        with pytest.raises(UsageError, match=message):
+            load_real_tiles(tmp_path, ["l8biome/*"])
+
+
+def test_validation_tiles_may_not_be_training_tiles_whatever_the_patterns(tmp_path: Path) -> None:
+    from cloudmask.model.train import train
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "l8biome").mkdir()
+    write_raster(tmp_path / "l8biome/train_a.image.tif", rng.uniform(0.05, 0.5, (4, 32, 32)).astype("float32"), crs=None)
+    write_raster(tmp_path / "l8biome/train_a.label.tif", (rng.random((32, 32)) * 4).astype("uint8"), crs=None)
+    (tmp_path / "manifest.json").write_text(json.dumps([{"image": "l8biome/train_a.image.tif", "label": "l8biome/train_a.label.tif",
+                                                          "sensor": "landsat8", "bands": ["red", "green", "blue", "nir08"]}]))
+    cfg = load_config(None, [f"out={tmp_path / 'r'}", *TINY_RUN, "train.steps=1", f"real.root={tmp_path}", "real.val=[l8biome/*]"])
+    with pytest.raises(UsageError, match="validation tiles also in training: l8biome/train_a.image.tif"):
+        train(cfg)
 
 
 @pytest.mark.parametrize(("key", "extra"), [("model", []), ("ema", ["train.ema=0.5"])])
@@ -393,6 +432,5 @@ def test_train_with_a_teacher_learns_its_probabilities(tmp_path: Path) -> None:
     train(load_config(None, [f"out={tmp_path / 'n'}", *tiny, "train.steps=40", "train.lr=0.01", "seed=4",
                              "train.val_every=40"]))
     assert gap(tmp_path / "s" / "best.safetensors") < 0.5 * gap(tmp_path / "n" / "best.safetensors")
-    with pytest.raises(UsageError, match="distill must be within"):
-        train(load_config(None, [f"out={tmp_path / 'x'}", *tiny, "train.steps=1", f"train.teacher={teacher}",
-                                 "train.distill=2"]))
+    with pytest.raises(UsageError, match="distill' must be within"):  # when the config is read
+        load_config(None, [f"out={tmp_path / 'x'}", *tiny, "train.steps=1", f"train.teacher={teacher}", "train.distill=2"])

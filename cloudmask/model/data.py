@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cloudmask.errors import UsageError
+from cloudmask.errors import UsageError, first_line
 from cloudmask.evaluate import FORMATS, Encoding
 from cloudmask.registry import Band, get_sensor
 
@@ -347,9 +347,17 @@ def load_real_tiles(root: str | Path, patterns: Sequence[str], mapping: str = "c
     manifest = root / "manifest.json"
     if not manifest.is_file():
         raise UsageError(f"real-data manifest not found: {manifest}")
-    entries = json.loads(manifest.read_text(encoding="utf-8"))
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{manifest}: not readable JSON ({first_line(exc)})") from None
+    if not isinstance(entries, list):
+        raise UsageError(f"{manifest}: expected a list of tiles, got {type(entries).__name__}")
     tiles = []
-    for e in entries:
+    for i, e in enumerate(entries):
+        missing = [k for k in ("image", "label", "sensor", "bands") if not isinstance(e, dict) or k not in e]
+        if missing:
+            raise UsageError(f"{manifest}: entry {i} lacks {', '.join(missing)}")
         if not any(fnmatch.fnmatch(e["image"], p) for p in patterns):
             continue
         names = list(e["bands"])
@@ -361,12 +369,18 @@ def load_real_tiles(root: str | Path, patterns: Sequence[str], mapping: str = "c
         bands = [sensor.band(n) for n in names]
         with warnings.catch_warnings():  # dataset crops often carry no georeferencing: irrelevant here
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(root / e["image"]) as src:
-                x = src.read().astype("float32")
-                if src.nodata is not None:
-                    x[x == src.nodata] = np.nan
-            with rasterio.open(root / e["label"]) as src:
-                y = map_labels(src.read(1), mapping)
+            try:
+                with rasterio.open(root / e["image"]) as src:
+                    x = src.read().astype("float32")
+                    if src.nodata is not None:
+                        x[x == src.nodata] = np.nan
+                with rasterio.open(root / e["label"]) as src:
+                    y = map_labels(src.read(1), mapping)
+            except (rasterio.errors.RasterioError, OSError) as exc:
+                raise UsageError(f"{manifest}: tile {e['image']}: cannot read ({first_line(exc)})") from None
+        if x.shape[0] != len(bands) or y.shape != x.shape[1:]:
+            raise UsageError(f"{manifest}: tile {e['image']}: {x.shape[0]} bands of {x.shape[1]}×{x.shape[2]} px, "
+                             f"but {len(bands)} band names and a {y.shape[0]}×{y.shape[1]} label")
         lab = e.get("labelled", {})
         shadow = bool(lab.get("shadow", True)) and not shadow_label_missing(y)
         tiles.append(RealTile(e["image"], x, y, bands, bool(lab.get("thin", True)), shadow))

@@ -53,7 +53,15 @@ class ModelConfig:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
         kw = dict(d)
         if "dilations" in kw:
-            kw["dilations"] = tuple(int(x) for x in kw["dilations"])
+            dil = kw["dilations"]
+            if not isinstance(dil, (list, tuple)) or not dil or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in dil):
+                raise ValueError(f"dilations must be a list of whole numbers >= 1, got {dil!r}")
+            kw["dilations"] = tuple(dil)
+        for name in ("desc_dim", "enc_width", "lin4_width", "c4", "c8", "head_width"):
+            v = kw.get(name, 1)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
         cfg = cls(**kw)
         if cfg.encoder not in ("set", "pairwise"):
             raise ValueError(f"unknown band encoder {cfg.encoder!r} (expected 'set' or 'pairwise')")

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cloudmask.errors import UsageError
+from cloudmask.errors import UsageError, first_line
 from cloudmask.model.data import (
     Batch, PooledSimSource, RealSource, RealTile, ReusingSource, SimSource, four_band_indices, get_simulator, jitter, load_real_tiles,
     sensor_bands,
@@ -150,13 +151,86 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise UsageError(f"config {p} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise UsageError(f"config {p} is not valid YAML{where}: {getattr(exc, 'problem', None) or first_line(exc)}") from None
         if not isinstance(raw, dict):
             raise UsageError(f"config {p} must be a mapping at the top level")
         cfg = _merge(cfg, raw)
     for o in overrides:
         cfg = _merge(cfg, parse_override(o))
+    _check_values(cfg)
     return cfg
+
+
+#: Value rules beyond the type of each default: (key, test, what it must be).
+_RULES: list[tuple[str, Any, str]] = [
+    ("seed", lambda v: v >= 0, "a whole number >= 0"),
+    ("data.tile", lambda v: v >= 16 and v % 8 == 0, "a multiple of 8, at least 16 (the network pools by 8)"),
+    ("data.batch", lambda v: v >= 1, ">= 1"),
+    ("data.min_bands", lambda v: v >= 3, ">= 3"),
+    ("data.workers", lambda v: v >= 0, ">= 0"),
+    ("data.reuse", lambda v: v >= 1, ">= 1"),
+    ("data.virtual_prob", lambda v: 0 <= v <= 1, "within 0-1"),
+    ("data.subset_prob", lambda v: 0 <= v <= 1, "within 0-1"),
+    ("data.overscan", lambda v: v >= 0, ">= 0"),
+    ("real.prob", lambda v: 0 <= v <= 1, "within 0-1"),
+    ("train.steps", lambda v: v >= 1, ">= 1"),
+    ("train.lr", lambda v: v > 0, "above 0"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.warmup", lambda v: v >= 0, ">= 0"),
+    ("train.val_every", lambda v: v >= 1, ">= 1"),
+    ("train.ckpt_every", lambda v: v >= 1, ">= 1"),
+    ("train.threads", lambda v: v >= 1, ">= 1"),
+    ("train.distill", lambda v: 0 <= v <= 1, "within 0-1"),
+    ("train.ema", lambda v: 0 <= v < 1, "within 0-1 (0: off)"),
+    ("train.max_minutes", lambda v: v is None or v > 0, "above 0 (or null)"),
+    ("train.schedule", lambda v: v in ("steps", "time"), "'steps' or 'time'"),
+    ("train.class_weights", lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and x >= 0 for x in v), "four numbers >= 0"),
+    ("val.scenes", lambda v: v >= 0, ">= 0"),
+    ("val.size", lambda v: v >= 16 and v % 8 == 0, "a multiple of 8, at least 16"),
+]
+
+
+def _check_values(cfg: dict[str, Any]) -> None:
+    """Every known key holds a value of its default's type (ints where ints are expected, finite
+    numbers) within its range: a typo fails in one line before any work, not as a traceback."""
+
+    def walk(default: dict[str, Any], value: dict[str, Any], where: str) -> None:
+        for k, d in default.items():
+            key, v = f"{where}{k}", value.get(k)
+            if isinstance(d, dict):
+                if d and k != "model":
+                    walk(d, v, key + ".")
+                continue
+            if d is None or v is None and key == "train.max_minutes":
+                continue
+            if isinstance(d, float) and isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+                try:
+                    v = value[k] = float(v)
+                except ValueError:
+                    pass
+            if isinstance(d, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(d, int):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif isinstance(d, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            else:
+                ok = isinstance(v, type(d))
+            if not ok:
+                kind = ("a whole number" if isinstance(d, int) and not isinstance(d, bool) else "a number"
+                        if isinstance(d, float) else "true or false" if isinstance(d, bool) else f"a {type(d).__name__}")
+                raise UsageError(f"config key {key!r} must be {kind}, got {v!r}")
+
+    walk(DEFAULT_CONFIG, cfg, "")
+    for key, test, what in _RULES:
+        node: Any = cfg
+        for part in key.split("."):
+            node = node[part]
+        if not test(node):
+            raise UsageError(f"config key {key!r} must be {what}, got {node!r}")
 
 
 # --------------------------------------------------------------------------- loss and metrics
@@ -375,10 +449,12 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     if rcfg.get("root"):
         train_tiles = load_real_tiles(rcfg["root"], rcfg["train"], fix_band_order=bool(rcfg["fix_band_order"]))
         real_src = RealSource(train_tiles, dcfg, rng_real)
-        val_sets.update(real_val_sets(load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"]))))
-        overlap = {t.name for t in train_tiles} & {n for n in rcfg["val"]}
+        val_tiles = load_real_tiles(rcfg["root"], rcfg["val"], fix_band_order=bool(rcfg["fix_band_order"]))
+        overlap = {t.name for t in train_tiles} & {t.name for t in val_tiles}  # the tiles, whatever the patterns
         if overlap:
-            raise UsageError(f"validation tiles also in training: {sorted(overlap)}")
+            raise UsageError(f"validation tiles also in training: {', '.join(sorted(overlap)[:5])}"
+                             f"{' …' if len(overlap) > 5 else ''} ({len(overlap)} in all)")
+        val_sets.update(real_val_sets(val_tiles))
     if cfg["val"].get("four_bands"):
         val_sets = with_four_band_sets(val_sets)
 
@@ -387,20 +463,24 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     if resume:
         if not ckpt.is_file():
             raise UsageError(f"--resume: no checkpoint at {ckpt}")
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start, best = int(state["step"]), float(state["best"])
-        best_metrics = json.loads(state["best_metrics"])
-        rng_sim.bit_generator.state = state["rng_sim"]
-        rng_real.bit_generator.state = state["rng_real"]
-        rng_aug.bit_generator.state = state["rng_aug"]
-        torch.set_rng_state(state["torch_rng"])
-        clock["before"] = float(state.get("elapsed", 0.0))
-        sim_consumed = int(state.get("sim_consumed", 0))
+        _check_resumable(out, cfg)
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            net.load_state_dict(state["model"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            start, best = int(state["step"]), float(state["best"])
+            best_metrics = json.loads(state["best_metrics"])
+            rng_sim.bit_generator.state = state["rng_sim"]
+            rng_real.bit_generator.state = state["rng_real"]
+            rng_aug.bit_generator.state = state["rng_aug"]
+            torch.set_rng_state(state["torch_rng"])
+            clock["before"] = float(state.get("elapsed", 0.0))
+            sim_consumed = int(state.get("sim_consumed", 0))
+        except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            raise UsageError(f"--resume: {ckpt} is not a readable checkpoint of this run ({first_line(exc)})") from None
     else:
         sim_consumed = 0
     if int(dcfg.get("workers") or 0) > 0:
@@ -409,10 +489,10 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         sim_src = ReusingSource(sim_src, int(dcfg["reuse"]), rng_aug)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
-    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    log = open(out / "log.jsonl", "a" if resume else "w", encoding="utf-8")  # a fresh run starts a fresh log
     loss_avg = None
     last_metrics: dict[str, Any] = {}
-    step = start
+    done = start
     try:
         for step in range(start, steps):
             net.train()
@@ -467,8 +547,41 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         log.close()
         if isinstance(sim_src, (PooledSimSource, ReusingSource)):
             sim_src.close()
-    return {"steps": step + 1, "best_score": best, "best_metrics": best_metrics, "out": str(out),
+    return {"steps": done, "best_score": best, "best_metrics": best_metrics, "out": str(out),
             "elapsed_s": round(elapsed(), 1)}
+
+
+#: Config keys a resumed run may change: how long it runs, how often it validates and saves, how
+#: it uses the machine. Anything else would make it another run than the checkpoint's.
+_RESUMABLE_CHANGES = {"out", "train.steps", "train.max_minutes", "train.val_every", "train.ckpt_every", "train.threads",
+                      "data.workers"}
+
+
+def _flatten(d: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{where}{k}."))
+        else:
+            out[f"{where}{k}"] = v
+    return out
+
+
+def _check_resumable(out: Path, cfg: dict[str, Any]) -> None:
+    """--resume continues the run in ``out``: its saved config may differ only in _RESUMABLE_CHANGES."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return  # a checkpoint without its config (older runs): nothing to compare with
+    if not isinstance(saved, dict):
+        return
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(cfg)))  # tuples as lists, like the YAML
+    changed = sorted(k for k in old.keys() | new.keys() if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        k = changed[0]
+        raise UsageError(f"--resume: the config differs from the run's in {', '.join(changed[:4])}"
+                         f"{' …' if len(changed) > 4 else ''} ({k}: {old.get(k)!r} then, {new.get(k)!r} now); "
+                         f"only {', '.join(sorted(_RESUMABLE_CHANGES - {'out'}))} may change")
 
 
 def _save_ckpt(path: Path, net: CloudNet, opt: torch.optim.Optimizer, sched: Any, step: int, best: float,

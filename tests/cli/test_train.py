@@ -31,6 +31,21 @@ def test_train_writes_weights_and_resumes(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
+    # a finished run resumed: nothing to do, and it says 3 steps, not 4
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--json", "train.steps=3", "train.val_every=10", *TINY])
+    assert res.exit_code == 0 and json.loads(res.stdout)["steps"] == 3
+    # a resume that would be another run (architecture, seed, tile size): one line, exit 2
+    for change in ("model.c4=16", "seed=9", "data.tile=64"):
+        res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY, change])
+        assert res.exit_code == 2 and "config differs" in res.stderr and change.split("=")[0] in res.stderr, res.output
+    # a damaged checkpoint: one line, exit 2, never unpickled
+    saved = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(saved[: len(saved) // 2])
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY])
+    assert res.exit_code == 2 and "not a readable checkpoint" in res.stderr and "Traceback" not in res.output
+    # a fresh run into the same folder starts a fresh log
+    res = runner.invoke(app, ["train", "--out", str(out), "-q", "train.steps=1", "train.val_every=1", *TINY])
+    assert res.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 1
 
 
 def test_train_config_file_and_bad_keys(tmp_path: Path) -> None:
