@@ -84,6 +84,11 @@ def test_bad_input(s2_bands: list[Band]) -> None:
         simulate_scene(s2_bands, 32, biome="moon")
     with pytest.raises(UsageError, match="cloud_cover"):
         simulate_scene(s2_bands, 32, cloud_cover=2)
+    with pytest.raises(UsageError, match="seed must be a whole number >= 0"):
+        simulate_scene(s2_bands, 32, rng=-1)
+    for bad in (0, -20, float("nan")):
+        with pytest.raises(UsageError, match="pixel_size"):
+            simulate_scene(s2_bands, 32, rng=0, pixel_size=bad)
 
 
 def test_ambiguous_penumbra_is_labelled_ignore(s2_bands: list[Band]) -> None:

@@ -27,7 +27,7 @@ def simulate_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder.", file_okay=False)],
     n: Annotated[int, typer.Option("--n", "-n", metavar="N", help="Number of scenes.", min=1, max=100000)] = 1,
     size: Annotated[int, typer.Option("--size", metavar="PX", help="Scene size in pixels (square).", min=16, max=8192)] = 512,
-    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Base seed for reproducible scenes.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Base seed for reproducible scenes.", min=0)] = None,
     bands: Annotated[
         list[str] | None, typer.Option("--bands", "-b", metavar="NAMES", help="Bands to simulate (repeat or comma-separate; default all).")
     ] = None,

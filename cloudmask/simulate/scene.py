@@ -89,6 +89,8 @@ def _rng(rng: np.random.Generator | int | None) -> tuple[np.random.Generator, in
         seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
     elif isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         seed = int(rng)
+        if seed < 0:
+            raise UsageError(f"seed must be a whole number >= 0, got {seed}")
     else:
         raise UsageError(f"rng must be a numpy Generator, an int seed or None, not {type(rng).__name__}")
     return np.random.default_rng(seed), seed
@@ -146,6 +148,8 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     if p["pixel_size"] is None:
         res = [b.resolution for b in bands if b.kind == "reflectance"] or [b.resolution for b in bands]
         p["pixel_size"] = float(np.clip(np.median(res), 10, 500))
+    elif not (isinstance(p["pixel_size"], (int, float)) and np.isfinite(p["pixel_size"]) and p["pixel_size"] > 0):
+        raise UsageError(f"pixel_size must be a number of metres above 0, got {p['pixel_size']!r}")
     if p["relief"] is None:
         hi = 0.8 if p["biome"] == "snow_ice" else 0.25
         p["relief"] = float(relief_u[1] * hi) if relief_u[0] < (0.8 if p["biome"] == "snow_ice" else 0.5) else 0.0
