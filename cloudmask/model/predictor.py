@@ -143,7 +143,10 @@ class Predictor:
         (only rows y0:y1, columns x0:x1 with ``region`` = (y0, y1, x0, x1); context still from all).
         ``finite=True``: the caller has checked that ``x`` holds no NaN/inf (skips that pass).
         ``stored``: ``x`` holds stored integers (see :meth:`predict_proba_batch`)."""
-        return self.predict_proba_batch(np.asarray(x)[None], descriptors, region, finite, stored)[0]
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise BandError(f"expected a (bands, y, x) array, got shape {x.shape}")
+        return self.predict_proba_batch(x[None], descriptors, region, finite, stored)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
                             finite: bool = False, stored: StoredAffine | None = None) -> np.ndarray:
@@ -264,6 +267,9 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Predictor:
         net = CloudNet(ModelConfig.from_dict(arch))
         net.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError) as exc:
-        raise ModelError(f"model weights {weights.name} do not fit the architecture: {first_line(exc)}") from None
+        # torch's first line is only "Error(s) in loading state_dict for CloudNet:"; the reason follows
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines[1:] if not ln.startswith("Error(s)")), lines[0] if lines else type(exc).__name__)
+        raise ModelError(f"model weights {weights.name} do not fit the architecture: {reason[:300]}") from None
     version = str(sidecar.get("version") or meta.get("version") or "unknown")
     return Predictor(net, version=version, sha256=digest, source=str(weights), meta=sidecar)
