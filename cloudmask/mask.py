@@ -450,16 +450,21 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
 
 
 def _scene_holding(path: Path, base: Path | None, band_names: set[str], folders: dict[Path, bool]) -> Path:
-    """``path``, or the band folder or SAFE (below ``base``) that it is one band of."""
+    """``path``, or the SAFE or band folder (below ``base``) that it is one band of; a SAFE wins
+    over the band folders inside it (its R10m/R20m/R60m folders are one scene)."""
     stop = base.resolve() if base is not None else None
+    band_folder = None
     for folder in path.parents:
         if stop is not None and not folder.resolve().is_relative_to(stop):
             break
-        if folder not in folders:
-            folders[folder] = is_safe(folder) or is_band_folder(folder, band_names)
-        if folders[folder]:
+        if is_safe(folder):
             return folder
-    return path
+        if band_folder is None:
+            if folder not in folders:
+                folders[folder] = is_band_folder(folder, band_names)
+            if folders[folder]:
+                band_folder = folder
+    return band_folder or path
 
 
 def read_list_file(path: str) -> list[str]:

@@ -289,6 +289,11 @@ def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor
     globbed = expand_inputs([str(tmp_path / "**" / "*.tif")])  # reaches the band files: their folder is one scene
     assert sorted(Path(p).name for p, _ in globbed) == ["S2A_one.tif", "S2A_two.tif", folder.name]
     assert output_for(str(folder), globbed[-1][1], out) == out / "c" / f"{folder.name}_cloudmask.tif"
+    # a glob into a SAFE reaches its R10m/R20m/R60m band folders: the SAFE is the one scene
+    from cloudmask.testing import write_safe
+
+    safe = write_safe(tmp_path / "safes", "S2A_MSIL2A_20240612T103031_N0510_R108_T32TMT_20240612T140342.SAFE")
+    assert [p for p, _ in expand_inputs([str(tmp_path / "safes" / "**" / "*.tif")])] == [str(safe)]
     # one scene named several ways is masked once
     assert expand_inputs([str(a), str(a), str(tmp_path / "b" / ".." / "a" / "S2A_one.tif")]) == [(str(a), a.parent)]
     walked = expand_inputs([str(tmp_path / "c")])
