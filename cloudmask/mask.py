@@ -98,8 +98,11 @@ class MaskOptions:
         if scene is not None:
             azimuth, elevation = self.sun_for(scene)
             if self.sun_from_metadata and azimuth is None:
-                warnings.warn(f"{Path(scene.source).name}: no sun position in its metadata; shadow matching learns "
-                              "the shift from the scene alone", stacklevel=2)
+                warnings.warn(f"{Path(scene.source).name}: no usable sun azimuth in its metadata (missing or out of "
+                              "range); shadow matching learns the shift from the scene alone", stacklevel=2)
+            elif self.sun_from_metadata and elevation is None:
+                warnings.warn(f"{Path(scene.source).name}: no usable sun elevation in its metadata (missing or out "
+                              "of range); shadow matching holds the shift to the sun's direction only", stacklevel=2)
             if azimuth is not None:
                 opts = replace(opts, prior=shadow_prior(azimuth, elevation, scene.transform, scene.crs))
         return opts

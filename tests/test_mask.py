@@ -551,11 +551,24 @@ def test_the_darkness_test_without_a_nir_band_warns_and_records_that_it_was_off(
 def test_sun_from_metadata_without_any_warns_and_matches_as_usual(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_MSIL2A_nosun.tif")
     dst = tmp_path / "out" / "nosun_cloudmask.tif"
-    with pytest.warns(UserWarning, match=r"S2A_MSIL2A_nosun.tif: no sun position in its metadata"):
+    with pytest.warns(UserWarning, match=r"S2A_MSIL2A_nosun.tif: no usable sun azimuth in its metadata"):
         r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, sun_from_metadata=True))
     assert r.status == "masked"
     matching = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
     assert matching["sun_azimuth"] is None
+
+
+def test_sun_from_metadata_with_an_elevation_off_the_sky_warns_and_keeps_the_direction(tmp_path, predictor):
+    for name in ("B02", "B03", "B04", "B8A"):
+        write_raster(tmp_path / f"{name}.tif", random_reflectance(1, 48, 48, seed=len(name)))
+    item = write_item(tmp_path / "item.json", stac_item(
+        "S2A_badsun", {b: f"{b}.tif" for b in ("B02", "B03", "B04", "B8A")},
+        extra_properties={"view:sun_azimuth": 150.0, "view:sun_elevation": 95.0}))
+    dst = tmp_path / "out" / "badsun_cloudmask.tif"
+    with pytest.warns(UserWarning, match=r"item.json: no usable sun elevation in its metadata"):
+        mask_scene(item, dst, predictor, MaskOptions(tiles=SMALL, sun_from_metadata=True))
+    matching = json.loads(OutputPaths(dst).item.read_text())["properties"]["cloudmask:shadow_matching"]
+    assert matching["sun_azimuth"] == 150.0 and matching["sun_elevation"] is None
 
 
 def test_shadow_options_that_cannot_apply_are_named_once_per_run():
