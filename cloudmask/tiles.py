@@ -113,7 +113,7 @@ def plan_tiles(options: TileOptions, halo: int) -> TilePlan:
     else:  # less overlap than the model wants: keep a feather, accept less context
         feather = min(overlap, max(ALIGN, _round_up(overlap // 4)))
         context = overlap - feather
-    feather = min(feather, tile // 2)
+    feather = min(feather, tile // 2 // ALIGN * ALIGN)  # on the grid too (tile 104: 48, not 52)
     depth = context + feather
     # Dask blocks hold whole windows and must be at least ``depth`` wide for the overlap-add pass.
     rows = max(1, -(-depth // tile))

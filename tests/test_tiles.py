@@ -48,14 +48,19 @@ def test_feather_weights_of_neighbouring_windows_sum_to_one():
     np.testing.assert_allclose(inner, 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("tile, batch, shape", [(64, 2, (232, 296)), (96, 1, (232, 296)), (64, 1, (229, 301))])
-def test_tiled_equals_whole_scene_edges_included(predictor, s2_desc, tile, batch, shape):
+@pytest.mark.parametrize("tile, batch, shape, extra", [(64, 2, (232, 296), None), (96, 1, (232, 296), None),
+                                                      (64, 1, (229, 301), None), (40, 1, (229, 301), 64)])
+def test_tiled_equals_whole_scene_edges_included(predictor, s2_desc, tile, batch, shape, extra):
     """Windows on the scene's edge are cut flush with it, so even edge pixels (and scene sizes off
-    the 8 px grid) get exactly the whole-scene result."""
+    the 8 px grid) get exactly the whole-scene result. ``extra``: an overlap that much beyond the
+    halo, more feather than half a 40 px tile allows (the cap must stay on the 8 px grid)."""
     x = random_reflectance(13, *shape, seed=3)
     x[:, 100:140, 150:170] = np.nan  # a nodata hole crossing tile borders
     whole = predictor.predict_proba(x, s2_desc)
-    proba = predict_proba(da.from_array(x, chunks=(13, 50, 70)), s2_desc, predictor, TileOptions(tile_size=tile, batch_size=batch))
+    overlap = None if extra is None else predictor.halo + extra
+    opts = TileOptions(tile_size=tile, batch_size=batch, overlap=overlap)
+    assert plan_tiles(opts, predictor.halo).depth % 8 == 0
+    proba = predict_proba(da.from_array(x, chunks=(13, 50, 70)), s2_desc, predictor, opts)
     assert proba.shape == (4, *shape) and len(proba.chunks[1]) > 1  # really tiled
     tiled = proba.compute(scheduler="threads")
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
