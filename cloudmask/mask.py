@@ -214,6 +214,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _lock_file_stale(path: Path) -> bool:
+    """A lock file left by a process gone from this host (a missing file counts as stale; an
+    unreadable or half-written one only when older than a minute: its writer may be mid-write)."""
+    try:
+        pid_s, host = path.read_text().split()[:2]
+        pid = int(pid_s)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except OSError:
+            return True
+    return host == socket.gethostname() and not _pid_alive(pid)
+
+
 class OutputLock:
     """An exclusive lock file beside an output (``O_CREAT | O_EXCL``; works on NFS v3+ too).
 
@@ -232,11 +248,7 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if self._stale():
-                    try:
-                        self.path.unlink()
-                    except FileNotFoundError:
-                        pass
+                if self._stale() and self._break_stale():
                     continue
                 raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
             except OSError as exc:
@@ -245,7 +257,7 @@ class OutputLock:
                 os.write(fd, me.encode())
             finally:
                 os.close(fd)
-            self.held = True
+            self.held, self._me = True, me
             return self
         raise OutputError(f"{self.target}: cannot take the lock {self.path}")
 
@@ -257,23 +269,37 @@ class OutputLock:
             return "unknown owner"
 
     def _stale(self) -> bool:
+        return _lock_file_stale(self.path)
+
+    def _break_stale(self) -> bool:
+        """Remove the stale lock so that of several runs doing so at once only one succeeds: the lock
+        is first renamed to a name of this process's own (one rename wins), then judged again; a lock
+        that turned out live (another run's, made between our check and the rename) is put back.
+        True: try to create ours now."""
+        grabbed = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
-            pid_s, host = self.path.read_text().split()[:2]
-            pid = int(pid_s)
+            os.replace(self.path, grabbed)
         except FileNotFoundError:
-            return True
-        except (OSError, ValueError):
-            # unreadable or half-written: stale only if old
+            return True  # someone removed it: try to create ours
+        except OSError:
+            return False
+        stale = _lock_file_stale(grabbed)
+        if not stale:
             try:
-                return time.time() - self.path.stat().st_mtime > 60
+                os.link(grabbed, self.path)  # back in place, unless a new lock is already there
             except OSError:
-                return True
-        return host == socket.gethostname() and not _pid_alive(pid)
+                pass
+        try:
+            grabbed.unlink()
+        except OSError:
+            pass
+        return stale
 
     def __exit__(self, *exc: object) -> None:
         if self.held:
-            try:
-                self.path.unlink()
+            try:  # only our own lock: never a file another run put there
+                if self.path.read_text() == self._me:
+                    self.path.unlink()
             except OSError:
                 pass
             self.held = False

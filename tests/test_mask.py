@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -222,6 +223,28 @@ def test_killed_run_leftovers_are_cleaned_and_not_taken_for_output(tmp_path, pre
     r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
     assert r.status == "masked" and not leftover.exists() and not OutputPaths(dst).lock.exists()
     assert _files(dst.parent) == ["d_cloudmask.json", "d_cloudmask.tif"]
+
+
+def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
+    """Two runs that both judged a dead run's lock stale: the one that breaks it second finds the
+    first one's new lock, puts it back and reports the output as locked; a run never removes a
+    lock that is not its own."""
+    from cloudmask.mask import OutputLock
+
+    lock, target = tmp_path / "x.lock", tmp_path / "x_cloudmask.tif"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{dead.pid} {socket.gethostname()}\n")
+    first = OutputLock(lock, target).__enter__()  # took the stale lock over
+    mine = lock.read_text()
+    late = OutputLock(lock, target)
+    assert late._break_stale() is False  # it renamed the first run's live lock away, then put it back
+    assert lock.read_text() == mine and not list(tmp_path.glob("x.lock.stale-*"))
+    with pytest.raises(OutputError, match="another run is writing"):
+        late.__enter__()
+    lock.write_text("1 some-other-host\n")  # not ours any more: leaving must not remove it
+    first.__exit__(None, None, None)
+    assert lock.read_text() == "1 some-other-host\n"
 
 
 def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
