@@ -214,6 +214,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _tidy(paths: OutputPaths) -> None:
+    """Remove a killed run's temporaries (and its stale lock) beside a finished output; skipped
+    quietly when another run holds the lock or the folder is read-only."""
+    temps = [t for dst in (paths.mask, paths.proba, paths.item) for t in cog.stale_temps(dst)]
+    if not temps and not paths.lock.exists():
+        return
+    try:
+        with OutputLock(paths.lock, paths.mask):
+            for t in [t for dst in (paths.mask, paths.proba, paths.item) for t in cog.stale_temps(dst)]:
+                cog.remove_quietly(t)
+    except (OutputError, OSError):
+        pass
+
+
 def _lock_file_stale(path: Path) -> bool:
     """A lock file left by a process gone from this host (a missing file counts as stale; an
     unreadable or half-written one only when older than a minute: its writer may be mid-write)."""
@@ -666,6 +680,7 @@ def mask_scene(
     source = str(source)
     paths = OutputPaths(Path(output))
     if not options.overwrite and paths.complete(options.probabilities):
+        _tidy(paths)  # a killed --overwrite run may have left temporaries beside a finished output
         return MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
     try:
         paths.mask.parent.mkdir(parents=True, exist_ok=True)
@@ -760,7 +775,13 @@ def mask_scene(
                 item_tmp.write_text(json.dumps(item, indent=1) + "\n", encoding="utf-8")
             except OSError as exc:
                 raise cog.output_error(exc, paths.item) from None
-            # The mask goes last: its presence (with the item) marks the scene as done.
+            # The mask goes last: its presence (with the item) marks the scene as done. An old mask
+            # (--overwrite) goes first, so a run killed between the renames never leaves the new
+            # item beside the old mask looking done.
+            try:
+                paths.mask.unlink(missing_ok=True)
+            except OSError as exc:
+                raise cog.output_error(exc, paths.mask) from None
             cog.commit([*commits, (item_tmp, paths.item), (mask_part, paths.mask)])
             parts.clear()
             item_tmp = None

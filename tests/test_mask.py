@@ -247,6 +247,42 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     assert lock.read_text() == "1 some-other-host\n"
 
 
+def test_an_overwrite_killed_mid_commit_is_redone_not_taken_for_done(tmp_path, predictor, monkeypatch):
+    """--overwrite replaces item and mask; if the run dies after the new item is in place but before
+    the new mask, the old mask must not sit beside it looking finished."""
+    src = _s2(tmp_path / "S2A_o.tif")
+    dst = tmp_path / "out" / "o_cloudmask.tif"
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    real = os.replace
+
+    def dies_at_the_mask(a, b, *args, **kw):
+        if Path(b) == dst:
+            raise KeyboardInterrupt  # killed between the item's rename and the mask's
+        return real(a, b, *args, **kw)
+
+    monkeypatch.setattr(os, "replace", dies_at_the_mask)
+    with pytest.raises(KeyboardInterrupt):
+        mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, overwrite=True, binary=True))
+    monkeypatch.setattr(os, "replace", real)
+    assert not OutputPaths(dst).complete(False)  # so the next run redoes it
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, binary=True))
+    assert r.status == "masked"
+    with rasterio.open(dst) as m:
+        assert set(np.unique(m.read(1))) <= {0, 1, 255}
+
+
+def test_a_skipped_output_loses_a_killed_runs_leftovers(tmp_path, predictor):
+    src = _s2(tmp_path / "S2A_k.tif")
+    dst = tmp_path / "out" / "k_cloudmask.tif"
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    cog.temp_path(dst, "mask").write_bytes(b"partial")  # what a killed --overwrite run leaves
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    OutputPaths(dst).lock.write_text(f"{dead.pid} {socket.gethostname()}\n")
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert r.status == "skipped" and _files(dst.parent) == ["k_cloudmask.json", "k_cloudmask.tif"]
+
+
 def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_e.tif")
     dst = tmp_path / "e_cloudmask.tif"
