@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
@@ -60,13 +61,30 @@ def stale_temps(dst: Path) -> list[Path]:
     return sorted(dst.parent.glob(f".{dst.name}{_TMP_MARK}*"))
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in str(exc).lower()
+def is_disk_full(exc: BaseException, path: Path | str | None = None, writing: bool = False) -> bool:
+    """Whether a failed write ran out of space: ENOSPC anywhere in the exception chain, or (GDAL
+    often says only "Write error at scanline 0", its "No space left" going to libtiff's own stderr)
+    a write failure while the output's filesystem has under 1 MiB free."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(getattr(x, "errno", None) == errno.ENOSPC or "no space left" in str(x).lower() for x in chain):
+        return True
+    if path is not None and (writing or any("write" in str(x).lower() for x in chain)):
+        try:
+            st = os.statvfs(Path(path).parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 2**20
+    return False
 
 
-def output_error(exc: BaseException, path: Path | str) -> OutputError:
-    """One-line error for a failed write: disk full and permissions are named as such."""
-    if is_disk_full(exc):
+def output_error(exc: BaseException, path: Path | str, writing: bool = False) -> OutputError:
+    """One-line error for a failed write: disk full and permissions are named as such.
+    ``writing``: the failing step only writes (a read error there means a file cut short)."""
+    if is_disk_full(exc, path, writing):
         return OutputError(f"{path}: disk full while writing (no space left on device)")
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"{path}: output folder is not writable")
@@ -190,9 +208,11 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
         with rasterio.open(raw, "r+") as ds:  # says how the overviews were made (as rio-cogeo does)
             ds.update_tags(OVERVIEW_RESAMPLING=overview_resampling.upper())
         _copy_to_cog(raw, part, overview_resampling)
-    except (OSError, RasterioError) as exc:
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        # (GDAL's copy raises its own CPLE_* errors; a raw file that a full disk cut short on
+        # closing fails here as a read error)
         _remove_with_gdal_temps(part)
-        raise output_error(exc, dst) from None
+        raise output_error(exc, dst, writing=True) from None
     except Exception:
         _remove_with_gdal_temps(part)
         raise

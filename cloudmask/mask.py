@@ -754,7 +754,7 @@ def mask_scene(
             except (RasterioError, OSError) as exc:
                 # The sinks raise OutputError for their own writes, so what lands here was a read,
                 # unless the system ran out of space on the way (e.g. GDAL's temporary files).
-                if cog.is_disk_full(exc):
+                if cog.is_disk_full(exc, paths.mask):
                     raise cog.output_error(exc, paths.mask) from None
                 raise SceneError(f"{source}: reading failed mid-scene ({first_line(exc)})") from None
             except (RuntimeError, ValueError) as exc:

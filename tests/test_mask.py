@@ -209,6 +209,32 @@ def test_disk_full_leaves_nothing_and_a_rerun_completes(tmp_path, predictor, mon
     assert r[0].status == "masked" and _files(out) == ["S2A_c_cloudmask.json", "S2A_c_cloudmask.tif"]
 
 
+@pytest.mark.parametrize("failure", ["sink", "cog"])
+def test_a_full_disk_is_named_as_such_whatever_gdal_says(tmp_path, predictor, monkeypatch, failure):
+    """GDAL often reports a full disk only as "Write error at scanline 0" (libtiff prints the
+    ENOSPC itself), or, when closing cut the raw file short, as a read error in the COG step; with
+    under 1 MiB free that is "disk full", in one line, and nothing is left behind."""
+    from collections import namedtuple
+
+    from rasterio._err import CPLE_AppDefinedError
+
+    src = _s2(tmp_path / "in" / "S2A_f.tif")
+    out = tmp_path / "out"
+    if failure == "sink":
+        def broken(self, key, value):
+            raise cog.output_error(rasterio.errors.RasterioIOError("TIFFAppendToStrip:Write error at scanline 0"), self.dst)
+        monkeypatch.setattr(cog.RasterSink, "__setitem__", broken)
+    else:
+        def broken(raw, part, resampling):
+            raise CPLE_AppDefinedError(1, 1, f"{raw}: TIFFReadDirectory:Failed to read directory")
+        monkeypatch.setattr(cog, "_copy_to_cog", broken)
+    full = namedtuple("statvfs", "f_bavail f_frsize")(3, 4096)
+    monkeypatch.setattr(cog.os, "statvfs", lambda p: full)
+    with pytest.raises(OutputError, match="disk full while writing"):
+        mask_scene(src, out / "f_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    assert _files(out) == []
+
+
 def test_killed_run_leftovers_are_cleaned_and_not_taken_for_output(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_d.tif")
     dst = tmp_path / "out" / "d_cloudmask.tif"
