@@ -808,10 +808,12 @@ def connect(address: str) -> Any:
         from distributed import Client
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'cloudmask[distributed]'") from None
+    if "://" not in address or address.split("://", 1)[0] not in ("tcp", "tls", "inproc", "ucx", "ws", "wss"):
+        raise UsageError(f"--scheduler {address!r}: expected an address such as tcp://host:8786")
     try:
         return Client(address, timeout=10, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise UsageError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address} ({first_line(exc)})") from None
 
 
 def mask_many(

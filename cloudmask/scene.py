@@ -20,6 +20,7 @@ Bands at different resolutions are warped lazily (rasterio ``WarpedVRT``) onto o
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -833,8 +834,8 @@ def load_item(source: str) -> dict[str, Any]:
                 item = json.load(resp)
         else:
             item = json.loads(Path(source.removeprefix("file://")).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SceneError(f"{source}: cannot read STAC item ({first_line(exc)})") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: a dropped connection
+        raise SceneError(f"{source}: cannot read STAC item ({first_line(exc) or type(exc).__name__})") from None
     if not isinstance(item, dict) or item.get("type") != "Feature" or "assets" not in item:
         raise SceneError(f"{source}: not a STAC item (expected a GeoJSON Feature with assets)")
     return item

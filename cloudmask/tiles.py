@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import dask.array as da
 import numpy as np
 import xarray as xr
+from rasterio.errors import RasterioError, RasterioIOError
 
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
@@ -998,11 +999,19 @@ class DistributedRunner:
                 queue.add(fut)
 
         top_up()
-        for fut, value in queue:
-            key = keys.pop(fut.key)
-            fut.release()
-            yield key, value
-            top_up()
+        try:
+            for fut, value in queue:
+                key = keys.pop(fut.key)
+                fut.release()
+                yield key, value
+                top_up()
+        except (RasterioError, OSError, RuntimeError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a worker's error that could not travel as itself
+            text = str(exc) or type(exc).__name__
+            if "Rasterio" in text or "CPLE_" in text:  # e.g. Exception("RasterioIOError('Read failed…')")
+                raise RasterioIOError(f"on a cluster worker: {text.splitlines()[0][:300]}") from None
+            raise RuntimeError(f"on a cluster worker: {text.splitlines()[0][:300]}") from None
 
 
 class _RowDilator:

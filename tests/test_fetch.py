@@ -75,6 +75,17 @@ def test_read_scene_from_a_served_item_by_range_requests(file_server) -> None:
     assert any(r for _m, p, r in file_server.requests if p.endswith("/red.tif"))  # GDAL used Range
 
 
+def test_a_served_item_cut_short_is_a_scene_error(file_server) -> None:
+    """The connection drops half-way through the item JSON: one line naming it, not an internal error."""
+    from cloudmask.errors import SceneError
+
+    item = write_s2_item(file_server, "S2A_cut", bands=["B04"])
+    (file_server.root / "S2A_cut" / "item.json").write_text(json.dumps(item))
+    file_server.faults["/S2A_cut/item.json"] = ["drop"]
+    with pytest.raises(SceneError, match=r"S2A_cut/item.json: cannot read STAC item"):
+        read_scene(f"{file_server.url}/S2A_cut/item.json")
+
+
 def test_500_then_recovers(file_server, tmp_path, caplog) -> None:
     item = write_s2_item(file_server, "S2A_flaky", bands=["B04"])
     file_server.faults["/S2A_flaky/red.tif"] = ["500", "500"]

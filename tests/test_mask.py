@@ -404,6 +404,26 @@ def test_distributed_scheduler_gives_the_same_mask(tmp_path, predictor):
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+def test_distributed_errors_are_one_line(tmp_path, predictor, monkeypatch):
+    """A worker's read error that reaches the client as a plain Exception (distributed could not
+    send it as itself) is a read failure of that scene; an address that is not one is a usage error."""
+    distributed = pytest.importorskip("distributed")
+    from cloudmask import tiles as tiles_mod
+
+    with pytest.raises(UsageError, match="expected an address such as tcp://"):
+        mask_many([str(tmp_path / "x.tif")], tmp_path / "o", MaskOptions(tiles=SMALL, scheduler="nonsense://x"), predictor)
+    src = _s2(tmp_path / "S2A_w.tif", h=96, w=96)
+
+    def worker_fails(*a, **k):
+        raise Exception("RasterioIOError('Read failed. See previous exception for details.')")  # noqa: TRY002
+
+    monkeypatch.setattr(tiles_mod, "_predict_block", worker_fails)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        results = mask_many([str(src)], tmp_path / "dist", MaskOptions(tiles=SMALL, scheduler=cluster.scheduler_address), predictor)
+    assert results[0].status == "failed" and "reading failed mid-scene (RasterioIOError('Read failed." in results[0].message
+
+
 def test_missing_scene_is_a_scene_error(tmp_path, predictor):
     with pytest.raises(SceneError, match="no such file"):
         mask_scene(tmp_path / "nope.tif", tmp_path / "nope_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
