@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError, RasterioIOError
 
+from cloudmask.errors import CloudmaskError
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
 
@@ -1005,7 +1006,7 @@ class DistributedRunner:
                 fut.release()
                 yield key, value
                 top_up()
-        except (RasterioError, OSError, RuntimeError, ValueError):
+        except (CloudmaskError, RasterioError, OSError, RuntimeError, ValueError):
             raise
         except Exception as exc:  # noqa: BLE001 - a worker's error that could not travel as itself
             text = str(exc) or type(exc).__name__

@@ -204,7 +204,7 @@ def _check_values(cfg: dict[str, Any]) -> None:
                 if d and k != "model":
                     walk(d, v, key + ".")
                 continue
-            if d is None or v is None and key == "train.max_minutes":
+            if d is None:  # free values (paths, train.max_minutes): checked where used
                 continue
             if isinstance(d, float) and isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
                 try:
@@ -390,6 +390,7 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run training as configured; returns a summary (best metrics, paths). Writes into cfg['out']:
     ``config.yaml``, ``log.jsonl``, ``last.pt`` (resumable checkpoint), ``best.safetensors`` (+ .json)."""
+    _check_values(cfg)  # a config built in Python gets the same checks as one read by load_config
     tcfg, dcfg, rcfg = cfg["train"], cfg["data"], cfg["real"]
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -413,8 +414,6 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     if tcfg.get("teacher"):
         from cloudmask.model.predictor import load_model
 
-        if not 0.0 <= distill <= 1.0:
-            raise UsageError(f"train.distill must be within 0..1, got {distill}")
         teacher = load_model(tcfg["teacher"]).net.to(device).eval()
         teacher.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
