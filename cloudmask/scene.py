@@ -458,7 +458,7 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     """``src``'s extent on a grid of ``resolution`` metres (in degrees at the extent's mid-latitude
     on a geographic CRS), oriented as ``src`` (north-up or south-up; rotated grids become north-up)."""
     t, w, h = src.transform, src.width, src.height
-    xs, ys = zip(*(t * corner for corner in ((0, 0), (w, 0), (0, h), (w, h))))
+    xs, ys = zip(*(t @ corner for corner in ((0, 0), (w, 0), (0, h), (w, h))))
     left, right, south, north = min(xs), max(xs), min(ys), max(ys)
     xres = yres = float(resolution)
     if src.crs is not None and src.crs.is_geographic:
