@@ -166,7 +166,7 @@ class RasterSink:
         except (OSError, RasterioError) as exc:
             raise output_error(exc, self.dst) from None
         if self.counts is not None:
-            self.counts += np.bincount(arr.ravel(), minlength=256)[:256]
+            self.counts += value_counts(arr)
 
     def read(self, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0:y1`` of band 1 back (a scratch sink opened with ``readable=True``)."""
@@ -190,6 +190,22 @@ class RasterSink:
         except Exception:  # noqa: BLE001 - already failing; the file is removed next
             pass
         remove_quietly(self.path)
+
+
+#: Values a mask holds (classes and nodata), counted one by one before falling back to bincount.
+_MASK_VALUES = (0, 1, 2, 3, 255)
+
+
+def value_counts(arr: np.ndarray) -> np.ndarray:
+    """Counts of each value 0–255 of a uint8 array. A mask holds a handful of values, and one
+    comparison per value is ~3× cheaper than ``np.bincount``, which widens every pixel to int64."""
+    counts = np.zeros(256, dtype="int64")
+    if arr.dtype == np.uint8:
+        for v in _MASK_VALUES:
+            counts[v] = np.count_nonzero(arr == np.uint8(v))
+        if counts.sum() == arr.size:
+            return counts
+    return np.bincount(arr.ravel(), minlength=256)[:256].astype("int64")
 
 
 def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:

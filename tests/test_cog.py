@@ -59,6 +59,14 @@ def test_sink_accepts_windows_and_counts_values(tmp_path):
     assert not sink.path.exists()
 
 
+@pytest.mark.parametrize("values", [(0, 1, 2, 3, 255), (0, 1, 7, 200, 255), (9,)])
+def test_value_counts_equal_bincount(values):
+    """The per-value fast path and its fallback (values a mask does not hold) both count right."""
+    arr = np.random.default_rng(1).choice(np.array(values, dtype="uint8"), size=(37, 53))
+    np.testing.assert_array_equal(cog.value_counts(arr), np.bincount(arr.ravel(), minlength=256))
+    assert cog.value_counts(arr.astype("int64")).sum() == arr.size
+
+
 def test_disk_full_during_translate_leaves_nothing(tmp_path, monkeypatch):
     def full(raw, part, resampling):  # GDAL got part-way: the COG and an overview temporary exist
         part.write_bytes(b"partial")
