@@ -27,6 +27,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,8 +55,12 @@ _W = N_CLASSES - 1  # index of the signed weight channel
 #: DNs for most products, see ``WeightedGraph.raw``), so 192 MB holds the strip two block rows
 #: share on an 8192 px wide 13-band scene: input decoded ~1.13× instead of ~1.9× (float32, 128 MB).
 READER_CACHE_MB = int(os.environ.get("CLOUDMASK_READER_CACHE_MB", "192"))
-#: Finished rows are normalised, classified and written this many at a time.
-EMIT_ROWS = 256
+#: Finished rows are normalised, classified and written this many at a time: the ~10 passes over
+#: each slice's planes then run in cache (8192 px wide: 2 MB planes) rather than from memory
+#: (64 rows instead of 256: the main thread's per-row work −40 %).
+EMIT_ROWS = 64
+#: The second pass (matched shadows) reads the uint8 scratch rows back this many at a time.
+PASS2_ROWS = 256
 #: Window offsets are kept on this grid so the network's pooling grid matches whole-scene inference.
 ALIGN = 8
 
@@ -945,7 +950,7 @@ class LocalRunner:
     def run(self, blocks: Iterable[tuple[Any, Any]], may_submit: Callable[[], bool] | None = None):
         """Yield (key, result) as blocks finish. ``may_submit`` lets the consumer hold back new work
         (it is ignored when nothing is running, so the run always progresses)."""
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         configure_torch_threads(self.threads)
         todo = iter(blocks)
@@ -1122,7 +1127,7 @@ def stream_mask(
     yoff = np.concatenate([[0], np.cumsum(graph.ychunks)]).astype(int)  # padded row where ext block i starts
     xoff = np.concatenate([[0], np.cumsum(graph.xchunks)]).astype(int)
     local = isinstance(runner, LocalRunner)
-    ctx = graph.plan.context
+    ctx, feather = graph.plan.context, graph.plan.feather
 
     if local:  # every window is read once, in this order: let the reader keep shared chunks
         graph.reader.expect([graph._window(i, j) for i in range(ny) for j in range(nx)], READER_CACHE_MB)
@@ -1183,7 +1188,18 @@ def stream_mask(
         # a block's outer ``context`` px carry no weight (exact zeros): add only what is inside them
         bh, bw = block.shape[1:]
         cy, cx = min(ctx, bh // 2), min(ctx, bw // 2)
-        acc[:, top - base + cy : top - base + bh - cy, x0 + cx : x0 + bw - cx] += block[:, cy : bh - cy, cx : bw - cx]
+        o = top - base
+        # Only this block weights its core less the feather zones (neighbours reach ``feather`` px
+        # into it), so that part is copied into the zeros there, the frame around it added: one
+        # stream fewer over ~90 % of the block (the same sums: 0 + x is x).
+        a0, a1, b0, b1 = d + feather, bh - d - feather, d + feather, bw - d - feather
+        if cy <= a0 < a1 <= bh - cy and cx <= b0 < b1 <= bw - cx:
+            for (r0, r1), (c0, c1) in (((cy, a0), (cx, bw - cx)), ((a1, bh - cy), (cx, bw - cx)),
+                                       ((a0, a1), (cx, b0)), ((a0, a1), (b1, bw - cx))):
+                acc[:, o + r0 : o + r1, x0 + c0 : x0 + c1] += block[:, r0:r1, c0:c1]
+            acc[:, o + a0 : o + a1, x0 + b0 : x0 + b1] = block[:, a0:a1, b0:b1]
+        else:
+            acc[:, o + cy : o + bh - cy, x0 + cx : x0 + bw - cx] += block[:, cy : bh - cy, cx : bw - cx]
         left[i] -= 1
         while next_row < ny and left[next_row] == 0:
             next_row += 1
@@ -1228,8 +1244,20 @@ def stream_mask(
         raise RuntimeError(f"{len(early)} tiled blocks were never placed")
     if matcher is not None:
         matcher.resolve()
-        for y0 in range(0, h, EMIT_ROWS):
-            finish(y0, matcher.apply(y0, scratch.read(y0, min(y0 + EMIT_ROWS, h))))
+
+        def load(y0: int) -> np.ndarray:
+            return matcher.apply(y0, scratch.read(y0, min(y0 + PASS2_ROWS, h)))
+
+        # The model's workers are done: one thread reads and resolves the next rows while this one
+        # writes (two datasets, so no handle is shared), instead of one core doing both in turn.
+        starts = list(range(0, h, PASS2_ROWS))
+        with ThreadPoolExecutor(1) as ahead:
+            coming = ahead.submit(load, 0) if starts else None
+            for k, y0 in enumerate(starts):
+                rows = coming.result()  # type: ignore[union-attr]
+                if k + 1 < len(starts):
+                    coming = ahead.submit(load, starts[k + 1])
+                finish(y0, rows)
     return matcher
 
 

@@ -420,3 +420,35 @@ def test_streaming_places_blocks_that_finish_out_of_order(predictor, s2_desc):
 
     stream_mask(graph, OutOfOrder(3), put)
     np.testing.assert_array_equal(got, want.compute())
+
+
+class _WindowConstant:
+    """A stand-in model whose probabilities are constant per window and differ between windows, so
+    the blend in every overlap zone shows whether each window's share arrived (a real model gives
+    near-equal answers there, which hides a missing or doubled share)."""
+
+    halo = 32
+
+    def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+        a = (np.nanmean(x, axis=(1, 2, 3)) * 997.0) % 1.0  # one number per window
+        p = np.stack([a, (1 - a) / 2, (1 - a) / 4, (1 - a) / 4], axis=1).astype("float32")
+        return np.broadcast_to(p[:, :, None, None], (x.shape[0], 4, *x.shape[2:])).copy()
+
+
+@pytest.mark.parametrize("tile, batch", [(32, 1), (64, 1), (48, 2)])
+def test_streaming_blend_takes_every_windows_share(s2_desc, tile, batch):
+    from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph
+
+    model = _WindowConstant()
+    x = random_reflectance(13, 250, 230, seed=8)
+    opts = TileOptions(tile_size=tile, batch_size=batch)
+    want = predict_proba(x, s2_desc, model, opts).compute()
+    graph = weighted_graph(x, s2_desc, model, opts)
+    got = np.zeros((4, 250, 230), dtype="uint8")
+
+    def put_p(y0, rows):
+        got[:, y0 : y0 + rows.shape[1]] = rows
+
+    stream_mask(graph, LocalRunner(2), lambda y0, rows: None, put_p)
+    assert np.ptp(want[0]) > 0.3  # windows really differ
+    np.testing.assert_allclose(got, np.rint(want * 100), atol=1)
