@@ -130,12 +130,19 @@ def _occurring(block: np.ndarray, value: float | None) -> float | None:
 @dataclass(frozen=True)
 class BandwisePhysical:
     """:class:`ToPhysical` per band over a (band, y, x) Dask array of one band per chunk: one
-    ``map_blocks`` for the scene instead of one per band (each costs ~1 ms of graph building)."""
+    ``map_blocks`` for the scene instead of one per band (each costs ~1 ms of graph building).
+    The band comes as a second, (band, 1, 1) array of band numbers, not as ``block_info``, whose
+    per-chunk dictionaries cost 0.08 s to build for an 8192² scene (3 328 chunks)."""
 
     convert: tuple[ToPhysical, ...]
 
-    def __call__(self, block: np.ndarray, block_info: Any = None) -> np.ndarray:
-        return self.convert[block_info[0]["chunk-location"][0]](block)
+    def __call__(self, block: np.ndarray, band: np.ndarray) -> np.ndarray:
+        return self.convert[int(band.flat[0])](block)
+
+    def over(self, stored: Any) -> Any:
+        """The lazy float32 array of ``stored`` (band, y, x), one band per chunk."""
+        bands = dask_array.arange(stored.shape[0], chunks=1, dtype="int64")[:, None, None]
+        return dask_array.map_blocks(self, stored, bands, dtype="float32")
 
 
 @dataclass(frozen=True)
@@ -383,7 +390,7 @@ def _assemble(
         phys = dask_array.stack([layer.map_blocks(f, dtype="float32") for layer, f in zip(layers, convert)])
     else:
         stored = layers
-        phys = stored.map_blocks(BandwisePhysical(convert), dtype="float32")
+        phys = BandwisePhysical(convert).over(stored)
     data = xr.DataArray(phys, dims=("band", "y", "x"), coords={"band": [b.name for b in bands], **(coords or {})},
                         attrs={"sensor": sensor.id, "source": source})
     raw = RawBands(stored, convert, tuple(files) if files is not None else None)
