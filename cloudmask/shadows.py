@@ -168,12 +168,17 @@ def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
 # scipy.signal would add ~0.5 s to the import of every `cloudmask mask` run.
 
 
+#: Threads for the matching's FFTs: they run once per scene, after the model's workers are done,
+#: on the otherwise idle cores (0.17 → ~0.1 s per scene on two cores; same numbers either way).
+FFT_WORKERS = -1
+
+
 def _xcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``c[d] = Σ_p a(p)·b(p + d)`` for every shift, centred: index ``(h, w)`` is shift 0."""
     h, w = a.shape
-    fa = sfft.rfft2(a, (2 * h, 2 * w))
-    fb = sfft.rfft2(b, (2 * h, 2 * w))
-    return sfft.fftshift(sfft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w)))
+    fa = sfft.rfft2(a, (2 * h, 2 * w), workers=FFT_WORKERS)
+    fb = sfft.rfft2(b, (2 * h, 2 * w), workers=FFT_WORKERS)
+    return sfft.fftshift(sfft.irfft2(np.conj(fa) * fb, (2 * h, 2 * w), workers=FFT_WORKERS))
 
 
 def _negate_shift(a: np.ndarray) -> np.ndarray:
@@ -185,7 +190,8 @@ def _spread(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``z[q] = Σ_d a(q − d)·kernel(d)`` with ``kernel`` centred as :func:`_xcorr` returns it."""
     h, w = a.shape
     shape = (sfft.next_fast_len(3 * h, real=True), sfft.next_fast_len(3 * w, real=True))
-    full = sfft.irfft2(sfft.rfft2(a, shape) * sfft.rfft2(kernel, shape), shape)
+    fk = sfft.rfft2(kernel, shape, workers=FFT_WORKERS)
+    full = sfft.irfft2(sfft.rfft2(a, shape, workers=FFT_WORKERS) * fk, shape, workers=FFT_WORKERS)
     return full[h : 2 * h, w : 2 * w]
 
 
