@@ -361,8 +361,13 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
             part.unlink(missing_ok=True)
             raise FetchError(f"{what}: the bbox does not overlap this asset") from None
         except RasterioIOError as exc:
+            from cloudmask.scene import http_error
+
             part.unlink(missing_ok=True)
             last = str(exc).strip().splitlines()[0] if str(exc).strip() else "read error"
+            # GDAL takes a range request answered 404 or 500 for a file it does not recognise:
+            # the status says which (a 5xx is worth another attempt)
+            last = http_error(task.href, exc) or last
             if any(code in last for code in ("404", "403", "401", "not recognized", "not a supported")):
                 raise FetchError(f"{what}: cannot read ({last})") from None
         if attempt + 1 < retry.attempts:

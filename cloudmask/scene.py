@@ -311,7 +311,51 @@ def _open(path: str) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise SceneError(f"{path}: cannot read raster ({first_line(exc)})") from None
+        raise SceneError(f"{path}: cannot read raster ({_read_failure(path, exc)})") from None
+
+
+def _read_failure(path: Any, exc: BaseException) -> str:
+    """Why ``path`` could not be opened, as one line: an http(s) URL's HTTP error where it has one."""
+    return (http_error(path, exc) if isinstance(path, str) else None) or first_line(exc)
+
+
+#: How GDAL names the HTTP status of a failed request (a CPLE_HttpResponse error).
+_GDAL_HTTP_CODE = re.compile(r"HTTP response code: (\d{3})")
+
+
+def http_error(url: str, exc: BaseException | None = None, timeout: float = 10.0) -> str | None:
+    """The HTTP error an http(s) URL answers, as ``HTTP 404 Not Found``; None when it answers with
+    data (or is no http(s) URL). Why: GDAL names the status only when its first HEAD fails; a range
+    request answered 404 or 500 it reports as "not recognized as being in a supported file format".
+    GDAL's own "HTTP response code: N" (in ``exc`` or its causes) is used when given, else one byte
+    of the URL is asked for."""
+    if urlparse(url).scheme not in ("http", "https"):
+        return None
+    seen = exc
+    while seen is not None:
+        m = _GDAL_HTTP_CODE.search(str(seen))
+        if m:
+            return _status_line(int(m.group(1)))
+        seen = seen.__cause__ or seen.__context__
+    import urllib.error
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:
+        err.close()
+        return _status_line(err.code)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None  # unreachable now: GDAL's message says more
+
+
+def _status_line(code: int) -> str:
+    try:
+        return f"HTTP {code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
 
 
 def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToPhysical:
@@ -333,7 +377,7 @@ def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
                 path, chunks={"band": 1, "y": chunks, "x": chunks}, mask_and_scale=False, lock=False
             )
     except (RasterioIOError, OSError, ValueError) as exc:
-        raise SceneError(f"{path}: cannot read raster ({first_line(exc)})") from None
+        raise SceneError(f"{path}: cannot read raster ({_read_failure(path, exc)})") from None
 
 
 def _lazy_band(

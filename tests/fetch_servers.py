@@ -57,8 +57,10 @@ class _Faults(dict):
 class FileServer:
     """A Range-capable HTTP server over ``root``; ``faults[path]`` lists actions to replay.
 
-    Actions, consumed one per GET of that path: ``"500"`` (HTTP 500), ``"drop"`` (send half the body
-    with the full Content-Length, then close the connection), ``"403"``, ``"404"``.
+    Actions, consumed one per GET of that path: an HTTP status such as ``"500"``, ``"503"`` or
+    ``"404"`` (answered with that error), ``"drop"`` (send half the body with the full
+    Content-Length, then close the connection). ``faults["HEAD " + path]`` does the same for HEADs
+    (GDAL asks for a file's size with one before its first range request).
     """
 
     root: Path
@@ -109,6 +111,10 @@ class _Handler(RangeRequestHandler):
 
     def do_HEAD(self) -> None:
         self._record("HEAD")
+        fault = self._take_fault("HEAD " + self.path.split("?")[0])
+        if fault is not None and fault.isdigit():
+            self.send_error(int(fault))
+            return
         super().do_HEAD()
 
     def do_GET(self) -> None:
@@ -118,7 +124,7 @@ class _Handler(RangeRequestHandler):
         if fault == "500":
             self.send_error(500, "injected failure")
             return
-        if fault in ("403", "404"):
+        if fault is not None and fault.isdigit():
             self.send_error(int(fault))
             return
         if fault == "drop":

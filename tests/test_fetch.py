@@ -134,6 +134,16 @@ def test_404_is_a_clear_error_without_files(file_server, tmp_path) -> None:
     assert len(file_server.gets("/S2A_gone/red.tif")) == 1  # not retried
 
 
+def test_clip_of_an_asset_whose_range_requests_answer_404_names_the_status(file_server, tmp_path) -> None:
+    """GDAL's HEAD succeeds, its range request gets 404: not "not recognized as … file format"."""
+    item = write_s2_item(file_server, "S2A_cgone", bands=["B04"])
+    file_server.faults["/S2A_cgone/red.tif"] = ["404"] * 4
+    box = stac.geometry_bbox(item["geometry"])
+    with pytest.raises(FetchError, match=r"item S2A_cgone band B04 .*: cannot read \(HTTP 404 Not Found\)$"):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path, clip_bbox=box), clip_bbox=box, retry=FAST)
+    assert not (tmp_path / "S2A_cgone" / "B04.tif").exists()
+
+
 def test_size_and_checksum_are_checked(file_server, tmp_path) -> None:
     item = write_s2_item(file_server, "S2A_sum", bands=["B04", "B03"])
     data = (file_server.root / "S2A_sum" / "red.tif").read_bytes()

@@ -6,10 +6,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from fetch_servers import write_s2_item
 
 from cloudmask.errors import BandError, SceneError
 from cloudmask.scene import read_scene
-from cloudmask.testing import random_reflectance, write_raster, write_safe
+from cloudmask.testing import random_reflectance, write_item, write_raster, write_safe
 from cloudmask.testing import test_transform as grid_transform
 
 
@@ -314,6 +315,20 @@ def test_empty_folder_and_corrupt_file(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(SceneError, match="bad.tif"):
         read_scene(bad, "sentinel2")
+
+
+@pytest.mark.parametrize("fault", ["missing", "range request"])
+def test_a_remote_asset_answering_404_is_named_by_its_http_status(file_server, tmp_path, fault):
+    """GDAL reports a range request answered 404 as "not recognized as being in a supported file
+    format"; the status itself is what the user needs (a missing file fails GDAL's HEAD already)."""
+    item = write_s2_item(file_server, "S2A_gone", bands=["B04", "B8A"])
+    if fault == "missing":
+        (file_server.root / "S2A_gone" / "red.tif").unlink()
+    else:
+        file_server.faults["/S2A_gone/red.tif"] = ["404"] * 4
+    with pytest.raises(SceneError) as err:
+        read_scene(write_item(tmp_path / "item.json", item))
+    assert str(err.value) == f"{file_server.url}/S2A_gone/red.tif: cannot read raster (HTTP 404 Not Found)"
 
 
 def test_product_from_tag_and_landsat_name(tmp_path):
