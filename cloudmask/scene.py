@@ -305,7 +305,27 @@ def _is_url(src: str) -> bool:
     return urlparse(src).scheme in ("http", "https", "s3", "gs", "file") and "://" in src
 
 
+#: GDAL options for rasters read over HTTP(S) (or S3, GCS): a request answered 429, 500, 502, 503
+#: or 504 is asked again up to 3 times, after 0.5 s and growing delays, instead of failing the scene.
+REMOTE_READ_OPTIONS: dict[str, str] = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "0.5"}
+
+
+def configure_remote_reads() -> None:
+    """Set the :data:`REMOTE_READ_OPTIONS` that neither the environment nor a ``rasterio.Env`` sets.
+
+    Process-wide (GDAL's config; per thread outside the main one), not a ``rasterio.Env`` around
+    the open: a scene's blocks are read later, in Dask's worker threads, after :func:`read_scene`
+    has returned."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    for key, value in REMOTE_READ_OPTIONS.items():
+        if get_gdal_config(key) is None:
+            set_gdal_config(key, value)
+
+
 def _open(path: str) -> rasterio.io.DatasetReader:
+    if _is_url(path):
+        configure_remote_reads()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

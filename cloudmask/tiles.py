@@ -590,6 +590,10 @@ class ChunkReader:
             handles = self._local.handles = {}
         ds = handles.get(path)
         if ds is None:
+            if "://" in path:  # on a Dask worker too: retry a failed range request
+                from cloudmask.scene import configure_remote_reads
+
+                configure_remote_reads()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 ds = handles[path] = rasterio.open(path)

@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import rasterio
 from fetch_servers import write_s2_item
 
 from cloudmask.errors import BandError, SceneError
@@ -329,6 +330,18 @@ def test_a_remote_asset_answering_404_is_named_by_its_http_status(file_server, t
     with pytest.raises(SceneError) as err:
         read_scene(write_item(tmp_path / "item.json", item))
     assert str(err.value) == f"{file_server.url}/S2A_gone/red.tif: cannot read raster (HTTP 404 Not Found)"
+
+
+def test_a_range_request_answered_503_is_retried_not_the_scenes_end(file_server, tmp_path):
+    """One failed range request (GDAL retries 429, 500, 502, 503 and 504 once told to)."""
+    item = write_s2_item(file_server, "S2A_flaky", bands=["B04", "B8A"])
+    file_server.faults["/S2A_flaky/red.tif"] = ["503"]
+    red = read_scene(write_item(tmp_path / "item.json", item)).data.sel(band="B04").values
+    with rasterio.open(file_server.root / "S2A_flaky" / "red.tif") as src:
+        dn = src.read(1).astype("float32")
+    np.testing.assert_allclose(red, np.where(dn == 0, np.nan, (dn - 1000) * 1e-4), atol=1e-6)
+    first, again = file_server.gets("/S2A_flaky/red.tif")[:2]
+    assert first is not None and again == first  # the range answered 503 was asked for again
 
 
 def test_product_from_tag_and_landsat_name(tmp_path):
