@@ -51,7 +51,8 @@ _SCENE_FILES = _RASTERS | set(ARCHIVE_SUFFIXES)
 #: Read granularity: small enough that a window's reads barely exceed the window itself.
 READ_CHUNK = 512
 
-#: Event callback: (kind, payload). Kinds: "scene-start", "blocks" (done, total), "scene-end".
+#: Event callback: (kind, payload). Kinds: "run-start" (scenes: count, sources: every scene in order),
+#: "scene-start", "blocks" (done, total), "scene-end" (result).
 Callback = Callable[[str, dict[str, Any]], None]
 
 
@@ -705,24 +706,26 @@ def mask_scene(
             on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
         graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
         grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
-        mask_sink = cog.RasterSink(
-            paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
-            descriptions=["cloud mask: 0 clear, 1 cloud, 255 nodata" if options.binary
-                          else "cloud mask: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow, 255 nodata"],
-            colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
-            tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
-                  "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},
-            **grid,
-        )
-        sinks = [mask_sink]
-        shadows = options.shadow_options(scene)
-        scratch = None
-        if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
-            scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True, **grid)
-            sinks.append(scratch)
+        sinks: list[cog.RasterSink] = []
         parts: list[Path] = []
         item_tmp = None
-        try:
+        try:  # from the first temporary on: an error or Ctrl-C anywhere leaves none behind
+            mask_sink = cog.RasterSink(
+                paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
+                descriptions=["cloud mask: 0 clear, 1 cloud, 255 nodata" if options.binary
+                              else "cloud mask: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow, 255 nodata"],
+                colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
+                tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
+                      "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},
+                **grid,
+            )
+            sinks.append(mask_sink)
+            shadows = options.shadow_options(scene)
+            scratch = None
+            if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
+                scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True,
+                                         **grid)
+                sinks.append(scratch)
             write_proba = None
             if options.probabilities:
                 prob_sink = cog.RasterSink(
@@ -843,7 +846,7 @@ def mask_many(
     if not pairs:
         raise UsageError("no input scenes given")
     if on_event:
-        on_event("run-start", {"scenes": len(pairs)})
+        on_event("run-start", {"scenes": len(pairs), "sources": [source for source, _ in pairs]})
     client = connect(options.scheduler) if options.scheduler else None
     results: list[MaskResult] = []
     seen: dict[Path, str] = {}

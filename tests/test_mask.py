@@ -273,6 +273,17 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     assert lock.read_text() == "1 some-other-host\n"
 
 
+def test_ctrl_c_right_after_the_first_temporary_leaves_none(tmp_path, predictor, monkeypatch):
+    """Every temporary is made inside the block whose end removes them all."""
+    def interrupted(self, scene=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MaskOptions, "shadow_options", interrupted)  # called between two sinks' creation
+    with pytest.raises(KeyboardInterrupt):
+        mask_scene(_s2(tmp_path / "S2A_k.tif"), tmp_path / "out" / "S2A_k_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_an_overwrite_killed_mid_commit_is_redone_not_taken_for_done(tmp_path, predictor, monkeypatch):
     """--overwrite replaces item and mask; if the run dies after the new item is in place but before
     the new mask, the old mask must not sit beside it looking finished."""

@@ -29,9 +29,12 @@ def _bands(value: str | None) -> list[str] | None:
 
 
 class _Reporter:
-    """Rich progress: one bar over scenes, one over the current scene's blocks (stderr)."""
+    """Rich progress: one bar over scenes, one over the current scene's blocks (stderr). Also keeps
+    the scenes and the results so far, for the summary of an interrupted run."""
 
     def __init__(self, enabled: bool) -> None:
+        self.sources: list[str] | None = None
+        self.results: list[MaskResult] = []
         self.progress: Progress | None = None
         if enabled:
             self.progress = Progress(
@@ -52,6 +55,10 @@ class _Reporter:
             self.progress.__exit__(None, None, None)
 
     def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "run-start":
+            self.sources = list(payload.get("sources") or [])
+        elif kind == "scene-end":
+            self.results.append(payload["result"])
         p = self.progress
         if p is None:
             return
@@ -199,7 +206,7 @@ def mask_cmd(
 
     Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
 
-    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request.
+    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted.
     """
     # imported here: the mask stack (Dask, xarray, rasterio) costs ~1 s that --help, sensors and
     # fetch need not pay
@@ -219,7 +226,14 @@ def mask_cmd(
         device=device,
     )
     with _Reporter(enabled=not (quiet or as_json)) as reporter:
-        results = mask_many(items, output, options, on_event=reporter)
+        try:
+            results = mask_many(items, output, options, on_event=reporter)
+        except KeyboardInterrupt:
+            if as_json:  # a machine reading stdout still gets a document: what was done, what was not
+                done = reporter.results
+                print_json({"summary": summarise(done), "scenes": [r.to_dict() for r in done], "interrupted": True,
+                            "not_done": (reporter.sources if reporter.sources is not None else items)[len(done):]})
+            raise  # "interrupted", exit 130 (cloudmask.cli.app)
     summary = summarise(results)
     failed = [r for r in results if r.status == "failed"]
     if as_json:

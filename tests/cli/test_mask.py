@@ -221,3 +221,31 @@ def test_warnings_are_one_line_each(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines == ["warning: plain.tif is not georeferenced; the mask will not be either"]
     assert (tmp_path / "out" / "plain_cloudmask.tif").is_file()
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_mid_archive_exits_130_leaving_no_temporaries_and_with_json_says_what_was_done(
+        tmp_path, monkeypatch, as_json):
+    """Ctrl-C while the second of three scenes is being masked (its temporaries already exist)."""
+    sources = [str(_s2(tmp_path / "in" / f"S2A_{i}.tif", seed=i)) for i in range(3)]
+    real, calls = mask_mod.stream_mask, []
+
+    def stream_mask(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mask_mod, "stream_mask", stream_mask)
+    res = runner.invoke(app, ["mask", *sources, "-o", str(tmp_path / "out"), *FAST, *(["--json"] if as_json else [])])
+    assert res.exit_code == 130
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()] == ["error: interrupted"]
+    # only the finished scene's outputs: no temporaries, no lock
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["S2A_0_cloudmask.json", "S2A_0_cloudmask.tif"]
+    if not as_json:
+        assert "Traceback" not in res.output
+        return
+    doc = json.loads(res.stdout)
+    assert doc["interrupted"] is True and doc["not_done"] == sources[1:]
+    assert doc["summary"] == {**doc["summary"], "scenes": 1, "masked": 1, "failed": 0}
+    assert [s["source"] for s in doc["scenes"]] == sources[:1] and doc["scenes"][0]["status"] == "masked"
