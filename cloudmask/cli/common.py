@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 #: Human output goes to stdout; errors and progress bars to stderr so ``--json`` stays parseable.
 console = Console()
@@ -37,3 +38,39 @@ def use_sensors_dirs(dirs: list[Path] | None) -> None:
 def print_json(obj: Any) -> None:
     """Write JSON to stdout without rich markup or wrapping."""
     typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+class Command(TyperCommand):
+    """A command whose help names its arguments as click does, ``INPUT...`` and ``[SENSOR]``. Why:
+    Typer adds their Python types (``INPUT <list[str]>``) and braces required ones (``{PRED}...``),
+    which tell a user nothing. (Parameters are told apart by ``param_type_name``: Typer may bring
+    its own copy of click.)"""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = _argument_name(param)
+                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((_argument_name(param) + ("..." if param.nargs != 1 else ""), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _argument_name(param: Any) -> str:
+    return param.metavar or (param.name or "").upper()

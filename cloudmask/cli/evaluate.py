@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, console, err_console, print_json
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, console, err_console, print_json
 from cloudmask.errors import OutputError, UsageError
 from cloudmask.metrics import METRICS, fmt
 
@@ -112,7 +112,7 @@ def _print_tables(report: dict[str, Any]) -> None:
         )
 
 
-@app.command("evaluate", help=_HELP, short_help="Score predicted masks against reference masks.")
+@app.command("evaluate", cls=Command, help=_HELP, short_help="Score predicted masks against reference masks.")
 def evaluate_cmd(
     preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False, metavar="PRED")],
     truth: Annotated[Path, typer.Option("--truth", "-t", metavar="PATH", help="Reference mask file or folder (paired by file name).")],

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 
 
@@ -25,7 +25,7 @@ class _RichLogHandler(logging.Handler):
         err_console.print(f"[{style}]{escape(record.getMessage())}[/]", highlight=False, soft_wrap=True)
 
 
-@app.command("fetch", short_help="Search a STAC catalogue and download the scenes' bands.")
+@app.command("fetch", cls=Command, short_help="Search a STAC catalogue and download the scenes' bands.")
 def fetch_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write one sub-folder per item into.")] = Path("scenes"),
     bbox: Annotated[str | None, typer.Option("--bbox", metavar="W,S,E,N", help="Area as W,S,E,N in degrees.")] = None,

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 from cloudmask.options import TileOptions
 
@@ -106,7 +106,7 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     return table
 
 
-@app.command("mask", short_help="Mask clouds and cloud shadow; one COG per scene.")
+@app.command("mask", cls=Command, short_help="Mask clouds and cloud shadow; one COG per scene.")
 def mask_cmd(
     inputs: Annotated[
         list[str] | None,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, console
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, console
 from cloudmask.errors import OutputError
 
 #: The bundled scene: simulated Sentinel-2 L2A DN (baseline 04.00 offset), 256×256 px at 20 m,
@@ -19,7 +19,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "S2A_MSIL2A_sample.tif"
 SAMPLE_LABEL = SAMPLE.with_name("S2A_MSIL2A_sample.label.tif")
 
 
-@app.command("sample", short_help="Copy the bundled sample scene and its labels.")
+@app.command("sample", cls=Command, short_help="Copy the bundled sample scene and its labels.")
 def sample_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", metavar="DIR", help="Folder to copy the sample scene into.")] = Path("sample"),
     as_json: JsonOpt = False,

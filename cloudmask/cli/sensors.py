@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, SensorsDirOpt, console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, SensorsDirOpt, console, print_json, use_sensors_dirs
 from cloudmask.registry import Sensor, load_registry
 
 
@@ -41,7 +41,7 @@ def _sensor_json(s: Sensor) -> dict:
     }
 
 
-@app.command("sensors", short_help="List the sensor registry, or one sensor's bands.")
+@app.command("sensors", cls=Command, short_help="List the sensor registry, or one sensor's bands.")
 def sensors_cmd(
     name: Annotated[str | None, typer.Argument(help="Show one sensor's bands (id, alias or platform).", metavar="SENSOR")] = None,
     sensors_dir: SensorsDirOpt = None,

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 from cloudmask.registry import get_sensor
 
@@ -21,7 +21,7 @@ def scene_seed(base: int, index: int) -> int:
     return int(np.random.SeedSequence([base, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
-@app.command("simulate", short_help="Simulate labelled scenes (image, labels, JSON).")
+@app.command("simulate", cls=Command, short_help="Simulate labelled scenes (image, labels, JSON).")
 def simulate_cmd(
     sensor: Annotated[str, typer.Option("--sensor", "-s", metavar="SENSOR", help="Sensor id, alias or platform (see `cloudmask sensors`).")],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder.", file_okay=False)],

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 
 
 def _val_text(val: dict[str, Any]) -> str:
@@ -21,7 +21,7 @@ def _val_text(val: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-@app.command("train", short_help="Train the model on simulated (and real) scenes.")
+@app.command("train", cls=Command, short_help="Train the model on simulated (and real) scenes.")
 def train_cmd(
     overrides: Annotated[
         list[str] | None,
@@ -30,7 +30,7 @@ def train_cmd(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML training config (defaults apply for missing keys).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>/last.pt (same config).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from last.pt in the run folder (same config).")] = False,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

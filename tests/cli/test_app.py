@@ -39,3 +39,27 @@ def test_help_names_every_option_in_full_on_an_80_column_terminal() -> None:
     listing = subprocess.run([sys.executable, "-m", "cloudmask", "--help"], capture_output=True, text=True,
                              check=True, env={**os.environ, "COLUMNS": "80"}).stdout
     assert "..." not in listing.split("Commands:")[1]  # every command's one-line summary whole
+
+
+def test_help_names_arguments_as_a_user_types_them_not_by_python_type() -> None:
+    """Typer's own help said `INPUT <list[str]>`, `SENSOR <str>` and `{PRED}...`."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from cloudmask.cli.app import app
+
+    runner = CliRunner()
+    pages = {}
+    for command in ("mask", "fetch", "evaluate", "sensors", "train", "simulate", "sample"):
+        res = runner.invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+        assert res.exit_code == 0, res.output
+        pages[command] = res.stdout
+        assert "list[" not in res.stdout and "{" not in res.stdout
+        assert not re.search(r"<\w[^<>]*>", res.stdout), res.stdout  # no "<type>"
+    # in mask's, a "<" only in click's ranges of allowed values, e.g. [0.0<=x<=1.0]
+    assert "<" not in re.sub(r"[\d.]+<=x(<=[\d.]+)?", "", pages["mask"]), pages["mask"]
+    assert "mask [OPTIONS] [INPUT]..." in pages["mask"] and "\n  INPUT...  Scenes:" in pages["mask"]
+    assert "evaluate [OPTIONS] PRED..." in pages["evaluate"] and "\n  PRED...  Predicted" in pages["evaluate"]
+    assert "sensors [OPTIONS] [SENSOR]" in pages["sensors"] and "\n  SENSOR  Show" in pages["sensors"]
+    assert "train [OPTIONS] [KEY=VALUE]..." in pages["train"]
