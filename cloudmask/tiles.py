@@ -145,6 +145,16 @@ def feather_weights(tile: int, context: int, feather: int) -> np.ndarray:
     return w.astype("float32")
 
 
+@functools.lru_cache(maxsize=64)
+def _window_weights(cy: int, cx: int, context: int, feather: int) -> np.ndarray:
+    """The 2-D weights of a ``cy`` × ``cx`` core's window inside its context margins (where they
+    are not zero), read-only: made once per window shape, not once per block."""
+    w = np.outer(feather_weights(cy, context, feather), feather_weights(cx, context, feather))
+    w = w[context : w.shape[0] - context, context : w.shape[1] - context].copy()
+    w.flags.writeable = False
+    return w
+
+
 def even_split(size: int, target: int, minimum: int = 1, align: int = ALIGN) -> tuple[int, ...]:
     """Split ``size`` px into the number of parts closest to ``size / target``, as equal as the
     ``align`` grid allows (every part a multiple of ``align`` except the last; none under ``minimum``
@@ -212,7 +222,16 @@ def _predict_block(
     # each window is its core plus ``d`` px all round, so no window is padded past the block.
     min_core = max(2 * plan.feather, 1)
     ys, xs = even_split(h, t, min_core), even_split(w, t, min_core)
-    acc = np.zeros((_CHANNELS, eh, ew), dtype="float32")
+    c = plan.context
+    # One window (the default plan): its weighted part is written, not added, and only the rest of
+    # the block is zeroed (an 18 MB block is otherwise zeroed, then summed into: ~4 ms a window).
+    single = len(ys) == 1 and len(xs) == 1
+    acc = np.empty((_CHANNELS, eh, ew), dtype="float32") if single else np.zeros((_CHANNELS, eh, ew), dtype="float32")
+    if single:
+        acc[:, :c] = 0.0
+        acc[:, eh - c :] = 0.0
+        acc[:, c : eh - c, :c] = 0.0
+        acc[:, c : eh - c, ew - c :] = 0.0
     valid = np.zeros((eh, ew), dtype=bool)
     x = block if stored is not None else block.astype("float32", copy=False)
     inside = x[:, in_y0:in_y1, in_x0:in_x1]
@@ -231,7 +250,6 @@ def _predict_block(
     # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
     # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
     # alone, so its full-resolution work shrinks by ~45 % of the window's area.
-    c = plan.context
     weights: dict[tuple[int, int], np.ndarray] = {}
     # windows grouped by (cut window box, output box) relative to the window origin, so that a
     # batch stacks windows of one shape
@@ -240,19 +258,25 @@ def _predict_block(
         for cx, x0 in zip(xs, np.cumsum((0, *xs[:-1]))):
             y0, x0 = int(y0), int(x0)
             wy, wx = cy + 2 * d, cx + 2 * d
-            if (cy, cx) not in weights:
-                full = np.outer(feather_weights(cy, c, plan.feather), feather_weights(cx, c, plan.feather))
-                weights[cy, cx] = full[c : wy - c, c : wx - c]
-            w2 = weights[cy, cx]
+            w2 = weights[cy, cx] = _window_weights(cy, cx, c, plan.feather)
             inner = valid[y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
-            acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c] += np.where(inner, w2, -w2)
-            if not inner.any():  # no valid pixel where the window carries weight: all nodata there
-                continue
-            # the window cut to the scene, and the weighted part of it that is scene
+            wch = acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
+            if single:
+                wch[...] = w2
+                if not inner.all():  # nodata, or rows and columns beyond the scene's edge
+                    np.negative(wch, out=wch, where=~inner)
+            else:
+                wch += np.where(inner, w2, -w2)
             ya, yb = max(0, in_y0 - y0), min(wy, in_y1 - y0)
             xa, xb = max(0, in_x0 - x0), min(wx, in_x1 - x0)
             oy0, oy1 = max(c, ya), min(wy - c, yb)
             ox0, ox1 = max(c, xa), min(wx - c, xb)
+            skip = not inner.any()  # no valid pixel where the window carries weight: all nodata there
+            if single and (skip or (oy0, oy1, ox0, ox1) != (c, wy - c, c, wx - c)):
+                acc[:_W, c : wy - c, c : wx - c] = 0.0  # part of it is not written below
+            if skip:
+                continue
+            # (ya:yb, xa:xb) is the window cut to the scene, (oy0:oy1, ox0:ox1) the weighted part of it
             groups.setdefault((cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), []).append((y0, x0))
     region = _accepts(predictor, "region")
     hint: dict[str, Any] = {"finite": True} if all_finite and _accepts(predictor, "finite") else {}
@@ -276,10 +300,14 @@ def _predict_block(
             if proba.shape != (len(group), N_CLASSES, oy1 - oy0, ox1 - ox0):
                 raise ValueError(f"model returned shape {proba.shape}, expected {(len(group), N_CLASSES, oy1 - oy0, ox1 - ox0)}")
             for (y0, x0), p in zip(group, proba):
-                p3 = p[:_W] * w2  # one temporary (the model's array is not ours)
+                dst = acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1]
+                # one window writes its share; overlapping ones add theirs (one temporary: the
+                # model's array is not ours)
+                p3 = np.multiply(p[:_W], w2, out=dst) if single else p[:_W] * w2
                 if not np.isfinite(p3.sum()):  # a model that leaves NaN at nodata (one pass to find out)
                     np.nan_to_num(p3, copy=False)
-                acc[:_W, y0 + oy0 : y0 + oy1, x0 + ox0 : x0 + ox1] += p3
+                if not single:
+                    dst += p3
     return acc
 
 
