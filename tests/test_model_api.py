@@ -400,3 +400,21 @@ def test_nodata_free_is_conservative() -> None:
     assert not _nodata_free(x, one, zero, torch.tensor([4.0]))  # min not above it: assume it may occur
     assert _nodata_free(x, one, zero, torch.tensor([float("nan")]))  # none declared
     assert not _nodata_free(x, torch.tensor([float("inf")]), zero, torch.tensor([float("nan")]))  # inf after scaling
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("shape", [(1, 12, 18, 50), (2, 5, 3, 1), (1, 3, 1, 1)])
+def test_inference_upsampling_equals_bilinear_interpolation_edges_included(scale, shape):
+    """The transposed-convolution form used at inference matches F.interpolate everywhere,
+    the clamped edges included, in either memory layout."""
+    import torch
+    import torch.nn.functional as F
+
+    from cloudmask.model.network import upsample
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    want = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        for got in (upsample(x, scale), upsample(x.contiguous(memory_format=torch.channels_last), scale)):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -123,6 +123,29 @@ def _conv1(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(Conv1x1(c_in, c_out, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+_UP_KERNELS: dict[tuple[int, int, torch.dtype, str], torch.Tensor] = {}
+
+
+def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bilinear upsampling by an integer ``scale`` (``align_corners=False``, edges clamped), equal to
+    ``F.interpolate`` to float rounding. At inference it is a depthwise transposed convolution of
+    the edge-padded map with the separable ramp kernel the interpolation amounts to: oneDNN runs it
+    1.4–1.8× faster than ATen's interpolation kernel, which took ~12 % of a window's time in the head.
+    """
+    if torch.is_grad_enabled():
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    c = x.shape[1]
+    key = (c, scale, x.dtype, str(x.device))
+    k = _UP_KERNELS.get(key)
+    if k is None:
+        ramp = (2 * torch.arange(scale, dtype=torch.float64) + 1) / (2 * scale)
+        k1 = torch.cat([ramp, ramp.flip(0)])  # e.g. ×4: 1, 3, 5, 7, 7, 5, 3, 1 eighths (exact in float32)
+        k = _UP_KERNELS[key] = (k1[:, None] * k1[None, :]).to(x.dtype, copy=True).expand(c, 1, -1, -1).contiguous().to(x.device)
+    # one replicated row/column each side reproduces the clamping; padding trims to scale × size
+    return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, stride=scale,
+                              padding=scale // 2 + scale, groups=c)
+
+
 def _mean4(x: torch.Tensor) -> torch.Tensor:
     """4×4 mean of (B, C, h, w) with h, w multiples of 4, as strided sums: about twice as fast on
     CPU as ``avg_pool2d`` (which this equals to float rounding), and it reads strided views as is."""
@@ -337,7 +360,7 @@ class CloudNet(nn.Module):
         t0, t1 = max(g0 // 2 - 1, 0), min(-(-g1 // 2) + 1, w8)
         cl = torch.channels_last
         src = f8[..., s0:s1, t0:t1].contiguous(memory_format=cl)
-        up8 = F.interpolate(self.lift8(src), scale_factor=2, mode="bilinear", align_corners=False)
+        up8 = upsample(self.lift8(src), 2)
         up8 = up8[..., e0 - 2 * s0 : e1 - 2 * s0, g0 - 2 * t0 : g1 - 2 * t0].contiguous(memory_format=cl)
         up8 = add_relu_(up8, f4[..., e0:e1, g0:g1])
         return self.fuse4(up8)[..., r0 - e0 : r1 - e0, c0 - g0 : c1 - g0].contiguous()
@@ -371,7 +394,7 @@ class CloudNet(nn.Module):
             v, m = normalise_inputs(x, desc)
             fine = self.fine(v, m, fw)
             valid = m.amax(dim=1)
-        up = F.interpolate(a4, scale_factor=4, mode="bilinear", align_corners=False)
+        up = upsample(a4, 4)
         return self.out(torch.relu(up + fine) if torch.is_grad_enabled() else add_relu_(up, fine)), valid
 
     # ------------------------------------------------------------------ entry points
