@@ -31,7 +31,7 @@ def simulate_cmd(
     bands: Annotated[
         list[str] | None, typer.Option("--bands", "-b", metavar="NAMES", help="Bands to simulate (repeat or comma-separate; default all).")
     ] = None,
-    pixel_size: Annotated[float | None, typer.Option("--pixel-size", metavar="METRES", help="Metres per pixel (default: median band resolution).", min=1)] = None,
+    pixel_size: Annotated[float | None, typer.Option("--pixel-size", metavar="METRES", help="Metres per pixel (default: the median band resolution, clipped to 10–500 m).", min=1)] = None,
     cloud_cover: Annotated[float | None, typer.Option("--cloud-cover", metavar="F", help="Fix the cloud-layer cover 0..1 (default random).", min=0, max=1)] = None,
     level: Annotated[str, typer.Option("--level", metavar="LEVEL", help="toa (L1 top-of-atmosphere) or boa (L2 surface reflectance).")] = "toa",
     sensors_dir: SensorsDirOpt = None,
