@@ -58,6 +58,12 @@ class EvaluateError(CloudmaskError):
     """Prediction and truth cannot be compared (grid mismatch, unknown encoding)."""
 
 
+class AmbiguousSceneError(EvaluateError, UsageError):
+    """Two files in one folder pair as the same scene: the input is invalid (exit 2), not a guess."""
+
+    exit_code = 2
+
+
 def first_line(exc: BaseException) -> str:
     """An exception as one line for a message. rasterio's "See previous exception" wrapper gives way
     to its cause, GDAL's own message, which says what failed."""

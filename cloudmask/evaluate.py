@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject as _rio_reproject
 
 from cloudmask import metrics
-from cloudmask.errors import EvaluateError, SceneError, UsageError, first_line
+from cloudmask.errors import AmbiguousSceneError, EvaluateError, SceneError, UsageError, first_line
 from cloudmask.metrics import CLEAR, NODATA, SHADOW, THICK, THIN, Labelled
 
 MASK_SUFFIXES = (".tif", ".tiff", ".png", ".jp2", ".img", ".vrt")
@@ -301,26 +301,45 @@ def list_masks(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith("."))
 
 
-_IMAGE_TOKEN = re.compile(r"[._\-](image|img)([._\-]|$)", re.I)
+_IMAGE_TAIL = re.compile(r"[._\-](image|img)$", re.I)
+
+
+def _looks_like_image(path: Path) -> bool:
+    """``x.image.tif`` is an image; ``x_image_cloudmask.tif`` is the mask *of* image ``x_image`` (what
+    ``cloudmask mask`` writes), so only an image token right before the extension counts."""
+    name = path.name
+    for suffix in MASK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return bool(_IMAGE_TAIL.search(name))
+
+
+def _names(paths: Sequence[Path]) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 def _index(folder: Path, images: bool = False) -> dict[str, Path]:
     """scene key → file. Where images and masks share a folder (``x.image.tif`` next to ``x.label.tif``)
     the mask wins (the image with ``images=True``); two masks for one scene are an error, not a guess."""
-    out: dict[str, Path] = {}
+    groups: dict[str, list[Path]] = {}
     for p in list_masks(folder):
-        key = scene_key(p)
-        if key in out:
-            old_img, new_img = bool(_IMAGE_TOKEN.search(out[key].name)), bool(_IMAGE_TOKEN.search(p.name))
-            if images:
-                old_img, new_img = not old_img, not new_img
-            if old_img and not new_img:
-                out[key] = p
-                continue
-            if new_img and not old_img:
-                continue
-            raise EvaluateError(f"{folder}: {out[key].name} and {p.name} both look like scene {key!r}; keep one per scene")
-        out[key] = p
+        groups.setdefault(scene_key(p), []).append(p)
+    out: dict[str, Path] = {}
+    for key, paths in groups.items():
+        if len(paths) > 1:
+            wanted = [p for p in paths if _looks_like_image(p) == images]
+            if len(wanted) == 1:
+                paths = wanted
+            else:  # several of the wanted kind, or none of it and several of the other
+                clash = wanted or paths
+                raise AmbiguousSceneError(
+                    f"{folder}: {_names(clash)} all look like scene {key!r}; keep one per scene"
+                    if len(clash) > 2 else
+                    f"{folder}: {_names(clash)} both look like scene {key!r}; keep one per scene"
+                )
+        out[key] = paths[0]
     return out
 
 

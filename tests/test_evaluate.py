@@ -176,6 +176,38 @@ def test_ambiguous_names_in_a_folder(tmp_path: Path) -> None:
         ev.pair(tmp_path / "a_mask.tif", tmp_path)
 
 
+def test_mask_of_an_image_named_file_is_a_mask_not_an_image(tmp_path: Path) -> None:
+    """``sim_x_image_cloudmask.tif`` (cloudmask's mask of ``sim_x_image.tif``) next to ``sim_x_cloudmask.tif``:
+    two masks for scene ``sim_x``, on either side of the pairing, in either listing order."""
+    for side in ("pred", "truth"):
+        (tmp_path / side).mkdir()
+    write_raster(tmp_path / "truth" / "sim_x.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "pred" / "sim_x_cloudmask.tif", _truth(), nodata=255)
+    write_raster(tmp_path / "pred" / "sim_x_image_cloudmask.tif", _truth(), nodata=255)
+    with pytest.raises(UsageError, match=r"sim_x_cloudmask\.tif and sim_x_image_cloudmask\.tif both look like scene 'sim_x'"):
+        ev.pair(tmp_path / "pred", tmp_path / "truth")
+    with pytest.raises(UsageError, match="both look like scene 'sim_x'"):  # truth side, pred given as one file
+        ev.pair(tmp_path / "truth" / "sim_x.tif", tmp_path / "pred")
+    # the image itself still gives way to its mask
+    (tmp_path / "pred" / "sim_x_cloudmask.tif").unlink()
+    write_raster(tmp_path / "pred" / "sim_x_image.tif", np.zeros((3, 8, 8), np.float32), tiled=False)
+    assert ev._index(tmp_path / "pred")["sim_x"].name == "sim_x_image_cloudmask.tif"
+    assert ev._index(tmp_path / "pred", images=True)["sim_x"].name == "sim_x_image.tif"
+
+
+@pytest.mark.parametrize("names", [("a.tif", "a.tiff"), ("A.tif", "a.tif"), ("a.TIF", "a_mask.tif"),
+                                   ("a.image.tif", "a.img.tif"), ("a.label.tif", "a.mask.png", "a.image.tif")])
+def test_other_key_collisions(tmp_path: Path, names: tuple[str, ...]) -> None:
+    for n in names:
+        write_raster(tmp_path / n, _truth(8, 8), nodata=255)
+    if len({p.name for p in tmp_path.iterdir()}) < len(names):
+        pytest.skip("case-insensitive file system")
+    with pytest.raises(UsageError, match="look like scene 'a'") as info:
+        ev._index(tmp_path)
+    assert isinstance(info.value, EvaluateError) and info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+
+
 def test_two_models_on_common_scenes(tmp_path: Path) -> None:
     for d in ("truth", "good", "bad"):
         (tmp_path / d).mkdir()

@@ -179,3 +179,18 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--rgb" in res.stderr
     res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--classes", "fog"])
     assert res.exit_code == 2 and "fog" in res.stderr
+
+
+@pytest.mark.parametrize("side", ["pred", "truth"])
+def test_two_masks_for_one_scene_exit_2(tmp_path: Path, side: str) -> None:
+    for d in ("outd", "simd"):
+        (tmp_path / d).mkdir()
+    write_raster(tmp_path / "simd" / "sim_X.tif", _scene(), nodata=255)
+    write_raster(tmp_path / "outd" / "sim_X_cloudmask.tif", _scene(), nodata=255)
+    write_raster(tmp_path / ("outd" if side == "pred" else "simd") / "sim_X_image_cloudmask.tif", _scene(), nodata=255)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "outd"), "--truth", str(tmp_path / "simd")], env=WIDE)
+    assert res.exit_code == 2, res.output
+    folder = tmp_path / ("outd" if side == "pred" else "simd")
+    first = "sim_X_cloudmask.tif" if side == "pred" else "sim_X.tif"
+    assert f"{folder}: {first} and sim_X_image_cloudmask.tif both look like scene 'sim_x'" in res.stderr.replace("\n", "")
+    assert "Traceback" not in res.output
