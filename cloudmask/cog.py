@@ -40,6 +40,10 @@ MASK_COLORMAP: dict[int, tuple[int, int, int, int]] = {
     3: (90, 60, 40, 255),
     255: (0, 0, 0, 0),
 }
+#: Band-1 descriptions of the masks ``cloudmask mask`` writes; ``cloudmask evaluate`` recognises a
+#: ``--binary`` mask by its description (see :func:`cloudmask.evaluate.is_binary_mask`).
+MASK_DESCRIPTION = "cloud mask: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow, 255 nodata"
+BINARY_MASK_DESCRIPTION = "cloud mask: 0 clear, 1 cloud, 255 nodata"
 BINARY_COLORMAP: dict[int, tuple[int, int, int, int]] = {
     0: (40, 160, 60, 255),
     1: (255, 255, 255, 255),
@@ -302,6 +306,6 @@ def is_valid_cog(path: str | Path) -> bool:
 
 
 __all__ = [
-    "BLOCK", "MASK_COLORMAP", "BINARY_COLORMAP", "RasterSink", "translate", "commit", "write_cog",
+    "BLOCK", "MASK_COLORMAP", "BINARY_COLORMAP", "MASK_DESCRIPTION", "BINARY_MASK_DESCRIPTION", "RasterSink", "translate", "commit", "write_cog",
     "is_valid_cog", "temp_path", "stale_temps", "output_error", "cog_validate",
 ]

@@ -194,6 +194,22 @@ def read_mask(path: str | Path, encoding: Encoding) -> Mask:
     return Mask(apply_encoding(raw, encoding, nodata, str(path)), crs, transform, path)
 
 
+def is_binary_mask(path: str | Path) -> bool:
+    """Whether ``path`` is a mask ``cloudmask mask --binary`` wrote (0 clear, 1 cloud, 255 nodata),
+    known by its band-1 description. Such a mask cannot say thin or shadow, so it is scored as
+    cloud / not cloud. A file that cannot be opened is "no": :func:`read_mask` says what is wrong."""
+    from cloudmask.cog import BINARY_MASK_DESCRIPTION
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                description = ds.descriptions[0] if ds.count else None
+    except RasterioIOError:
+        return False
+    return (description or "").strip().lower() == BINARY_MASK_DESCRIPTION
+
+
 # --------------------------------------------------------------------------- grids
 
 
@@ -480,6 +496,16 @@ def evaluate(
     skipped = sorted(set().union(*(set(pp) for pp in pairings)) - set(common))
     if not common:
         raise EvaluateError("the predictions share no scene with a truth file; nothing to compare")
+    # A cloudmask --binary mask read with the cloudmask encoding has its 1 = "cloud" counted as thick:
+    # score every column as cloud / not cloud instead (the same terms for all of them).
+    binary = sorted({
+        str(f)
+        for key in common
+        for f, enc in [*((pp[key][0], p_enc) for pp in pairings), (pairings[0][key][1], t_enc)]
+        if enc is FORMATS["cloudmask"] and is_binary_mask(f)
+    })
+    if binary:
+        labelled = Labelled(thin=False, shadow=False)
     image_path = Path(image) if image else None
     images = _index(image_path, images=True) if image_path and image_path.is_dir() else {}
 
@@ -546,6 +572,7 @@ def evaluate(
         "truth_format": t_enc.name,
         "prediction_format": p_enc.name,
         "labelled": {"cloud": True, "thin": labelled.thin, "shadow": labelled.shadow},
+        "binary_masks": binary,
         "scenes": common,
         "skipped_scenes": skipped,
         "reprojected": aligned_count,

@@ -712,8 +712,7 @@ def mask_scene(
         try:  # from the first temporary on: an error or Ctrl-C anywhere leaves none behind
             mask_sink = cog.RasterSink(
                 paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
-                descriptions=["cloud mask: 0 clear, 1 cloud, 255 nodata" if options.binary
-                              else "cloud mask: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow, 255 nodata"],
+                descriptions=[cog.BINARY_MASK_DESCRIPTION if options.binary else cog.MASK_DESCRIPTION],
                 colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
                 tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
                       "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},

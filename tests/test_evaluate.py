@@ -11,7 +11,7 @@ from rasterio.crs import CRS
 from cloudmask import evaluate as ev
 from cloudmask.errors import EvaluateError, UsageError
 from cloudmask.testing import test_transform as grid_transform
-from cloudmask.testing import write_raster
+from cloudmask.testing import TEST_CRS, write_raster
 
 
 def _truth(h: int = 64, w: int = 64) -> np.ndarray:
@@ -290,3 +290,39 @@ def test_encoding_of_float_and_wide_integer_rasters(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, [[0, 3], [255, 1]])
     i = np.array([[-1, 2]], np.int16)
     np.testing.assert_array_equal(ev.apply_encoding(i, ev.load_encoding("cloudmask"), file_nodata=-1), [[255, 2]])
+
+
+def _binary_cog(path: Path, truth: np.ndarray) -> Path:
+    """What ``cloudmask mask --binary`` writes: 0 clear, 1 cloud, 255 nodata, its band description and colours."""
+    from cloudmask import cog
+
+    b = np.where((truth == 1) | (truth == 2), 1, 0).astype(np.uint8)
+    b[:2] = 255
+    return cog.write_cog(b, path, crs=TEST_CRS, transform=grid_transform(), nodata=255,
+                         descriptions=[cog.BINARY_MASK_DESCRIPTION], colormap=cog.BINARY_COLORMAP, overview_resampling="nearest")
+
+
+def test_binary_cloudmask_prediction_is_scored_as_cloud_not_cloud(tmp_path: Path) -> None:
+    t = _truth()
+    write_raster(tmp_path / "t.tif", t, nodata=255)
+    pred = _binary_cog(tmp_path / "p_cloudmask.tif", t)
+    assert ev.is_binary_mask(pred) and not ev.is_binary_mask(tmp_path / "t.tif")
+    rep = ev.evaluate([pred], tmp_path / "t.tif", window=16).report
+    pooled = rep["models"][0]["pooled"]
+    assert pooled["overall_accuracy"] == 1.0 and pooled["cloud"]["f1"] == 1.0  # thick/thin split: thin F1 was 0
+    assert rep["binary_masks"] == [str(pred)]
+    assert rep["labelled"] == {"cloud": True, "thin": False, "shadow": False}
+    assert pooled["class_names"] == ["clear", "cloud"]
+    # a binary mask as the truth, and next to a full-class prediction: every column on the same terms
+    full = write_raster(tmp_path / "full.tif", t, nodata=255)
+    rep = ev.evaluate([full, pred], pred, window=16).report
+    assert rep["binary_masks"] == [str(pred)] and not rep["labelled"]["thin"]
+    assert [m["pooled"]["cloud"]["f1"] for m in rep["models"]] == [1.0, 1.0]
+    # the same values without the writer's description are read as the format says (1 = thick)
+    plain = write_raster(tmp_path / "plain.tif", np.where((t == 1) | (t == 2), 1, 0).astype(np.uint8), nodata=255)
+    rep = ev.evaluate([plain], tmp_path / "t.tif", window=16).report
+    assert rep["binary_masks"] == [] and rep["labelled"]["thin"]
+    # an explicit mapping file is the user's word: no override
+    (tmp_path / "m.yaml").write_text("values: {0: clear, 1: thick, 2: thin, 3: shadow, 255: nodata}\n")
+    rep = ev.evaluate([pred], tmp_path / "t.tif", window=16, pred_format=str(tmp_path / "m.yaml")).report
+    assert rep["binary_masks"] == [] and rep["labelled"]["thin"]

@@ -160,6 +160,9 @@ def test_threshold_binary_and_dilate_options(tmp_path, predictor):
         assert set(np.unique(ds.read(1))) <= {0, 1, 255}
         assert len(ds.colormap(1)) >= 2
     assert set(r.fractions) == {"clear", "cloud", "nodata"}
+    from cloudmask.evaluate import is_binary_mask  # evaluate scores it as cloud / not cloud
+
+    assert is_binary_mask(r.output) and not is_binary_mask(src)
     lo = mask_scene(src, tmp_path / "lo_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, threshold=0.05))
     hi = mask_scene(src, tmp_path / "hi_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, threshold=0.95))
     assert lo.cloud_cover >= hi.cloud_cover

@@ -61,6 +61,12 @@ def _print_tables(report: dict[str, Any]) -> None:
         f"[bold]cloudmask evaluate[/] — {len(report['scenes'])} scene(s), truth format {report['truth_format']} "
         f"(labels: {labelled}); totals are pooled pixel counts", highlight=False,
     )
+    if report.get("binary_masks"):
+        n = len(report["binary_masks"])
+        console.print(
+            f"[yellow]{n} binary mask(s) (cloudmask --binary: 0 clear, 1 cloud), e.g. {report['binary_masks'][0]}: "
+            "every column is scored as cloud / not cloud (--classes cloud)[/]", highlight=False,
+        )
     t = Table(title="Scores", title_justify="left")
     t.add_column("metric")
     for m in models:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cloudmask.cli.app import app
 from cloudmask.testing import test_transform as grid_transform
-from cloudmask.testing import write_raster
+from cloudmask.testing import TEST_CRS, write_raster
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
@@ -194,3 +194,20 @@ def test_two_masks_for_one_scene_exit_2(tmp_path: Path, side: str) -> None:
     first = "sim_X_cloudmask.tif" if side == "pred" else "sim_X.tif"
     assert f"{folder}: {first} and sim_X_image_cloudmask.tif both look like scene 'sim_x'" in res.stderr.replace("\n", "")
     assert "Traceback" not in res.output
+
+
+def test_binary_mask_scored_as_cloud_and_said_so(tmp_path: Path) -> None:
+    from cloudmask import cog
+
+    t = _scene()
+    write_raster(tmp_path / "t.tif", t, nodata=255)
+    b = np.where(t == 255, 255, np.where((t == 1) | (t == 2), 1, 0)).astype(np.uint8)
+    cog.write_cog(b, tmp_path / "p_cloudmask.tif", crs=TEST_CRS, transform=grid_transform(), nodata=255,
+                  descriptions=[cog.BINARY_MASK_DESCRIPTION], colormap=cog.BINARY_COLORMAP)
+    args = ["evaluate", str(tmp_path / "p_cloudmask.tif"), "--truth", str(tmp_path / "t.tif"), "--window", "16"]
+    res = runner.invoke(app, args, env=WIDE)
+    assert res.exit_code == 0, res.output
+    assert "binary mask(s)" in res.stdout and "cloud / not cloud" in res.stdout
+    res = runner.invoke(app, [*args, "--json"])
+    rep = json.loads(res.stdout)
+    assert rep["models"][0]["pooled"]["overall_accuracy"] == 1.0 and rep["labelled"]["thin"] is False
