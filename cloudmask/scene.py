@@ -411,6 +411,8 @@ def _lazy_band(
     """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it
     differs; last, ``(path, index)`` when it is not warped (see :attr:`RawBands.files`)."""
     with _open(path) as src:
+        if not 1 <= index <= src.count:
+            raise SceneError(f"{path}: has {src.count} band(s); its STAC asset lists band {index}")
         dtype = np.dtype(src.dtypes[index - 1])
         nodata = src.nodata
         _check_readable(src, Path(path), decode=False)
@@ -874,9 +876,13 @@ def _stack_files(
 ) -> Scene:
     """Warp single-band files onto the grid of the target resolution and stack them."""
     res = float(resolution or sensor.default_resolution)
-    # Reference grid: the union extent of the first file at the requested resolution.
+    # Reference grid: the union extent of the first file at the requested resolution; the file's own
+    # grid when every band is a layer of that one file (a multi-band asset has one grid: resampling
+    # it to the sensor's default resolution would only blur it or blow it up)
+    one_file = resolution is None and len(paths) > 1 and len({p for p, _ in paths}) == 1
     with _open(paths[0][0]) as ref:
-        grid = _grid_at_resolution(ref, res) if ref.crs is not None else (None, ref.transform, ref.width, ref.height)
+        native = (ref.crs, ref.transform, ref.width, ref.height)
+        grid = _grid_at_resolution(ref, res) if ref.crs is not None and not one_file else native
     layers, dtypes, nodatas, files = [], [], [], []
     for (p, idx), band in zip(paths, bands):
         with _open(p) as ds:
@@ -922,10 +928,33 @@ def asset_for_band(item: dict[str, Any], sensor: Sensor, band: Band) -> str | No
     for key, asset in assets.items():
         if key.lower() in names:
             return key
-        for eo in asset.get("eo:bands") or asset.get("bands") or []:
-            if {str(eo.get("name", "")).lower(), str(eo.get("common_name", "")).lower()} & names:
-                return key
+        if _listed_band(asset, band) is not None:
+            return key
     return None
+
+
+def _band_lists(asset: Mapping[str, Any]) -> list[list[Any]]:
+    """An asset's per-layer band lists, in the order they are trusted to name layers: STAC 1.0's
+    ``eo:bands``, STAC 1.1's ``bands``, then ``raster:bands`` (rarely named, but in layer order)."""
+    lists = [asset.get(k) for k in ("eo:bands", "bands", "raster:bands")]
+    return [v for v in lists if isinstance(v, list) and v]
+
+
+def _listed_band(asset: Mapping[str, Any], band: Band) -> int | None:
+    """The 1-based layer of ``asset`` that its band lists name as ``band`` (by name or common name), or None."""
+    names = {n.lower() for n in band.names}
+    for entries in _band_lists(asset):
+        for i, eo in enumerate(entries, start=1):
+            if isinstance(eo, dict) and {str(eo.get("name", "")).lower(), str(eo.get("common_name", "")).lower()} & names:
+                return i
+    return None
+
+
+def asset_layer(asset: Mapping[str, Any], band: Band) -> int:
+    """The 1-based layer of ``asset`` that holds ``band``. Why: one asset may hold every band (a
+    PlanetScope ``ortho_analytic_4b_sr``, a ``cloudmask simulate`` image), and its band list's order
+    is the file's layer order; reading layer 1 for each band gave n copies of the first band."""
+    return _listed_band(asset, band) or 1
 
 
 def _read_stac_item(source: str, sensor, bands, product, resolution, registry, chunks) -> Scene:
@@ -949,7 +978,7 @@ def _read_stac_item(source: str, sensor, bands, product, resolution, registry, c
         href = item["assets"][key]["href"]
         if not _is_url(href) and not Path(href).is_absolute():
             href = urljoin(base, href) if _is_url(base) else str(Path(base) / href)
-        paths.append((href, 1))
+        paths.append((href, asset_layer(item["assets"][key], band)))
         chosen.append(band)
     if not chosen:
         raise SceneError(f"{source}: no asset of the item matches a band of {sensor.id}")

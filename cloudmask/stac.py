@@ -442,10 +442,12 @@ def item_product(item: dict[str, Any], sensor: Sensor, product: str | None = Non
     return product
 
 
-def _raster_band(asset: dict[str, Any]) -> dict[str, Any] | None:
+def _raster_band(asset: dict[str, Any], layer: int = 1) -> dict[str, Any] | None:
+    """The ``raster:bands`` (or ``bands``) entry of one 1-based layer: in a multi-band asset each
+    band has its own scale/offset, so comparing the first one with every band's rule was wrong."""
     rb = asset.get("raster:bands") or asset.get("bands")
-    if isinstance(rb, list) and rb and isinstance(rb[0], dict):
-        return rb[0]
+    if isinstance(rb, list) and len(rb) >= layer and isinstance(rb[layer - 1], dict):
+        return rb[layer - 1]
     return None
 
 
@@ -465,7 +467,9 @@ def prepare(item: dict[str, Any], target: Target) -> Found:
         if key is None:
             continue
         assets[band.name] = key
-        rb = _raster_band(item["assets"][key])
+        from cloudmask.scene import asset_layer
+
+        rb = _raster_band(item["assets"][key], asset_layer(item["assets"][key], band))
         if rb is None:
             continue
         rule = sensor.scaling(product, band)

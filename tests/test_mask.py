@@ -736,3 +736,18 @@ def test_a_block_that_cannot_be_decoded_mid_scene_fails_with_gdals_reason(tmp_pa
     assert message.startswith(f"{src}: reading failed mid-scene (") and "\n" not in message
     assert "cannot write output" not in message and "previous exception" not in message
     assert not out.exists() or _files(out) == []
+
+
+def test_an_item_with_one_multiband_asset_masks_as_its_file_does(tmp_path, predictor):
+    tif = _s2(tmp_path / "scene" / "S2A_analytic.tif", h=64, w=64)
+    item = stac_item("one-asset", {"analytic": tif.name}, collection=None)
+    item["assets"]["analytic"]["eo:bands"] = [{"name": b} for b in
+                                              ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+                                               "B09", "B10", "B11", "B12")]
+    item_path = write_item(tmp_path / "scene" / "item.json", item)
+    mask_scene(tif, tmp_path / "a_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, probabilities=True))
+    mask_scene(item_path, tmp_path / "b_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, probabilities=True))
+    for a, b in (("a_cloudmask.tif", "b_cloudmask.tif"), ("a_cloudprob.tif", "b_cloudprob.tif")):
+        with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
+            assert (x.transform, x.shape) == (y.transform, y.shape)
+            np.testing.assert_array_equal(x.read(), y.read())

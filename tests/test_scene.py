@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from fetch_servers import write_s2_item
 
 from cloudmask.errors import BandError, SceneError
 from cloudmask.scene import read_scene
-from cloudmask.testing import random_reflectance, write_item, write_raster, write_safe
+from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster, write_safe
 from cloudmask.testing import test_transform as grid_transform
 
 
@@ -437,3 +439,36 @@ def test_a_float_files_nodata_holds_in_chunks_with_a_nan(tmp_path):
     phys = read_scene(path).data.values
     assert np.isnan(phys[:, :, :24]).all()
     assert np.isnan(phys[2, 5, 30]) and np.isfinite(np.delete(phys[:, :, 24:], 2, axis=0)).all()
+
+
+def _one_asset_item(tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
+    """A 4-band GeoTIFF and a STAC item whose one asset lists its layers in ``eo:bands``."""
+    dn = np.round(random_reflectance(len(names), 40, 48, seed=3) * 10000 + 1000).astype("uint16")
+    tif = write_raster(tmp_path / "analytic.tif", dn, nodata=0)
+    item = stac_item("one-asset", {"ortho_analytic_4b_sr": "analytic.tif"}, collection=None)
+    item["assets"]["ortho_analytic_4b_sr"]["eo:bands"] = [{"name": n} for n in names]
+    return tif, write_item(tmp_path / "item.json", item)
+
+
+def test_a_multiband_asset_gives_each_band_its_own_layer(tmp_path):
+    names = ["B02", "B03", "B04", "B08"]
+    tif, item = _one_asset_item(tmp_path, names)
+    from_item = read_scene(item, sensor="sentinel2")
+    direct = read_scene(tif, sensor="sentinel2", bands=names)
+    assert list(from_item.data.band.values) == names
+    assert from_item.shape == direct.shape and from_item.transform == direct.transform
+    np.testing.assert_array_equal(from_item.data.values, direct.data.values)
+    assert from_item.raw.files == tuple((str(tif), i) for i in range(1, 5))
+    # in another order, the list's positions still say the layers
+    tif, item = _one_asset_item(tmp_path, ["B08", "B04", "B03", "B02"])
+    np.testing.assert_array_equal(read_scene(item, sensor="sentinel2").data.sel(band="B08").values,
+                                  direct.data.sel(band="B02").values)
+
+
+def test_an_asset_listing_more_bands_than_its_file_holds_is_a_clear_error(tmp_path):
+    tif, item_path = _one_asset_item(tmp_path, ["B02", "B03", "B04", "B08"])
+    item = json.loads(item_path.read_text())
+    item["assets"]["ortho_analytic_4b_sr"]["eo:bands"].insert(0, {"name": "B01"})
+    write_item(item_path, item)
+    with pytest.raises(SceneError, match="has 4 band"):
+        read_scene(item_path, sensor="sentinel2")
