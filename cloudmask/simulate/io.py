@@ -98,20 +98,36 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+#: The ``datetime`` of every simulated item. The simulator has no acquisition time (it draws the sun's
+#: angles directly, not from a date and place), so a fixed instant stands in: STAC requires one, and
+#: a constant keeps a seed's files identical from run to run; ``cloudmask:simulated`` says it is no date.
+SIM_DATETIME = "2000-01-01T00:00:00Z"
+
+
+def footprint(crs: CRS, transform: Any, width: int, height: int) -> tuple[list[float], dict[str, Any]]:
+    """The grid's WGS84 ``bbox`` and a matching Polygon. Why: STAC's bbox and geometry are lon/lat;
+    the UTM metres written before were read by catalogues as degrees far outside ±180/±90."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    bounds = array_bounds(height, width, transform)  # west, south, east, north
+    w, s, e, n = (float(v) for v in transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
+    return [w, s, e, n], {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
 def stac_item(sim: SimScene, stem: str, sensor_id: str, image: str, labels: str, crs: CRS, transform: Any) -> dict:
-    """A STAC-like item describing one simulated scene."""
+    """A STAC item describing one simulated scene (footprint in WGS84, datetime :data:`SIM_DATETIME`)."""
     m = sim.meta
     h, w = sim.labels.shape
-    x0, y0 = transform.c, transform.f
-    x1, y1 = x0 + transform.a * w, y0 + transform.e * h
+    bbox, geometry = footprint(crs, transform, w, h)
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
         "id": stem,
-        "bbox": [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)],
-        "geometry": None,
+        "bbox": bbox,
+        "geometry": geometry,
         "properties": {
-            "datetime": None,
+            "datetime": SIM_DATETIME,
             "cloudmask:sensor": sensor_id,
             "cloudmask:simulated": True,
             "proj:epsg": crs.to_epsg(),

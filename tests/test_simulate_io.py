@@ -1,0 +1,33 @@
+"""Writing simulated scenes: the files, and an item that STAC tools can place on the globe."""
+
+from __future__ import annotations
+
+import json
+
+import pystac
+import pytest
+import rasterio
+from rasterio.warp import transform as warp_transform
+
+from cloudmask.registry import get_sensor
+from cloudmask.simulate import simulate_scene
+from cloudmask.simulate.io import SIM_DATETIME, write_scene
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_the_item_footprint_is_wgs84_around_the_image(tmp_path, seed: int) -> None:
+    bands = get_sensor("sentinel2").select(["B02", "B03", "B04", "B8A"])
+    sim = simulate_scene(bands, 32, rng=seed)
+    paths = write_scene(sim, tmp_path, f"sim_sentinel2_{seed}_0000", "sentinel2")
+    item = json.loads(open(paths["json"]).read())
+    pystac.Item.from_dict(item)  # parses as STAC
+    west, south, east, north = item["bbox"]
+    assert -180 <= west < east <= 180 and -90 <= south < north <= 90
+    with rasterio.open(paths["image"]) as ds:
+        cx, cy = ds.xy(ds.height // 2, ds.width // 2)
+        (lon,), (lat,) = warp_transform(ds.crs, "EPSG:4326", [cx], [cy])
+    assert west <= lon <= east and south <= lat <= north
+    lons, lats = zip(*item["geometry"]["coordinates"][0])
+    assert item["geometry"]["type"] == "Polygon"
+    assert (min(lons), min(lats), max(lons), max(lats)) == pytest.approx((west, south, east, north))
+    assert item["properties"]["datetime"] == SIM_DATETIME  # fixed: the simulator has no acquisition time
