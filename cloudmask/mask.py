@@ -404,9 +404,53 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             f = d / name
             if name.startswith(".") or name.endswith(_OUR_SUFFIXES):
                 continue
+            if _is_simulated_labels(f):
+                continue
             if f.suffix.lower() in _RASTERS or _is_stac_item_file(f) or _is_scene_archive(f):
                 found.append(str(f))
-    return found
+    return _items_over_their_files(found)
+
+
+#: How ``cloudmask simulate`` names a scene's files (cloudmask.simulate.io.write_scene).
+_SIM_IMAGE, _SIM_LABELS = "_image.tif", "_labels.tif"
+
+
+def _is_simulated_labels(path: Path) -> bool:
+    """A label raster ``cloudmask simulate`` wrote beside its image or item: truth, not a scene."""
+    if not path.name.endswith(_SIM_LABELS):
+        return False
+    stem = path.name[: -len(_SIM_LABELS)]
+    return (path.parent / f"{stem}{_SIM_IMAGE}").is_file() or (path.parent / f"{stem}.json").is_file()
+
+
+def _item_local_files(path: Path) -> set[str]:
+    """The resolved local files a STAC item's assets point at (URLs left out)."""
+    try:
+        item = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    assets = item.get("assets") if isinstance(item, dict) else None
+    files = set()
+    for asset in (assets.values() if isinstance(assets, dict) else ()):
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if not isinstance(href, str) or (_is_url(href) and not href.startswith("file://")):
+            continue
+        target = Path(href.removeprefix("file://"))
+        files.add(str((target if target.is_absolute() else path.parent / target).resolve()))
+    return files
+
+
+def _items_over_their_files(found: list[str]) -> list[str]:
+    """``found`` without the rasters that a STAC item among them reads. Why: the item and its image
+    are one scene; masking both wrote two masks of it under two names. The item is kept: it carries
+    the sensor, product and sun that the bare image may not."""
+    taken: set[str] = set()
+    for source in found:
+        if source.lower().endswith(".json"):
+            taken |= _item_local_files(Path(source))
+    if not taken:
+        return found
+    return [s for s in found if s.lower().endswith(".json") or str(Path(s).resolve()) not in taken]
 
 
 def _is_scene_archive(path: Path) -> bool:

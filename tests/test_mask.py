@@ -751,3 +751,37 @@ def test_an_item_with_one_multiband_asset_masks_as_its_file_does(tmp_path, predi
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             assert (x.transform, x.shape) == (y.transform, y.shape)
             np.testing.assert_array_equal(x.read(), y.read())
+
+
+def _simulated(folder: Path, n: int = 2, sensor: str = "sentinel2") -> list[dict[str, str]]:
+    """A small ``cloudmask simulate`` output folder: image, labels and item per scene."""
+    from cloudmask.registry import get_sensor
+    from cloudmask.simulate import simulate_scene
+    from cloudmask.simulate.io import write_scene
+
+    bands = list(get_sensor(sensor).bands)
+    return [write_scene(simulate_scene(bands, 48, rng=i), folder, f"sim_{sensor}_9_{i:04d}", sensor) for i in range(n)]
+
+
+def test_a_simulate_folder_is_one_scene_per_item_without_its_labels(tmp_path, predictor):
+    written = _simulated(tmp_path / "sims")
+    found = [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims")])]
+    assert found == [Path(w["json"]).name for w in written]  # not the images again, not the labels
+    # without the items the images are the scenes; the labels are still not
+    for w in written:
+        Path(w["json"]).unlink()
+    found = [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims")])]
+    assert found == [Path(w["image"]).name for w in written]
+    # a user's own raster that merely ends in _labels.tif is still a scene
+    _s2(tmp_path / "sims" / "S2A_labels.tif")
+    assert "S2A_labels.tif" in [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims")])]
+
+
+def test_a_simulated_item_masks_as_its_image(tmp_path, predictor):
+    (w,) = _simulated(tmp_path / "sims", n=1)
+    a = mask_scene(w["json"], tmp_path / "a_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    b = mask_scene(w["image"], tmp_path / "b_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    assert a.sensor == b.sensor == "sentinel2"
+    with rasterio.open(tmp_path / "a_cloudmask.tif") as x, rasterio.open(tmp_path / "b_cloudmask.tif") as y:
+        assert (x.transform, x.shape) == (y.transform, y.shape)
+        np.testing.assert_array_equal(x.read(), y.read())
