@@ -43,8 +43,11 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 
-from cloudmask.errors import BandError, SceneError, UsageError, first_line
+from cloudmask.errors import BandError, SceneError, UnknownSensorError, UsageError, first_line
 from cloudmask.registry import Band, Registry, Scaling, Sensor, load_registry
+
+#: The item property naming the registry sensor (``cloudmask fetch`` and ``cloudmask simulate`` write it).
+SENSOR_PROPERTY = "cloudmask:sensor"
 
 #: Default dask chunk edge in pixels for lazily read scenes.
 CHUNK = 1024
@@ -246,12 +249,23 @@ def read_scene(
     return _read_multiband(path, sensor, bands, product, resolution, registry, chunks)
 
 
-def resolve_sensor(sensor: str | Sensor | None, registry: Registry, hint: str = "", source: str = "") -> Sensor:
-    """The given sensor, else one guessed from ``hint`` (a file name or STAC platform)."""
+def resolve_sensor(sensor: str | Sensor | None, registry: Registry, hint: str = "", source: str = "",
+                   declared: Any = None, where: str = "") -> Sensor:
+    """The given sensor, else the one the input ``declared`` (``where``: e.g. its item's
+    ``cloudmask:sensor``), else one guessed from ``hint`` (a file name or STAC platform). A declared
+    sensor the registry lacks is named as such: "cannot tell which sensor" hid a forgotten --sensors-dir."""
     if isinstance(sensor, Sensor):
         return sensor
     if sensor:
         return registry.get_sensor(sensor)
+    if isinstance(declared, str) and declared.strip():
+        try:
+            return registry.get_sensor(declared.strip())
+        except UsageError:
+            raise UnknownSensorError(
+                f"{source or hint}: {where or 'the scene'} says sensor {declared.strip()!r}, which the registry does "
+                "not have (add its YAML with --sensors-dir or CLOUDMASK_SENSORS, or pass --sensor)"
+            ) from None
     guessed = guess_sensor(hint, registry)
     if guessed is None:
         raise UsageError(f"{source or hint}: cannot tell which sensor made this scene; pass --sensor")
@@ -488,7 +502,8 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
         dtypes = [np.dtype(d) for d in src.dtypes]
         nodatas = [src.nodata] * count
         _check_readable(src, path)
-    sensor = resolve_sensor(sensor, registry, tags.get("CLOUDMASK_SENSOR") or path.name, str(path))
+    sensor = resolve_sensor(sensor, registry, path.name, str(path), tags.get("CLOUDMASK_SENSOR"),
+                            "its CLOUDMASK_SENSOR tag")
     _check_valid_product(sensor, product)
     product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), path.name)
     chosen = _name_file_bands(path, sensor, bands, count, descriptions)
@@ -806,9 +821,11 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
             return _read_stac_item(str(item_json), sensor, bands, product, resolution, registry, chunks)
         raise SceneError(f"{path}: folder holds no raster files (.tif, .jp2)")
     hint = path.name + "/" + files[0].name
+    declared = None
     if item is not None:
         hint = item.get("properties", {}).get("platform") or hint
-    sensor = resolve_sensor(sensor, registry, hint, str(path))
+        declared = item.get("properties", {}).get(SENSOR_PROPERTY)
+    sensor = resolve_sensor(sensor, registry, hint, str(path), declared, f"its item's {SENSOR_PROPERTY}")
     _check_valid_product(sensor, product)
     if product is None and item is not None:  # `cloudmask fetch` records the registry product it chose
         from cloudmask.stac import item_product
@@ -960,7 +977,8 @@ def asset_layer(asset: Mapping[str, Any], band: Band) -> int:
 def _read_stac_item(source: str, sensor, bands, product, resolution, registry, chunks) -> Scene:
     item = load_item(source)
     platform = str(item.get("properties", {}).get("platform", ""))
-    sensor = resolve_sensor(sensor, registry, platform or item.get("id", ""), source)
+    sensor = resolve_sensor(sensor, registry, platform or str(item.get("id", "")), source,
+                            item.get("properties", {}).get(SENSOR_PROPERTY), f"its {SENSOR_PROPERTY}")
     _check_valid_product(sensor, product)
     if product is None:  # recorded by `cloudmask fetch`, else the Sentinel-2 processing-baseline rule
         from cloudmask.stac import item_product

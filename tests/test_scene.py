@@ -472,3 +472,33 @@ def test_an_asset_listing_more_bands_than_its_file_holds_is_a_clear_error(tmp_pa
     write_item(item_path, item)
     with pytest.raises(SceneError, match="has 4 band"):
         read_scene(item_path, sensor="sentinel2")
+
+
+def test_an_items_cloudmask_sensor_picks_the_sensor(tmp_path):
+    from cloudmask.registry import get_sensor
+    from cloudmask.simulate import simulate_scene
+    from cloudmask.simulate.io import write_scene
+
+    # neither a platform nor a recognisable id: only cloudmask:sensor says superdove
+    sim = simulate_scene(list(get_sensor("superdove").bands), 32, rng=1)
+    paths = write_scene(sim, tmp_path, "scene_0001", "superdove")
+    scene = read_scene(paths["json"])
+    assert scene.sensor.id == "superdove" and list(scene.data.band.values) == get_sensor("superdove").band_names
+    with rasterio.open(paths["image"]) as ds:
+        np.testing.assert_allclose(scene.data.values, ds.read(), equal_nan=True)
+
+
+def test_a_sensor_the_registry_lacks_is_named_not_guessed_at(tmp_path):
+    from cloudmask.errors import UnknownSensorError
+
+    tif, item_path = _one_asset_item(tmp_path, ["B1", "B2", "B3", "B4"])
+    item = json.loads(item_path.read_text())
+    item["properties"] = {"datetime": item["properties"]["datetime"], "cloudmask:sensor": "dove4"}
+    write_item(item_path, item)
+    with pytest.raises(UnknownSensorError, match=r"cloudmask:sensor says sensor 'dove4', which the registry does not "
+                                                 r"have \(add its YAML with --sensors-dir or CLOUDMASK_SENSORS"):
+        read_scene(item_path)
+    tagged = write_raster(tmp_path / "x.tif", np.ones((4, 16, 16), "uint16"), tags={"CLOUDMASK_SENSOR": "dove4"})
+    with pytest.raises(UnknownSensorError, match="CLOUDMASK_SENSOR tag says sensor 'dove4'"):
+        read_scene(tagged)
+    assert read_scene(item_path, sensor="superdove", bands=["B1", "B2", "B3", "B4"]).sensor.id == "superdove"
