@@ -32,6 +32,17 @@ BandKind = Literal["reflectance", "thermal"]
 #: Wavelength plausibility window in micrometres (UV edge to far thermal infrared).
 _WL_MIN_UM, _WL_MAX_UM = 0.3, 15.0
 
+# The keys each level of a sensor file may hold; anything else is a typo (``ofset:`` would otherwise
+# silently leave the offset at 0). Mappings keyed by user names (products, stac catalogues, assets,
+# collections, srf variants, band scaling products) are checked by what they hold, not their keys.
+_SENSOR_KEYS = ("id", "name", "source", "description", "platforms", "aliases", "default_resolution",
+                "products", "default_product", "stac", "srf", "bands")
+_BAND_KEYS = ("name", "common_name", "aliases", "type", "resolution", "wavelength", "assets", "scaling", "srf")
+_WAVELENGTH_KEYS = ("min", "center", "max", "fwhm")
+_SCALING_KEYS = ("scale", "offset", "nodata", "k1", "k2")
+_CATALOGUE_KEYS = ("url", "collections")
+_SRF_KEYS = ("package", "variants")
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -277,6 +288,14 @@ class _Checker:
             raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
         return obj
 
+    def keys(self, obj: Mapping[str, Any], where: str, allowed: Sequence[str]) -> None:
+        """Refuse keys outside ``allowed``, suggesting the closest allowed one."""
+        for key in obj:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+                raise self.fail(where, f"unknown key {str(key)!r} ({hint})")
+
     def get(self, obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         if key not in obj or obj[key] is None:
             if default is ...:
@@ -305,6 +324,7 @@ class _Checker:
 
     def scaling(self, obj: Any, where: str) -> Scaling:
         obj = self.mapping(obj, where)
+        self.keys(obj, where, _SCALING_KEYS)
         nodata = obj.get("nodata")
         if nodata is not None and (not isinstance(nodata, (int, float)) or isinstance(nodata, bool)):
             raise self.fail(f"{where}.nodata", f"expected a number, got {nodata!r}")
@@ -346,6 +366,7 @@ def load_sensor_file(path: Path) -> Sensor:
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{path}: cannot read ({exc})") from None
     raw = c.mapping(raw, "top level")
+    c.keys(raw, "top level", _SENSOR_KEYS)
 
     sid = c.get(raw, "id", "", str)
     if not sid.replace("-", "").replace("_", "").isalnum() or sid != sid.lower():
@@ -363,6 +384,7 @@ def load_sensor_file(path: Path) -> Sensor:
     stac = {}
     for cat, spec in c.mapping(c.get(raw, "stac", "", dict, {}), "stac").items():
         spec = c.mapping(spec, f"stac.{cat}")
+        c.keys(spec, f"stac.{cat}", _CATALOGUE_KEYS)
         cols = c.mapping(c.get(spec, "collections", f"stac.{cat}", dict), f"stac.{cat}.collections")
         stac[str(cat)] = Catalogue(collections={str(k): str(v) for k, v in cols.items()}, url=spec.get("url"))
 
@@ -387,20 +409,29 @@ def load_sensor_file(path: Path) -> Sensor:
         default_product=default_product,
         products=products,
         stac=stac,
-        srf=dict(c.mapping(c.get(raw, "srf", "", dict, {}), "srf")),
+        srf=_srf(c, raw),
         bands=tuple(bands),
         path=path,
     )
 
 
+def _srf(c: _Checker, raw: Mapping[str, Any]) -> dict[str, Any]:
+    srf = c.mapping(c.get(raw, "srf", "", dict, {}), "srf")
+    c.keys(srf, "srf", _SRF_KEYS)
+    return dict(srf)
+
+
 def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scaling]) -> Band:
     raw = c.mapping(raw, f"bands[{index}]")
+    named = raw.get("name")
+    c.keys(raw, f"bands.{named}" if isinstance(named, str) else f"bands[{index}]", _BAND_KEYS)
     name = c.get(raw, "name", f"bands[{index}]", str)
     where = f"bands.{name}"
     kind = c.get(raw, "type", where, str)
     if kind not in ("reflectance", "thermal"):
         raise c.fail(f"{where}.type", f"must be 'reflectance' or 'thermal', got {kind!r}")
     wl = c.mapping(c.get(raw, "wavelength", where, dict), f"{where}.wavelength")
+    c.keys(wl, f"{where}.wavelength", _WAVELENGTH_KEYS)
     lo, mid, hi = (c.get(wl, k, f"{where}.wavelength", float) for k in ("min", "center", "max"))
     fwhm = c.get(wl, "fwhm", f"{where}.wavelength", float, hi - lo)
     for k, v in (("min", lo), ("center", mid), ("max", hi)):
@@ -416,6 +447,7 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
         if prod not in products:
             raise c.fail(f"{where}.scaling.{prod}", f"unknown product (products: {', '.join(products)})")
         base = products[prod]
+        c.keys(c.mapping(spec, f"{where}.scaling.{prod}"), f"{where}.scaling.{prod}", _SCALING_KEYS)
         merged = {"scale": base.scale, "offset": base.offset, "nodata": base.nodata, "k1": base.k1, "k2": base.k2,
                   **c.mapping(spec, f"{where}.scaling.{prod}")}
         scaling[str(prod)] = c.scaling(merged, f"{where}.scaling.{prod}")

@@ -384,6 +384,62 @@ def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, f
 
 
 @pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # a typo'd optional key would otherwise be silently ignored (offset 0: every value off by 0.1)
+        ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: 0.0001, ofset: -0.1, nodata: 0}",
+         "products.toa: unknown key 'ofset' (did you mean 'offset'?)"),
+        ("source: unit test\n", "source: unit test\ndefault_prodcut: toa\n",
+         "top level: unknown key 'default_prodcut' (did you mean 'default_product'?)"),
+        ("source: unit test\n", "source: unit test\nalias: [ts]\n",
+         "top level: unknown key 'alias' (did you mean 'aliases'?)"),
+        ("source: unit test\n", "source: unit test\npixel_size: 10\n", "top level: unknown key 'pixel_size'"),
+        ("    common_name: red\n", "    comon_name: red\n",
+         "bands.B1: unknown key 'comon_name' (did you mean 'common_name'?)"),
+        ("center: 0.66,", "centre: 0.66,", "bands.B1.wavelength: unknown key 'centre' (did you mean 'center'?)"),
+        ("scaling: {toa: {scale: 0.01, offset: 150}}", "scaling: {toa: {scale: 0.01, ofset: 150}}",
+         "bands.T1.scaling.toa: unknown key 'ofset' (did you mean 'offset'?)"),
+        # a typo in a required field's name names the typo, not only the missing field
+        ("    resolution: 10\n", "    resolutoin: 10\n",
+         "bands.B1: unknown key 'resolutoin' (did you mean 'resolution'?)"),
+        ("  - name: B1\n", "  - nmae: B1\n", "bands[0]: unknown key 'nmae' (did you mean 'name'?)"),
+        ("default_resolution: 10", "default_resolutoin: 10",
+         "top level: unknown key 'default_resolutoin' (did you mean 'default_resolution'?)"),
+        ("source: unit test\n", "source: unit test\nstac: {cat: {url: x, colections: {toa: c}}}\n",
+         "stac.cat: unknown key 'colections' (did you mean 'collections'?)"),
+        ("source: unit test\n", "source: unit test\nsrf: {package: pyrsr, variant: {}}\n",
+         "srf: unknown key 'variant' (did you mean 'variants'?)"),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    text = GOOD.format(id="mysat")
+    assert old in text
+    path = _write(tmp_path, "dove4.yaml", text.replace(old, new, 1))
+    with pytest.raises(RegistryError) as err:
+        load_sensor_file(path)
+    msg = str(err.value)
+    assert msg.startswith("dove4.yaml: " + expected), msg
+    assert "\n" not in msg
+
+
+def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
+    """A file using every key the schema documents (at every level) loads."""
+    text = GOOD.format(id="mysat").replace("source: unit test\n", """\
+source: unit test
+description: all keys
+platforms: [mysat-1]
+aliases: [ms]
+default_product: toa
+stac: {cat: {url: https://example.invalid, collections: {toa: my-toa}}}
+srf: {package: pyrsr, variants: {mysat-1: Mysat/One}}
+""").replace("    common_name: red\n", \
+        "    common_name: red\n    aliases: [R]\n    assets: {cat: red}\n    srf: \"4\"\n"
+        "    scaling: {toa: {scale: 0.001, offset: 0.1, nodata: 1, k1: 1.0, k2: 2.0}}\n")
+    s = load_sensor_file(_write(tmp_path, "mysat.yaml", text))
+    assert s.stac["cat"].url == "https://example.invalid" and s.band("R").srf == "4"
+
+
+@pytest.mark.parametrize(
     ("text", "fragment"),
     [
         ("- just\n- a list\n", "top level: expected a mapping, got list"),
