@@ -43,6 +43,12 @@ _SCALING_KEYS = ("scale", "offset", "nodata", "k1", "k2")
 _CATALOGUE_KEYS = ("url", "collections")
 _SRF_KEYS = ("package", "variants")
 
+#: STAC ``eo`` common band names (eo extension v1.1). A band's common name is matched against the
+#: ``common_name`` of a STAC item's ``eo:bands`` and accepted by ``--bands``, so it must be one of these.
+COMMON_NAMES = ("pan", "coastal", "blue", "green", "green05", "yellow", "red", "rededge", "rededge071",
+                "rededge075", "rededge078", "nir", "nir08", "nir09", "cirrus", "swir16", "swir22", "lwir",
+                "lwir11", "lwir12")
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -442,6 +448,11 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
         raise c.fail(f"{where}.wavelength", f"need min < center < max, got {lo}, {mid}, {hi}")
     if not 0 < fwhm <= (hi - lo) * 1.5:
         raise c.fail(f"{where}.wavelength.fwhm", f"{fwhm} µm does not fit the band edges {lo}-{hi}")
+    common_name = c.get(raw, "common_name", where, str, None)
+    if common_name is not None and common_name not in COMMON_NAMES:
+        close = difflib.get_close_matches(common_name.lower(), COMMON_NAMES, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(COMMON_NAMES)}"
+        raise c.fail(f"{where}.common_name", f"{common_name!r} is not a STAC eo common name ({hint})")
     scaling = {}
     for prod, spec in c.mapping(c.get(raw, "scaling", where, dict, {}), f"{where}.scaling").items():
         if prod not in products:
@@ -459,7 +470,7 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
         wavelength_max=hi,
         fwhm=fwhm,
         resolution=c.positive(raw, "resolution", where),
-        common_name=c.get(raw, "common_name", where, str, None),
+        common_name=common_name,
         aliases=c.names(raw, "aliases", where),
         assets={str(k): str(v) for k, v in c.mapping(c.get(raw, "assets", where, dict, {}), f"{where}.assets").items()},
         scaling=scaling,

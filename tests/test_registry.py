@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,6 +421,33 @@ def test_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path, old: str, ne
     msg = str(err.value)
     assert msg.startswith("dove4.yaml: " + expected), msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("nearinfrared", "bands.B1.common_name: 'nearinfrared' is not a STAC eo common name (use one of "),
+        ("rededge1", "bands.B1.common_name: 'rededge1' is not a STAC eo common name (did you mean 'rededge'?)"),
+        ("swir1", "bands.B1.common_name: 'swir1' is not a STAC eo common name (did you mean "),
+    ],
+)
+def test_common_name_must_be_a_stac_eo_common_name(tmp_path: Path, value: str, expected: str) -> None:
+    text = GOOD.format(id="mysat").replace("common_name: red\n", f"common_name: {value}\n")
+    with pytest.raises(RegistryError) as err:
+        load_sensor_file(_write(tmp_path, "dove4.yaml", text))
+    assert str(err.value).startswith("dove4.yaml: " + expected), str(err.value)
+
+
+def test_documented_common_names_match_the_registry_and_the_shipped_files() -> None:
+    from cloudmask.registry import COMMON_NAMES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sensors.md").read_text(encoding="utf-8")
+    row = next(line for line in doc.splitlines() if line.startswith("| `common_name`"))
+    assert set(re.findall(r"`([a-z0-9]+)`", row.split("one of:")[1].split("(")[0])) == set(COMMON_NAMES)
+    used = {b.common_name for s in _all_sensors() for b in s.bands if b.common_name}
+    assert used <= set(COMMON_NAMES)
+    s2 = get_sensor("sentinel2")
+    assert s2.band("rededge1").name == "B05" and s2.band("rededge078").name == "B07"
 
 
 def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
