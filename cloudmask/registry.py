@@ -439,7 +439,8 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
     wl = c.mapping(c.get(raw, "wavelength", where, dict), f"{where}.wavelength")
     c.keys(wl, f"{where}.wavelength", _WAVELENGTH_KEYS)
     lo, mid, hi = (c.get(wl, k, f"{where}.wavelength", float) for k in ("min", "center", "max"))
-    fwhm = c.get(wl, "fwhm", f"{where}.wavelength", float, hi - lo)
+    # max - min as written (0.54 - 0.45 is 0.08999999999999997 in binary floating point)
+    fwhm = c.get(wl, "fwhm", f"{where}.wavelength", float, round(hi - lo, 6))
     for k, v in (("min", lo), ("center", mid), ("max", hi)):
         if not _WL_MIN_UM <= v <= _WL_MAX_UM:
             unit = " (looks like nanometres: wavelengths are in micrometres)" if v > 100 else ""

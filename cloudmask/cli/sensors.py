@@ -12,6 +12,11 @@ from cloudmask.cli.common import Command, JsonOpt, SensorsDirOpt, console, print
 from cloudmask.registry import Sensor, load_registry
 
 
+def _um(x: float) -> float:
+    """A wavelength in µm without binary floating-point noise (1e-6 µm is far below any band's precision)."""
+    return round(float(x), 6)
+
+
 def _sensor_json(s: Sensor) -> dict:
     return {
         "id": s.id,
@@ -31,7 +36,8 @@ def _sensor_json(s: Sensor) -> dict:
                 "common_name": b.common_name,
                 "aliases": list(b.aliases),
                 "type": b.kind,
-                "wavelength_um": {"min": b.wavelength_min, "center": b.wavelength_center, "max": b.wavelength_max, "fwhm": b.fwhm},
+                "wavelength_um": {"min": _um(b.wavelength_min), "center": _um(b.wavelength_center),
+                                  "max": _um(b.wavelength_max), "fwhm": _um(b.fwhm)},
                 "resolution_m": b.resolution,
                 "assets": dict(b.assets),
                 "scaling": {k: vars(v) for k, v in b.scaling.items()},  # overrides of the products' (e.g. thermal)
@@ -71,8 +77,8 @@ def sensors_cmd(
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for b in sorted(s.bands, key=lambda b: b.wavelength_center):
         table.add_row(
-            b.name, b.common_name or "", b.kind, f"{b.wavelength_min:.4g}", f"{b.wavelength_center:.4g}",
-            f"{b.wavelength_max:.4g}", f"{b.fwhm:.3g}", f"{b.resolution:g}",
+            b.name, b.common_name or "", b.kind, f"{_um(b.wavelength_min):g}", f"{_um(b.wavelength_center):g}",
+            f"{_um(b.wavelength_max):g}", f"{_um(b.fwhm):g}", f"{b.resolution:g}",
             ", ".join(f"{k}={v}" for k, v in b.assets.items()),
         )
     console.print(table)

@@ -161,3 +161,26 @@ def test_missing_sensors_dir_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sensors", "--sensors-dir", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output and "nope" in result.stderr
+
+
+def test_derived_fwhm_is_rounded_in_json_and_table(tmp_path: Path) -> None:
+    """fwhm defaults to max - min: 0.54 - 0.45 must show as 0.09, not 0.08999999999999997."""
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "dove4.yaml").write_text(
+        USER_SENSOR.format(id="dove4", name="Dove").replace("{min: 0.78, center: 0.83, max: 0.88}",
+                                                            "{min: 0.45, center: 0.49, max: 0.54}"),
+        encoding="utf-8")
+    result = runner.invoke(app, ["sensors", "dove4", "--sensors-dir", str(d), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "0.0899999" not in result.stdout and '"fwhm": 0.09' in result.stdout
+    assert json.loads(result.stdout)["bands"][1]["wavelength_um"]["fwhm"] == 0.09
+    result = runner.invoke(app, ["sensors", "--sensors-dir", str(d), "--json"])
+    assert result.exit_code == 0 and "0.0899999" not in result.stdout
+    result = runner.invoke(app, ["sensors", "dove4", "--sensors-dir", str(d)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("N "))
+    assert "0.09 " in row and "0.0899" not in row, row
+    # the shipped files' facts are shown as written (no digits cut off by the table format)
+    result = runner.invoke(app, ["sensors", "landsat5"], env=WIDE)
+    assert "11.4571" in result.stdout and "1.9791" in result.stdout
