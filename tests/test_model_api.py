@@ -91,6 +91,33 @@ def test_bad_inputs_raise(predictor: Predictor) -> None:
         predictor.predict_proba(x[0], d)
 
 
+def test_descriptors_in_nanometres_or_implausible_are_refused(predictor: Predictor) -> None:
+    x, d = _scene(5, 8, 8)
+    nm = d.copy()
+    nm[:, :4] *= 1000.0  # 490 instead of 0.49 µm: the network would answer with confident garbage
+    for call in (lambda dd: predictor.predict_proba(x, dd), lambda dd: predictor.predict_proba_batch(x[None], dd)):
+        with pytest.raises(BandError, match="look like nanometres") as err:
+            call(nm)
+        assert "\n" not in str(err.value)
+        one = d.copy()
+        one[2, 1] = 665.0  # one centre in nm is enough
+        with pytest.raises(BandError, match="nanometres"):
+            call(one)
+        low = d.copy()
+        low[0, 0] = 0.01
+        with pytest.raises(BandError, match=r"0.3-15.0 µm"):
+            call(low)
+        flat = d.copy()
+        flat[1, 3] = 0.0
+        with pytest.raises(BandError, match="FWHM"):
+            call(flat)
+        flag = d.copy()
+        flag[0, 4] = 0.5
+        with pytest.raises(BandError, match="thermal flags"):
+            call(flag)
+    assert predictor.predict_proba(x, d).shape == (4, 8, 8)  # micrometres still work
+
+
 def test_random_is_deterministic() -> None:
     x, d = _scene(5, 16, 16)
     a = Predictor.random(seed=1, **TINY).predict_proba(x, d)

@@ -61,6 +61,29 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return dev
 
 
+#: Plausible descriptor wavelengths in micrometres: the registry's window (UV edge to far thermal).
+_WL_MIN_UM, _WL_MAX_UM = 0.3, 15.0
+
+
+def _check_descriptors(d: np.ndarray) -> None:
+    """Refuse (n, 5) descriptors [min, centre, max, fwhm µm, thermal] that cannot be micrometres.
+
+    The network takes whatever numbers it is given: 490 instead of 0.49 µm gives confident
+    garbage, not an error, so the units are checked here (a few comparisons on a tiny array)."""
+    wl = d[:, :4]
+    if (wl > 100).any():
+        raise BandError(f"band descriptor wavelengths look like nanometres (largest {float(wl.max()):g}): "
+                        "pass [min, centre, max, fwhm] in micrometres, e.g. 0.49 not 490")
+    edges = d[:, :3]
+    if (edges < _WL_MIN_UM).any() or (edges > _WL_MAX_UM).any():
+        raise BandError(f"band descriptor wavelengths must lie in {_WL_MIN_UM}-{_WL_MAX_UM} µm, got "
+                        f"{float(edges.min()):g}-{float(edges.max()):g} (columns: min, centre, max, fwhm µm, thermal)")
+    if (d[:, 3] <= 0).any() or (d[:, 3] > _WL_MAX_UM).any():
+        raise BandError(f"band descriptor FWHM must be above 0 and at most {_WL_MAX_UM} µm, got {d[:, 3].tolist()}")
+    if ((d[:, 4] != 0) & (d[:, 4] != 1)).any():
+        raise BandError(f"band descriptor thermal flags (column 5) must be 0 or 1, got {d[:, 4].tolist()}")
+
+
 class Predictor:
     """A network with its weights' identity, callable on physical numpy arrays.
 
@@ -131,6 +154,7 @@ class Predictor:
             raise BandError(f"the model needs at least {MIN_BANDS} bands, got {n}")
         if not np.isfinite(d).all():
             raise BandError("band descriptors contain NaN or infinite values")
+        _check_descriptors(d)
         if not (stored and x.dtype in STORED_DTYPES):
             x = np.asarray(x, dtype="float32")
         if any(st <= 0 or st % x.itemsize for st, size in zip(x.strides, x.shape) if size > 1):
