@@ -27,6 +27,7 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError, first_line
+from cloudmask.registry import Sensor
 from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
                              stem_last_part)
 from cloudmask.shadows import ShadowMatcher, ShadowOptions, nir_band, shadow_prior
@@ -60,7 +61,9 @@ Callback = Callable[[str, dict[str, Any]], None]
 class MaskOptions:
     """Everything that shapes one run besides inputs and outputs."""
 
-    sensor: str | None = None
+    # an id, alias or platform from the registry (bundled + $CLOUDMASK_SENSORS), or a Sensor object,
+    # e.g. ``get_sensor("mysat", ["./my-sensors"])`` for a user sensor folder
+    sensor: str | Sensor | None = None
     bands: Sequence[str] | None = None
     product: str | None = None
     resolution: float | None = None
@@ -145,10 +148,12 @@ class MaskOptions:
             raise UsageError(f"--threads must be at least 1, got {self.tiles.threads}")
         if self.resolution is not None and self.resolution <= 0:
             raise UsageError(f"--resolution must be positive, got {self.resolution}")
-        if self.sensor:
+        if isinstance(self.sensor, str) and self.sensor:
             from cloudmask.registry import load_registry
 
             load_registry().get_sensor(self.sensor)  # UnknownSensorError with suggestions
+        elif self.sensor is not None and not isinstance(self.sensor, (str, Sensor)):
+            raise UsageError(f"sensor must be a name or a cloudmask.registry.Sensor, got {type(self.sensor).__name__}")
 
 
 @dataclass

@@ -785,3 +785,52 @@ def test_a_simulated_item_masks_as_its_image(tmp_path, predictor):
     with rasterio.open(tmp_path / "a_cloudmask.tif") as x, rasterio.open(tmp_path / "b_cloudmask.tif") as y:
         assert (x.transform, x.shape) == (y.transform, y.shape)
         np.testing.assert_array_equal(x.read(), y.read())
+
+
+DOVE4 = """\
+id: dove4
+name: Dove 4-band
+source: unit test
+default_resolution: 20
+products:
+  sr: {scale: 0.0001, offset: 0, nodata: 0}
+bands:
+  - {name: B1, common_name: blue, type: reflectance, resolution: 20, wavelength: {min: 0.45, center: 0.49, max: 0.53}}
+  - {name: B2, common_name: green, type: reflectance, resolution: 20, wavelength: {min: 0.53, center: 0.56, max: 0.59}}
+  - {name: B3, common_name: red, type: reflectance, resolution: 20, wavelength: {min: 0.63, center: 0.66, max: 0.69}}
+  - {name: B4, common_name: nir, type: reflectance, resolution: 20, wavelength: {min: 0.78, center: 0.83, max: 0.88}}
+"""
+
+
+def test_a_user_sensor_from_python_as_a_sensor_object_or_through_the_environment(tmp_path, predictor, monkeypatch):
+    from cloudmask import registry
+    from cloudmask.errors import UnknownSensorError
+
+    monkeypatch.setenv("CLOUDMASK_SENSORS", "")
+    registry._load_cached.cache_clear()
+    folder = tmp_path / "my-sensors"
+    folder.mkdir()
+    (folder / "dove4.yaml").write_text(DOVE4, encoding="utf-8")
+    dn = np.round(random_reflectance(4, 48, 56, seed=3) * 10000).astype("uint16") + 1
+    src = write_raster(tmp_path / "scene.tif", dn, nodata=0)
+
+    # a name alone is looked up in the bundled registry and $CLOUDMASK_SENSORS only
+    with pytest.raises(UnknownSensorError, match="dove4"):
+        mask_scene(src, tmp_path / "x_cloudmask.tif", predictor, MaskOptions(sensor="dove4", tiles=SMALL))
+    # a Sensor object from the user folder works in mask_scene and mask_many (whose check() takes it too)
+    sensor = registry.get_sensor("dove4", [folder])
+    opts = MaskOptions(sensor=sensor, tiles=SMALL)
+    opts.check()
+    r = mask_scene(src, tmp_path / "a" / "scene_cloudmask.tif", predictor, opts)
+    assert r.status == "masked" and r.sensor == "dove4", r
+    [r2] = mask_many([str(src)], tmp_path / "b", opts, predictor=predictor)
+    assert r2.status == "masked" and r2.sensor == "dove4", r2
+    with rasterio.open(r.output) as a, rasterio.open(r2.output) as b:
+        assert (a.read(1) == b.read(1)).all()
+    # or by name, with the folder in $CLOUDMASK_SENSORS
+    monkeypatch.setenv("CLOUDMASK_SENSORS", str(folder))
+    r3 = mask_scene(src, tmp_path / "c" / "scene_cloudmask.tif", predictor, MaskOptions(sensor="dove4", tiles=SMALL))
+    assert r3.status == "masked" and r3.sensor == "dove4"
+    registry._load_cached.cache_clear()
+    with pytest.raises(UsageError, match="sensor must be a name"):
+        MaskOptions(sensor=4).check()  # type: ignore[arg-type]
