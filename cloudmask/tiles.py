@@ -1240,6 +1240,8 @@ def stream_mask(
             if limit > fin:
                 emit(fin, limit)
                 fin = limit
+            if fin > base:  # (also when nothing was emitted: a first block row just ``d`` tall
+                # leaves only the outer pad above ``fin``, which must go for the next row to fit)
                 drop = fin - base
                 keep = max(0, acc.shape[1] - drop)
                 for r0 in range(0, keep, drop):  # pieces that don't overlap: no temporary copy

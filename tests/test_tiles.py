@@ -452,3 +452,24 @@ def test_streaming_blend_takes_every_windows_share(s2_desc, tile, batch):
     stream_mask(graph, LocalRunner(2), lambda y0, rows: None, put_p)
     assert np.ptp(want[0]) > 0.3  # windows really differ
     np.testing.assert_allclose(got, np.rint(want * 100), atol=1)
+
+
+def test_streaming_a_first_block_row_exactly_depth_tall(s2_desc):
+    """A first block row as tall as the overlap emits nothing when it completes; the buffer must
+    still move on, or the next row's blocks never fit ("blocks were never placed")."""
+    from cloudmask.tiles import LocalRunner, stream_mask, weighted_graph
+
+    model = _WindowConstant()
+    model.halo = 152
+    x = random_reflectance(13, 325, 40, seed=9)
+    opts = TileOptions(tile_size=200)
+    graph = weighted_graph(x, s2_desc, model, opts)
+    assert graph.ychunks[0] == graph.plan.depth  # the case itself
+    want = predict_proba(x, s2_desc, model, opts).compute()
+    got = np.zeros((4, 325, 40), dtype="uint8")
+
+    def put_p(y0, rows):
+        got[:, y0 : y0 + rows.shape[1]] = rows
+
+    stream_mask(graph, LocalRunner(1), lambda y0, rows: None, put_p)
+    np.testing.assert_allclose(got, np.rint(want * 100), atol=1)
