@@ -429,7 +429,7 @@ def test_nodata_free_is_conservative() -> None:
     assert not _nodata_free(x, torch.tensor([float("inf")]), zero, torch.tensor([float("nan")]))  # inf after scaling
 
 
-@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(1, 12, 18, 50), (2, 5, 3, 1), (1, 3, 1, 1)])
 def test_inference_upsampling_equals_bilinear_interpolation_edges_included(scale, shape):
     """The transposed-convolution form used at inference matches F.interpolate everywhere,
