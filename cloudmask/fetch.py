@@ -196,13 +196,19 @@ def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Seque
         used.add(name)
         folder = out / name
         p = ItemPlan(found=f, folder=folder)
+        # one file per asset: an asset holding several bands (e.g. a 4-band analytic GeoTIFF) is
+        # fetched once, named after its key, and item.json says which layer is which band
+        by_asset: dict[str, list[str]] = {}
         for band, key in f.assets.items():
+            by_asset.setdefault(key, []).append(band)
+        for key, bands in by_asset.items():
             asset = f.item["assets"][key]
             href = resolve_href(f.item, asset, f"item {f.id} asset {key}")
             size = asset.get("file:size") if not clip else None
             checksum = asset.get("file:checksum") if not clip else None
+            name = bands[0] if len(bands) == 1 else sanitise_id(key)
             p.files.append(
-                FileTask(f, band, key, href, folder / f"{band}.tif",
+                FileTask(f, ",".join(bands), key, href, folder / f"{name}.tif",
                          size if isinstance(size, int) else None, checksum if isinstance(checksum, str) else None)
             )
         if not p.files:

@@ -833,7 +833,14 @@ def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, 
         product = item_product(item, sensor)
     # else what the names say (Landsat L1 vs L2): the sensor's default would scale L1 DNs as L2
     product = product or guess_product(sensor, "", path.name + "/" + files[0].name)
-    wanted, chosen = _match_band_files([(str(f), f.stem) for f in files], sensor, bands, str(path))
+    try:
+        wanted, chosen = _match_band_files([(str(f), f.stem) for f in files], sensor, bands, str(path))
+    except SceneError:
+        if item_json is None:
+            raise
+        # files not named by band (e.g. `cloudmask fetch` of an asset holding several bands): the
+        # item beside them says which file and layer each band is
+        return _read_stac_item(str(item_json), sensor, bands, product, resolution, registry, chunks)
     scene = _stack_files([(p, 1) for p in chosen], wanted, sensor, product, resolution, str(path), chunks, item)
     if scene.sun is None:  # no STAC item saying it: a Landsat MTL beside the bands may
         meta = next((f for f in entries if _SUN_FILES.search(f.name)), None)

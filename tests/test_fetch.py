@@ -237,3 +237,29 @@ def test_relative_hrefs_resolve_against_the_self_link(file_server, tmp_path) -> 
     assert saved["assets"]["thumbnail"]["href"] == f"{file_server.url}/S2A_rel/thumb.jpg"
     assert not any(ln["rel"] == "self" for ln in saved["links"])
     assert read_scene(tmp_path / "S2A_rel" / "item.json").bands[0].name == "B04"
+
+
+def test_an_asset_holding_several_bands_is_fetched_once_and_read_layer_by_layer(file_server, tmp_path) -> None:
+    """E.g. a 4-band analytic GeoTIFF: one download (not one per band), and the saved item.json
+    tells which layer is which band, so the folder reads as the remote file does."""
+    from cloudmask.testing import random_reflectance, stac_item, test_transform, write_raster
+
+    names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    dn = np.round(random_reflectance(13, 48, 48, seed=4) * 10000 + 1000).astype("uint16")
+    (file_server.root / "multi").mkdir()
+    write_raster(file_server.root / "multi" / "analytic.tif", dn, nodata=0, transform=test_transform(20.0))
+    item = stac_item("S2A_multi", {"analytic": f"{file_server.url}/multi/analytic.tif"}, collection="sentinel-2-l2a")
+    item["assets"]["analytic"]["eo:bands"] = [{"name": b} for b in names]
+    item["properties"]["s2:processing_baseline"] = "05.10"
+    plans = fetch.plan(_found(file_server, [item]), tmp_path / "out")
+    assert [t.dest.name for t in plans[0].files] == ["analytic.tif"]
+    n = len(file_server.requests)
+    fetch.fetch(plans, retry=FAST)
+    got = [r for r in file_server.requests[n:] if "analytic.tif" in str(r)]
+    assert got and len(got) == len(file_server.requests[n:])  # that one file only, once per request kind
+    folder = tmp_path / "out" / "S2A_multi"
+    assert sorted(p.name for p in folder.iterdir()) == ["analytic.tif", "item.json"]
+    scene = read_scene(folder)
+    want = (dn.astype("float32") - 1000) * 1e-4
+    for i, b in enumerate(names):
+        np.testing.assert_allclose(scene.data.sel(band=b).values, want[i], atol=1e-6)
