@@ -521,21 +521,47 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
 
 
 def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
+    named = _described_bands(sensor, descriptions)
     if bands:
         if len(bands) != count:
             raise BandError(f"{path.name} has {count} bands but --bands names {len(bands)}")
-        return sensor.select(bands)
-    if all(descriptions):
-        try:
-            return sensor.select([d for d in descriptions if d])
-        except BandError:
-            pass
+        chosen = sensor.select(bands)
+        if named is not None and all(n is not None for n in named) and [b.name for b in chosen] != [n.name for n in named]:
+            warnings.warn(f"{path.name}: --bands {','.join(bands)} overrides the file's band descriptions "
+                          f"({','.join(n.name for n in named)})", stacklevel=3)
+        return chosen
+    if named is not None:
+        unknown = [d or f"(layer {i + 1} undescribed)" for i, (d, n) in enumerate(zip(descriptions, named)) if n is None]
+        names = [n.name for n in named if n is not None]
+        twice = sorted({b for b in names if names.count(b) > 1})
+        if not unknown and not twice:
+            return [n for n in named if n is not None]
+        if count == len(sensor.bands) and not twice and all(n is None or n is b for n, b in zip(named, sensor.bands)):
+            return list(sensor.bands)  # what they do name agrees with the registry's order
+        # some descriptions name bands, so the others are not a stray label: taking the registry
+        # order instead would silently put layers under the wrong band
+        why = f"{', '.join(repr(u) for u in unknown[:3])} not a band of {sensor.id}" if unknown else \
+            f"{', '.join(twice)} described twice"
+        raise BandError(f"{path.name}: the band descriptions do not name each layer once ({why}); "
+                        f"say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:count])})")
     if count == len(sensor.bands):
         return list(sensor.bands)
     raise BandError(
         f"{path.name} has {count} bands, {sensor.id} has {len(sensor.bands)}, and the file's band descriptions "
-        f"do not name them; say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:4])})"
+        f"do not name them; say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:count])})"
     )
+
+
+def _described_bands(sensor: Sensor, descriptions: Sequence[str | None]) -> list[Band | None] | None:
+    """Per layer the band its description names (None where it names none); None when no
+    description names a band at all (no descriptions, or labels such as "Band 1")."""
+    found: list[Band | None] = []
+    for d in descriptions:
+        try:
+            found.append(sensor.band(d.strip()) if d and d.strip() else None)
+        except BandError:
+            found.append(None)
+    return found if any(b is not None for b in found) else None
 
 
 #: Metres per degree of latitude (and of longitude at the equator), for pixel sizes given in metres

@@ -82,6 +82,34 @@ def test_band_count_mismatch_is_a_clear_error(tmp_path):
         read_scene(path, "sentinel2", bands=["red", "nir"])
 
 
+@pytest.mark.parametrize("descriptions, match", [
+    (["blue", "blue", "red", "nir"], "B02 described twice"),
+    (["blue", "green", "red", "nir", "udm"], "'udm' not a band of sentinel2"),
+    (["red", "green", "blue", None], "layer 4 undescribed"),
+])
+def test_descriptions_naming_some_layers_wrongly_are_an_error_not_registry_order(tmp_path, descriptions, match):
+    """Some descriptions name bands, so the file says what it holds: a duplicate or a stray layer
+    must not fall back to the registry's order, which would put layers under the wrong band."""
+    path = write_raster(tmp_path / "x.tif", random_reflectance(len(descriptions), 16, 16), descriptions=descriptions)
+    with pytest.raises(BandError, match=match):
+        read_scene(path, "sentinel2")
+
+
+def test_descriptions_that_agree_with_the_registry_order_still_read(tmp_path):
+    """13 layers, one description a label that names no band but every named one in its registry
+    place (e.g. "B10 cirrus"): the registry order, as before."""
+    names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10 cirrus", "B11", "B12"]
+    path = write_raster(tmp_path / "x.tif", random_reflectance(13, 16, 16), descriptions=names)
+    assert list(read_scene(path, "sentinel2").data.band.values)[10] == "B10"
+
+
+def test_bands_option_contradicting_the_descriptions_warns(tmp_path):
+    path = write_raster(tmp_path / "x.tif", random_reflectance(4, 16, 16), descriptions=["nir", "red", "green", "blue"])
+    with pytest.warns(UserWarning, match="overrides the file's band descriptions"):
+        scene = read_scene(path, "sentinel2", bands=["blue", "green", "red", "nir"])
+    assert list(scene.data.band.values) == ["B02", "B03", "B04", "B08"]
+
+
 def _band_folder(tmp_path, bands: tuple[tuple[str, int], ...]):
     """A Sentinel-2 style folder of single-band uint16 files, 1200 m square, each at its own resolution."""
     folder = tmp_path / "T32TMT_20240101T103021"
