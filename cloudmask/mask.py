@@ -539,7 +539,9 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
     unique: dict[str, tuple[str, Path | None]] = {}
     for source, root in pairs:
         unique.setdefault(source if _is_url(source) else str(Path(source).resolve()), (source, root))
-    return list(unique.values())
+    # an item and the raster it reads, both named (e.g. `sims/*`): one scene, masked through the item
+    kept = set(_items_over_their_files([s for s, _ in unique.values() if not _is_url(s)]))
+    return [(s, r) for s, r in unique.values() if _is_url(s) or s in kept]
 
 
 def _scene_holding(path: Path, base: Path | None, band_names: set[str], folders: dict[Path, bool]) -> Path:

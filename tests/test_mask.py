@@ -777,6 +777,15 @@ def test_a_simulate_folder_is_one_scene_per_item_without_its_labels(tmp_path, pr
     assert "S2A_labels.tif" in [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims")])]
 
 
+def test_an_item_and_its_image_named_together_are_one_scene(tmp_path):
+    """`mask sims/*` or both files on the command line: the item only, not a second mask of its image."""
+    written = _simulated(tmp_path / "sims")
+    found = [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims" / "*")])]
+    assert sorted(found) == sorted(Path(w["json"]).name for w in written)
+    w = written[0]
+    assert [Path(s).name for s, _ in expand_inputs([w["image"], w["json"]])] == [Path(w["json"]).name]
+
+
 def test_a_simulated_item_masks_as_its_image(tmp_path, predictor):
     (w,) = _simulated(tmp_path / "sims", n=1)
     a = mask_scene(w["json"], tmp_path / "a_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
