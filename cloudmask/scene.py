@@ -546,6 +546,11 @@ def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions
                         f"say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:count])})")
     if count == len(sensor.bands):
         return list(sensor.bands)
+    if count == 1:  # one band of a scene whose files are not named by band: --bands cannot help
+        raise BandError(
+            f"{path.name} holds a single band; a scene stored one band per file is a folder whose file "
+            f"names end in the band names (e.g. scene_{sensor.band_names[0]}.tif), read as one scene"
+        )
     raise BandError(
         f"{path.name} has {count} bands, {sensor.id} has {len(sensor.bands)}, and the file's band descriptions "
         f"do not name them; say which they are with --bands (e.g. --bands {','.join(sensor.band_names[:count])})"

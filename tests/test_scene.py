@@ -95,6 +95,12 @@ def test_descriptions_naming_some_layers_wrongly_are_an_error_not_registry_order
         read_scene(path, "sentinel2")
 
 
+def test_a_single_band_file_says_how_band_files_make_a_scene(tmp_path):
+    path = write_raster(tmp_path / "band1.tif", random_reflectance(1, 16, 16))
+    with pytest.raises(BandError, match="single band; a scene stored one band per file"):
+        read_scene(path, "sentinel2")
+
+
 def test_descriptions_that_agree_with_the_registry_order_still_read(tmp_path):
     """13 layers, one description a label that names no band but every named one in its registry
     place (e.g. "B10 cirrus"): the registry order, as before."""
