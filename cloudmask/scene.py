@@ -506,26 +506,38 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
                             "its CLOUDMASK_SENSOR tag")
     _check_valid_product(sensor, product)
     product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), path.name)
+    skip = {i for i, b in enumerate(bands or []) if b.strip() in SKIP_LAYER}
     chosen = _name_file_bands(path, sensor, bands, count, descriptions)
+    keep = [i for i in range(count) if i not in skip]  # 0-based layers read, in file order
+    dtypes, nodatas = [dtypes[i] for i in keep], [nodatas[i] for i in keep]
     if resolution:
         grid = _grid_at_resolution(src, resolution)
         crs, transform = grid[0], grid[1]
-        warped = [_lazy_band(str(path), i, chunks, grid, Resampling.average)[0] for i in range(1, count + 1)]
+        warped = [_lazy_band(str(path), i + 1, chunks, grid, Resampling.average)[0] for i in keep]
         layers, coords, files = [w.data for w in warped], _grid_coords(warped[0]), None
     else:
         whole = _open_lazy(str(path), chunks)  # one band per chunk
-        layers, coords = whole.data, _grid_coords(whole)
-        files = [(str(path), i) for i in range(1, count + 1)]
+        layers, coords = (whole.data if not skip else whole.data[keep]), _grid_coords(whole)
+        files = [(str(path), i + 1) for i in keep]
     return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform, files=files,
                      coords=coords)
+
+
+#: In ``--bands`` for a multi-band file, a layer to leave out (e.g. a UDM or alpha layer).
+SKIP_LAYER = ("-", "_")
 
 
 def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
     named = _described_bands(sensor, descriptions)
     if bands:
         if len(bands) != count:
-            raise BandError(f"{path.name} has {count} bands but --bands names {len(bands)}")
-        chosen = sensor.select(bands)
+            raise BandError(f"{path.name} has {count} bands but --bands names {len(bands)}"
+                            f" (name each layer, '-' for one to leave out)")
+        chosen = sensor.select([b for b in bands if b.strip() not in SKIP_LAYER])
+        if not chosen:
+            raise BandError(f"{path.name}: --bands leaves out every layer")
+        if any(b.strip() in SKIP_LAYER for b in bands):
+            return chosen
         if named is not None and all(n is not None for n in named) and [b.name for b in chosen] != [n.name for n in named]:
             warnings.warn(f"{path.name}: --bands {','.join(bands)} overrides the file's band descriptions "
                           f"({','.join(n.name for n in named)})", stacklevel=3)

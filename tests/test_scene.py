@@ -109,6 +109,22 @@ def test_descriptions_that_agree_with_the_registry_order_still_read(tmp_path):
     assert list(read_scene(path, "sentinel2").data.band.values)[10] == "B10"
 
 
+@pytest.mark.parametrize("resolution", [None, 40])
+def test_bands_option_leaves_out_layers_marked_dash(tmp_path, resolution):
+    """A 5-layer file whose 4th layer is a UDM: '-' leaves it out, the others read as named."""
+    arr = random_reflectance(5, 16, 16)
+    path = write_raster(tmp_path / "x.tif", arr, transform=grid_transform(20.0))
+    scene = read_scene(path, "sentinel2", bands=["blue", "green", "red", "-", "nir"], resolution=resolution)
+    assert list(scene.data.band.values) == ["B02", "B03", "B04", "B08"]
+    if resolution is None:
+        np.testing.assert_allclose(scene.data.values, arr[[0, 1, 2, 4]])
+    else:
+        assert scene.shape == (8, 8)
+        np.testing.assert_allclose(scene.data.sel(band="B08").values, arr[4].reshape(8, 2, 8, 2).mean(axis=(1, 3)), rtol=1e-5)
+    with pytest.raises(BandError, match="'-' for one to leave out"):
+        read_scene(path, "sentinel2", bands=["blue", "green", "red", "nir"])
+
+
 def test_bands_option_contradicting_the_descriptions_warns(tmp_path):
     path = write_raster(tmp_path / "x.tif", random_reflectance(4, 16, 16), descriptions=["nir", "red", "green", "blue"])
     with pytest.warns(UserWarning, match="overrides the file's band descriptions"):

@@ -133,7 +133,7 @@ def mask_cmd(
         str | None, typer.Option("--sensor", "-s", metavar="SENSOR", help="Sensor id; optional when the input names it (STAC, file name).")
     ] = None,
     bands: Annotated[
-        str | None, typer.Option("--bands", metavar="NAMES", help="Comma-separated band names of the file's layers, in order.")
+        str | None, typer.Option("--bands", metavar="NAMES", help="Comma-separated band names of the file's layers, in order; '-' leaves a layer out (e.g. a UDM).")
     ] = None,
     product: Annotated[str | None, typer.Option("--product", metavar="PRODUCT", help="Product level (e.g. l1c, l2a) for DN scaling.")] = None,
     resolution: Annotated[
