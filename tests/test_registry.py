@@ -373,15 +373,21 @@ def test_good_user_file_parses_with_defaults(tmp_path: Path) -> None:
     ],
 )
 def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, field: str, message: str) -> None:
+    msg = _load_error(tmp_path, "broken.yaml", old, new)
+    assert msg.startswith("broken.yaml: "), msg
+    assert field in msg and message in msg, msg
+
+
+def _load_error(tmp_path: Path, name: str, old: str, new: str) -> str:
+    """The one-line error of loading GOOD with ``old`` replaced by ``new``."""
     text = GOOD.format(id="mysat")
     assert old in text
-    path = _write(tmp_path, "broken.yaml", text.replace(old, new, 1))
+    path = _write(tmp_path, name, text.replace(old, new, 1))
     with pytest.raises(RegistryError) as err:
         load_sensor_file(path)
     msg = str(err.value)
-    assert msg.startswith("broken.yaml: "), msg
-    assert field in msg and message in msg, msg
     assert "\n" not in msg
+    return msg
 
 
 @pytest.mark.parametrize(
@@ -413,14 +419,8 @@ def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, f
     ],
 )
 def test_unknown_keys_are_refused_with_a_suggestion(tmp_path: Path, old: str, new: str, expected: str) -> None:
-    text = GOOD.format(id="mysat")
-    assert old in text
-    path = _write(tmp_path, "dove4.yaml", text.replace(old, new, 1))
-    with pytest.raises(RegistryError) as err:
-        load_sensor_file(path)
-    msg = str(err.value)
+    msg = _load_error(tmp_path, "dove4.yaml", old, new)
     assert msg.startswith("dove4.yaml: " + expected), msg
-    assert "\n" not in msg
 
 
 @pytest.mark.parametrize(
