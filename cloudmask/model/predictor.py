@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloudmask.errors import BandError, ModelError, UsageError, first_line
+from cloudmask.errors import BandError, ModelError, UsageError
 from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm, stored_to_physical
 
 #: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
