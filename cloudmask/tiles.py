@@ -236,7 +236,10 @@ def _predict_block(
     x = block if stored is not None else block.astype("float32", copy=False)
     inside = x[:, in_y0:in_y1, in_x0:in_x1]
     # one pass each: a NaN/inf makes the sum non-finite; stored values are checked against nodata
-    valid[in_y0:in_y1, in_x0:in_x1] = _stored_valid(inside, stored[2]) if stored is not None else np.isfinite(inside.sum(axis=0))
+    if stored is not None and _stored_all_valid(inside, stored[2]):
+        valid[in_y0:in_y1, in_x0:in_x1] = True  # the usual window: one scalar reduction, no per-pixel map
+    else:
+        valid[in_y0:in_y1, in_x0:in_x1] = _stored_valid(inside, stored[2]) if stored is not None else np.isfinite(inside.sum(axis=0))
     all_finite = bool(valid[in_y0:in_y1, in_x0:in_x1].all())  # then the model need not check again
     if not all_finite and stored is None:
         finite = np.isfinite(inside)
@@ -309,6 +312,17 @@ def _predict_block(
                 if not single:
                     dst += p3
     return acc
+
+
+def _stored_all_valid(x: np.ndarray, nodata: np.ndarray) -> bool:
+    """Whether no pixel of the stored (band, h, w) ``x`` holds a nodata value, answered at once for
+    the usual unsigned data with nodata 0 (a scalar minimum: ~2x cheaper than the per-pixel map);
+    False (ask :func:`_stored_valid`) otherwise."""
+    if x.size == 0 or np.isnan(nodata).all():
+        return True  # nothing to check, or no band has a nodata value
+    if x.dtype.kind == "u" and np.all(nodata == 0):
+        return bool(x.min() > 0)
+    return False
 
 
 def _stored_valid(x: np.ndarray, nodata: np.ndarray) -> np.ndarray:

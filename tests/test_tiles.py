@@ -473,3 +473,23 @@ def test_streaming_a_first_block_row_exactly_depth_tall(s2_desc):
 
     stream_mask(graph, LocalRunner(1), lambda y0, rows: None, put_p)
     np.testing.assert_allclose(got, np.rint(want * 100), atol=1)
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", [0, 0, 0]), ("uint16", [0, np.nan, 0]), ("int16", [0, 0, 0]),
+                                           ("uint16", [np.nan] * 3), ("uint8", [5, 5, 5])])
+@pytest.mark.parametrize("hole", [False, True])
+def test_stored_all_valid_agrees_with_the_per_pixel_map(dtype, nodata, hole):
+    """The quick answer never says "all valid" wrongly, and answers the usual case (unsigned, nodata
+    0) exactly."""
+    from cloudmask.tiles import _stored_all_valid, _stored_valid
+
+    nd = np.array(nodata, "float32")
+    x = np.random.default_rng(0).integers(10, 200, size=(3, 9, 11)).astype(dtype)
+    if hole and not np.isnan(nd[0]):
+        x[0, 4, 5] = nd[0]  # one nodata pixel
+    full = bool(_stored_valid(x, nd).all())
+    quick = _stored_all_valid(x, nd)
+    assert full == (not hole or bool(np.isnan(nd[0])))
+    assert not quick or full
+    if dtype == "uint16" and nodata == [0, 0, 0]:
+        assert quick == full
