@@ -350,11 +350,8 @@ def _index(folder: Path, images: bool = False) -> dict[str, Path]:
                 paths = wanted
             else:  # several of the wanted kind, or none of it and several of the other
                 clash = wanted or paths
-                raise AmbiguousSceneError(
-                    f"{folder}: {_names(clash)} all look like scene {key!r}; keep one per scene"
-                    if len(clash) > 2 else
-                    f"{folder}: {_names(clash)} both look like scene {key!r}; keep one per scene"
-                )
+                raise AmbiguousSceneError(f"{folder}: {_names(clash)} {'both' if len(clash) == 2 else 'all'} "
+                                          f"look like scene {key!r}; keep one per scene")
         out[key] = paths[0]
     return out
 

@@ -413,7 +413,7 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
                 continue
             if f.suffix.lower() in _RASTERS or _is_stac_item_file(f) or _is_scene_archive(f):
                 found.append(str(f))
-    return _items_over_their_files(found)
+    return found
 
 
 #: How ``cloudmask simulate`` names a scene's files (cloudmask.simulate.io.write_scene).

@@ -533,14 +533,14 @@ def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions
         if len(bands) != count:
             raise BandError(f"{path.name} has {count} bands but --bands names {len(bands)}"
                             f" (name each layer, '-' for one to leave out)")
-        chosen = sensor.select([b for b in bands if b.strip() not in SKIP_LAYER])
+        kept = [i for i, b in enumerate(bands) if b.strip() not in SKIP_LAYER]
+        chosen = sensor.select([bands[i] for i in kept])
         if not chosen:
             raise BandError(f"{path.name}: --bands leaves out every layer")
-        if any(b.strip() in SKIP_LAYER for b in bands):
-            return chosen
-        if named is not None and all(n is not None for n in named) and [b.name for b in chosen] != [n.name for n in named]:
+        described = [named[i] for i in kept] if named is not None else []
+        if described and all(described) and chosen != described:
             warnings.warn(f"{path.name}: --bands {','.join(bands)} overrides the file's band descriptions "
-                          f"({','.join(n.name for n in named)})", stacklevel=3)
+                          f"({','.join(n.name for n in described if n)})", stacklevel=3)
         return chosen
     if named is not None:
         unknown = [d or f"(layer {i + 1} undescribed)" for i, (d, n) in enumerate(zip(descriptions, named)) if n is None]

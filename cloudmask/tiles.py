@@ -253,7 +253,6 @@ def _predict_block(
     # Feather weights are zero in each window's ``context`` margins: only the inner part (core +
     # feather) carries weight. A model that can skip outputs (``region``) is asked for that part
     # alone, so its full-resolution work shrinks by ~45 % of the window's area.
-    weights: dict[tuple[int, int], np.ndarray] = {}
     # windows grouped by (cut window box, output box) relative to the window origin, so that a
     # batch stacks windows of one shape
     groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
@@ -261,7 +260,7 @@ def _predict_block(
         for cx, x0 in zip(xs, np.cumsum((0, *xs[:-1]))):
             y0, x0 = int(y0), int(x0)
             wy, wx = cy + 2 * d, cx + 2 * d
-            w2 = weights[cy, cx] = _window_weights(cy, cx, c, plan.feather)
+            w2 = _window_weights(cy, cx, c, plan.feather)
             inner = valid[y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
             wch = acc[_W, y0 + c : y0 + wy - c, x0 + c : x0 + wx - c]
             if single:
@@ -286,7 +285,7 @@ def _predict_block(
     if stored is not None:
         hint["stored"] = stored
     for (cy, cx, ya, yb, xa, xb, oy0, oy1, ox0, ox1), todo in groups.items():
-        w2 = weights[cy, cx][oy0 - c : oy1 - c, ox0 - c : ox1 - c]
+        w2 = _window_weights(cy, cx, c, plan.feather)[oy0 - c : oy1 - c, ox0 - c : ox1 - c]
         for i in range(0, len(todo), batch_size):
             group = todo[i : i + batch_size]
             if len(group) == 1:  # a view, no copy (the model reads it row chunk by row chunk)
