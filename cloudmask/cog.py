@@ -297,10 +297,18 @@ def write_cog(
 
 
 def is_valid_cog(path: str | Path) -> bool:
-    """True when ``path`` opens and passes ``cog_validate`` (used to skip finished outputs)."""
+    """True when ``path`` opens, passes ``cog_validate`` and holds all its blocks (used to skip
+    finished outputs). Why the block map: cog_validate reads only the headers, so a file cut short
+    after them passed, and every rerun skipped its scene."""
     try:
         ok, _, _ = cog_validate(str(path), quiet=True)
-        return bool(ok)
+        if not ok:
+            return False
+        from cloudmask.scene import _block_data_end  # imported here: the scene stack is heavy
+
+        with rasterio.open(path) as ds:
+            end = _block_data_end(ds)
+        return end is None or end <= os.path.getsize(path)
     except Exception:  # noqa: BLE001 - any failure to open means "not a finished output"
         return False
 

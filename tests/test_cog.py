@@ -116,3 +116,15 @@ def test_invalid_files_are_not_taken_for_finished_outputs(tmp_path):
     assert not cog.is_valid_cog(tmp_path / "missing.tif")
     good = cog.write_cog(_classes(32, 32), tmp_path / "ok.tif", nodata=255)
     assert cog.is_valid_cog(good)
+
+
+def test_a_cog_cut_short_is_not_taken_for_a_finished_output(tmp_path):
+    """cog_validate reads only the headers: a mask truncated after them (a copy or disk cut short)
+    passed it, and reruns skipped the scene for good."""
+    good = cog.write_cog(_classes(600, 700), tmp_path / "ok.tif", nodata=255)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert cog.cog_validate(str(cut), quiet=True)[0]  # what the skip check relied on
+    assert not cog.is_valid_cog(cut)
+    assert cog.is_valid_cog(good)

@@ -249,3 +249,16 @@ def test_ctrl_c_mid_archive_exits_130_leaving_no_temporaries_and_with_json_says_
     assert doc["interrupted"] is True and doc["not_done"] == sources[1:]
     assert doc["summary"] == {**doc["summary"], "scenes": 1, "masked": 1, "failed": 0}
     assert [s["source"] for s in doc["scenes"]] == sources[:1] and doc["scenes"][0]["status"] == "masked"
+
+
+def test_a_rerun_redoes_a_mask_cut_short_instead_of_skipping_it(tmp_path):
+    src = _s2(tmp_path / "arc" / "S2A_MSIL2A_t.tif")
+    args = ["mask", str(tmp_path / "arc"), "-o", str(tmp_path / "out"), "--json", "--quiet", *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    dst = tmp_path / "out" / "S2A_MSIL2A_t_cloudmask.tif"
+    data = dst.read_bytes()
+    dst.write_bytes(data[: len(data) * 2 // 3])  # a copy or disk cut it short after its headers
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["scenes"][0]["status"] == "masked"
+    assert len(dst.read_bytes()) == len(data) and src.is_file()
