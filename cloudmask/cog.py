@@ -233,10 +233,14 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
         # closing fails here as a read error)
         _remove_with_gdal_temps(part)
         raise output_error(exc, dst, writing=True) from None
-    except Exception:
+    except BaseException:  # Ctrl-C too: the scene in progress leaves no temporaries
         _remove_with_gdal_temps(part)
         raise
-    ok, errors, _ = cog_validate(str(part), quiet=True)
+    try:
+        ok, errors, _ = cog_validate(str(part), quiet=True)
+    except BaseException:
+        remove_quietly(part)
+        raise
     if not ok:
         remove_quietly(part)
         raise OutputError(f"{dst}: written file is not a valid COG ({'; '.join(errors)})")

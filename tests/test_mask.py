@@ -287,6 +287,23 @@ def test_ctrl_c_right_after_the_first_temporary_leaves_none(tmp_path, predictor,
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize("step", ["_copy_to_cog", "cog_validate"])
+def test_ctrl_c_while_the_cog_is_made_leaves_no_temporary(tmp_path, predictor, monkeypatch, step):
+    """Ctrl-C inside cog.translate (GDAL's copy, or the validation of its result) left the COG
+    temporary behind, against "the scene in progress leaves no temporaries"."""
+    real = getattr(cog, step)
+
+    def interrupted(*args, **kw):
+        real(*args, **kw)  # the COG temporary now exists
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cog, step, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mask_scene(_s2(tmp_path / "S2A_k.tif"), tmp_path / "out" / "S2A_k_cloudmask.tif", predictor,
+                   MaskOptions(tiles=SMALL, probabilities=True))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_an_overwrite_killed_mid_commit_is_redone_not_taken_for_done(tmp_path, predictor, monkeypatch):
     """--overwrite replaces item and mask; if the run dies after the new item is in place but before
     the new mask, the old mask must not sit beside it looking finished."""
