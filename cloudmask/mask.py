@@ -201,8 +201,13 @@ class OutputPaths:
         return self.mask.with_name("." + self.mask.name + ".lock")
 
     def complete(self, probabilities: bool) -> bool:
-        """A finished earlier run: mask and item present, COGs valid (renames happen last-to-mask)."""
+        """A finished earlier run: mask and item present, COGs valid (renames happen last-to-mask),
+        the item readable JSON (one cut short by hand or a copy is redone, not skipped for good)."""
         if not (self.mask.is_file() and self.item.is_file() and cog.is_valid_cog(self.mask)):
+            return False
+        try:
+            json.loads(self.item.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return False
         return not probabilities or cog.is_valid_cog(self.proba)
 

@@ -340,6 +340,20 @@ def test_a_skipped_output_loses_a_killed_runs_leftovers(tmp_path, predictor):
     assert r.status == "skipped" and _files(dst.parent) == ["k_cloudmask.json", "k_cloudmask.tif"]
 
 
+def test_a_stac_item_cut_short_is_redone_not_skipped(tmp_path, predictor):
+    """The item is an output too: one that does not parse (cut short, emptied) is not a finished
+    scene, or every rerun skipped it and the catalogue kept a broken item."""
+    src = _s2(tmp_path / "S2A_i.tif")
+    dst = tmp_path / "out" / "i_cloudmask.tif"
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    item = OutputPaths(dst).item
+    text = item.read_text()
+    item.write_text(text[: len(text) // 2])
+    assert not OutputPaths(dst).complete(False)
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert r.status == "masked" and json.loads(item.read_text())["assets"]["mask"]["href"] == dst.name
+
+
 def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_e.tif")
     dst = tmp_path / "e_cloudmask.tif"
