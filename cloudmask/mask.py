@@ -586,10 +586,15 @@ def output_for(source: str, root: Path | None, out_dir: Path | None) -> Path:
         return src.resolve().parent / (stem + MASK_SUFFIX)
     rel_parent = Path(".")
     if root is not None:
-        try:
-            rel_parent = src.resolve().parent.relative_to(Path(root).resolve())
-        except ValueError:
-            rel_parent = Path(".")
+        # the tree as given first: a scene that is a link into another disk keeps its place (its
+        # resolved path lies outside the root); resolved second, for roots made of resolved paths
+        for parent, top in ((Path(os.path.abspath(src)).parent, Path(os.path.abspath(root))),
+                            (src.resolve().parent, Path(root).resolve())):
+            try:
+                rel_parent = parent.relative_to(top)
+                break
+            except ValueError:
+                continue
     return Path(out_dir) / rel_parent / (stem + MASK_SUFFIX)
 
 

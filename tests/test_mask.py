@@ -402,6 +402,21 @@ def test_a_safe_in_an_archive_is_one_scene_named_after_the_product(tmp_path, pre
         assert (m.width, m.height, m.transform.a) == (60, 60, 20.0)
 
 
+def test_symlinked_scenes_in_a_tree_keep_their_place_in_the_mirror(tmp_path, predictor):
+    """An archive of links into other disks: the mirror follows the tree as given, not where the
+    links point (resolving them put every mask flat in -o, and same-named scenes collided)."""
+    store = tmp_path / "store"
+    for month in ("06", "07"):
+        (tmp_path / "arc" / month).mkdir(parents=True)
+        (tmp_path / "arc" / month / "S2A_x.tif").symlink_to(_s2(store / month / "S2A_x.tif"))
+    out = tmp_path / "out"
+    results = mask_many([str(tmp_path / "arc")], out, MaskOptions(tiles=SMALL), predictor)
+    assert [r.status for r in results] == ["masked", "masked"], [r.message for r in results]
+    assert [r.output for r in results] == [str(out / m / "S2A_x_cloudmask.tif") for m in ("06", "07")]
+    globbed = expand_inputs([str(tmp_path / "arc" / "**" / "*.tif")])
+    assert output_for(*globbed[1], out) == out / "07" / "S2A_x_cloudmask.tif"
+
+
 def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor):
     a = _s2(tmp_path / "a" / "S2A_one.tif")
     b = _s2(tmp_path / "b" / "S2A_two.tif")
