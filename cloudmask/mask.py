@@ -582,8 +582,8 @@ def output_for(source: str, root: Path | None, out_dir: Path | None) -> Path:
     if _is_url(source):
         return (out_dir or Path.cwd()) / (stem + MASK_SUFFIX)
     src = Path(source)
-    if out_dir is None:
-        return src.resolve().parent / (stem + MASK_SUFFIX)
+    if out_dir is None:  # beside the path named: a link's target may lie on another (read-only) disk
+        return Path(os.path.abspath(src)).parent / (stem + MASK_SUFFIX)
     rel_parent = Path(".")
     if root is not None:
         # the tree as given first: a scene that is a link into another disk keeps its place (its

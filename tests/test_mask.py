@@ -417,6 +417,15 @@ def test_symlinked_scenes_in_a_tree_keep_their_place_in_the_mirror(tmp_path, pre
     assert output_for(*globbed[1], out) == out / "07" / "S2A_x_cloudmask.tif"
 
 
+def test_without_o_the_mask_of_a_symlinked_scene_goes_beside_the_link(tmp_path):
+    """"Beside the input" is beside the path named, not in the folder the link points into (often
+    another, read-only disk)."""
+    (tmp_path / "arc").mkdir()
+    link = tmp_path / "arc" / "S2A_x.tif"
+    link.symlink_to(_s2(tmp_path / "store" / "S2A_x.tif"))
+    assert output_for(str(link), None, None) == tmp_path / "arc" / "S2A_x_cloudmask.tif"
+
+
 def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor):
     a = _s2(tmp_path / "a" / "S2A_one.tif")
     b = _s2(tmp_path / "b" / "S2A_two.tif")
