@@ -397,7 +397,9 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
     found: list[str] = []
     if is_safe(root) or is_band_folder(root, band_names):
         return [str(root)]
-    for dirpath, dirnames, filenames in os.walk(root):
+    # linked folders are followed (archives spread over disks), each real folder once: no loops
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         d = Path(dirpath)
         dirnames.sort()
         keep = []
@@ -405,6 +407,10 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             sub = d / name
             if name.startswith("."):
                 continue
+            real = os.path.realpath(sub)
+            if real in seen:
+                continue
+            seen.add(real)
             if is_safe(sub) or is_band_folder(sub, band_names):
                 found.append(str(sub))
             else:

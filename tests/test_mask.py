@@ -417,6 +417,18 @@ def test_symlinked_scenes_in_a_tree_keep_their_place_in_the_mirror(tmp_path, pre
     assert output_for(*globbed[1], out) == out / "07" / "S2A_x_cloudmask.tif"
 
 
+def test_a_tree_walk_follows_symlinked_folders_once(tmp_path):
+    """A month folder linked in from another disk was passed over without a word (os.walk does not
+    follow links); a link back up the tree must not loop."""
+    a = _s2(tmp_path / "arc" / "2023" / "S2A_a.tif")
+    b = _s2(tmp_path / "disk2" / "2024" / "S2A_b.tif")
+    (tmp_path / "arc" / "2024").symlink_to(b.parent, target_is_directory=True)
+    (tmp_path / "arc" / "2023" / "up").symlink_to(tmp_path / "arc", target_is_directory=True)
+    pairs = expand_inputs([str(tmp_path / "arc")])
+    assert [p for p, _ in pairs] == [str(a), str(tmp_path / "arc" / "2024" / "S2A_b.tif")]
+    assert output_for(*pairs[1], tmp_path / "out") == tmp_path / "out" / "2024" / "S2A_b_cloudmask.tif"
+
+
 def test_without_o_the_mask_of_a_symlinked_scene_goes_beside_the_link(tmp_path):
     """"Beside the input" is beside the path named, not in the folder the link points into (often
     another, read-only disk)."""
