@@ -574,9 +574,10 @@ def _scene_holding(path: Path, base: Path | None, band_names: set[str], folders:
 
 
 def read_list_file(path: str) -> list[str]:
-    """Lines of a text file of inputs (blank lines and ``#`` comments ignored)."""
+    """Lines of a text file of inputs (blank lines and ``#`` comments ignored; a BOM, which Windows
+    editors write, too)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the list of inputs ({exc.strerror or exc})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

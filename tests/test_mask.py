@@ -417,6 +417,14 @@ def test_symlinked_scenes_in_a_tree_keep_their_place_in_the_mirror(tmp_path, pre
     assert output_for(*globbed[1], out) == out / "07" / "S2A_x_cloudmask.tif"
 
 
+def test_a_list_file_saved_with_a_byte_order_mark_reads_its_first_path(tmp_path):
+    """Windows editors start UTF-8 files with a BOM: it stuck to the first path ("no such file")."""
+    a = _s2(tmp_path / "a" / "S2A_one.tif")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{a}\r\n# done\r\n".encode())
+    assert mask_mod.read_list_file(str(listing)) == [str(a)]
+
+
 def test_a_tree_walk_follows_symlinked_folders_once(tmp_path):
     """A month folder linked in from another disk was passed over without a word (os.walk does not
     follow links); a link back up the tree must not loop."""
