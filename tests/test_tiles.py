@@ -290,6 +290,16 @@ def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
         np.testing.assert_array_equal(planned.window(*win), want[win])
     assert len(calls) == len(set(calls)) == 2 * 3 * 3  # every chunk decoded exactly once
     assert planned._cached_bytes == 0 and not planned._cache  # all dropped after their last use
+    # ... with a cache sized to the plan, not the 64 MB cap: at the 4th window 8 of the 9 chunks
+    # per band lie between their first and last read, plus the largest window's chunks (the
+    # middle one touches all 9 per band)
+    chunk = 32 * 40 * 4
+    assert planned.cache_bytes == (2 * 8 + 2 * 9) * chunk
+    capped = ChunkReader(arr)
+    capped.expect(windows, cache_mb=1)
+    assert capped.cache_bytes == planned.cache_bytes  # the plan needs less than the cap
+    capped.expect(windows, cache_mb=0)
+    assert capped.cache_bytes == 0
 
     calls.clear()
     tiny = ChunkReader(arr)
@@ -297,6 +307,66 @@ def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
     for win in windows:
         np.testing.assert_array_equal(tiny.window(*win), want[win])
     assert len(calls) > 2 * 3 * 3
+
+
+def test_chunk_reader_decodes_a_chunk_once_when_two_threads_want_it_at_once():
+    """Neighbouring windows run on two threads at once: the second waits for the first's decode
+    (and sees its error), instead of decoding the shared chunks again."""
+    import threading
+    import time
+
+    from cloudmask.tiles import ChunkReader
+
+    calls: list[tuple[int, ...]] = []
+    base = np.arange(2 * 64 * 80, dtype="float32").reshape(2, 64, 80)
+
+    def decode(block, block_info=None):
+        calls.append(tuple(block_info[0]["chunk-location"]))
+        time.sleep(0.05)  # both threads are inside the same chunks' decoding at once
+        return block + 0.0
+
+    arr = da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32")
+    windows = [(0, 64, 0, 48), (0, 64, 32, 80)]  # share the chunks of columns 32:40
+    reader = ChunkReader(arr)
+    reader.expect(windows, cache_mb=64)
+    got: dict[int, np.ndarray] = {}
+    start = threading.Barrier(2)
+
+    def read(k: int) -> None:
+        start.wait()
+        got[k] = reader.window(*windows[k])
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, (y0, y1, x0, x1) in enumerate(windows):
+        np.testing.assert_array_equal(got[k], base[:, y0:y1, x0:x1])
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 2 * 2 * 2  # each chunk once
+    assert not reader._pending
+
+    def broken(block, block_info=None):
+        time.sleep(0.05)
+        raise OSError("read failed")
+
+    bad = ChunkReader(da.from_array(base, chunks=(1, 32, 40)).map_blocks(broken, dtype="float32"))
+    errors: list[BaseException] = []
+
+    def read_bad(k: int) -> None:
+        start.wait()
+        try:
+            bad.window(*windows[k])
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_bad, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads) and len(errors) == 2  # nobody waits for ever
+    assert not bad._pending
 
 
 def test_chunk_reader_caches_stored_values_and_converts_what_it_copies():
