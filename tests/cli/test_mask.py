@@ -216,11 +216,23 @@ def test_warnings_are_one_line_each(tmp_path):
     NotGeoreferencedWarning for every file opened or written is not shown."""
     dn = np.round(random_reflectance(13, 64, 72, seed=3) * 10000 + 1000).astype("uint16")
     src = write_raster(tmp_path / "plain.tif", dn, crs=None)
-    res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel2", "-o", str(tmp_path / "out"), "--quiet", *FAST])
+    res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel2", "-o", str(tmp_path / "out"), "--json", *FAST])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines == ["warning: plain.tif is not georeferenced; the mask will not be either"]
     assert (tmp_path / "out" / "plain_cloudmask.tif").is_file()
+
+
+def test_quiet_mode_prints_no_warnings_only_errors(tmp_path):
+    """--quiet is for cron: a warning per scene (no sun in its metadata) would mail every night."""
+    src = _s2(tmp_path / "S2A_w.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--quiet", "--sun-from-metadata", *FAST])
+    assert res.exit_code == 0 and res.stdout == "" and res.stderr == "", res.stderr
+    res = runner.invoke(app, ["mask", str(src), str(tmp_path / "gone.tif"), "-o", str(tmp_path / "o2"), "--quiet",
+                              "--sun-from-metadata", *FAST])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()] == [
+        f"error: {tmp_path / 'gone.tif'}: no such file or directory", "error: 1 of 2 scenes failed"]
 
 
 @pytest.mark.parametrize("as_json", [True, False])
