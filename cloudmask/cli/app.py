@@ -22,6 +22,16 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def error_message(exc: BaseException) -> str:
+    """The one line an error is reported with (also the ``error`` of ``--json`` documents)."""
+    if isinstance(exc, CloudmaskError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
                   line: str | None = None, _default: Any = warnings.showwarning) -> None:
     """A warning as one yellow line on stderr (Python's own format, with its source line, under --debug)."""
@@ -56,8 +66,7 @@ class _ErrorMappingGroup(TyperGroup):
         except OSError as exc:  # disk full, permissions, broken pipes outside the library's own checks
             if _state["debug"]:
                 raise
-            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-            raise _fail(f"{where}{exc.strerror or exc}", 1) from None
+            raise _fail(error_message(exc), 1) from None
 
 
 app = typer.Typer(

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cloudmask.cli.app import app
+from cloudmask.cli.app import app, error_message
 from cloudmask.cli.common import Command, JsonOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 from cloudmask.options import TileOptions
@@ -85,6 +85,30 @@ class _Reporter:
                 p.console.print(f"[red]failed:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
 
 
+def _unfinished(reporter: _Reporter, items: list[str], **why: Any) -> dict[str, Any]:
+    """The ``--json`` document of a run that stopped early (interrupted, or an error of the run
+    itself): the scenes done so far, why it stopped, and the scenes not done, the next one first."""
+    from cloudmask.mask import summarise
+
+    done = reporter.results
+    return {"summary": summarise(done), "scenes": [r.to_dict() for r in done], **why,
+            "not_done": (reporter.sources if reporter.sources is not None else items)[len(done):]}
+
+
+class _MaskCommand(Command):
+    """With ``--json``, a command line that does not parse still prints a document on stdout."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            # click's usage errors (they have format_message; --help's Exit does not)
+            if "--json" in given[: given.index("--") if "--" in given else None] and hasattr(exc, "format_message"):
+                print_json(_unfinished(_Reporter(enabled=False), [], error=exc.format_message()))
+            raise
+
+
 def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     table = Table(title="cloudmask mask", show_lines=False)
     for col in ("scene", "status", "cloud %", "Mpx", "s", "output / message"):
@@ -107,7 +131,7 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     return table
 
 
-@app.command("mask", cls=Command, short_help="Mask clouds and cloud shadow; one COG per scene.")
+@app.command("mask", cls=_MaskCommand, short_help="Mask clouds and cloud shadow; one COG per scene.")
 def mask_cmd(
     inputs: Annotated[
         list[str] | None,
@@ -219,26 +243,31 @@ def mask_cmd(
         warnings.simplefilter("ignore")
     use_sensors_dirs(sensors_dir)
     items = list(inputs or []) + list(stac_item or [])
-    if from_file is not None:
-        items += read_list_file(str(from_file))
-    if not items:
-        raise UsageError("give at least one input scene (path, folder, glob, URL, @list.txt or --from-file)")
-    options = MaskOptions(
-        sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
-        tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
-        scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
-        shadow_matching=shadow_matching, shadow_boost=shadow_boost, shadow_darkness=shadow_darkness, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_metadata=sun_from_metadata, overwrite=overwrite, weights=str(weights) if weights else None,
-        device=device,
-    )
-    with _Reporter(enabled=not (quiet or as_json)) as reporter:
-        try:
+    reporter = _Reporter(enabled=not (quiet or as_json))
+    try:
+        if from_file is not None:
+            items += read_list_file(str(from_file))
+        if not items:
+            raise UsageError("give at least one input scene (path, folder, glob, URL, @list.txt or --from-file)")
+        options = MaskOptions(
+            sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
+            tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),
+            scheduler=scheduler, probabilities=probabilities, threshold=threshold, dilate=dilate, binary=binary,
+            shadow_matching=shadow_matching, shadow_boost=shadow_boost, shadow_darkness=shadow_darkness, sun_azimuth=sun_azimuth, sun_elevation=sun_elevation, sun_from_metadata=sun_from_metadata, overwrite=overwrite, weights=str(weights) if weights else None,
+            device=device,
+        )
+        with reporter:
             results = mask_many(items, output, options, on_event=reporter)
-        except KeyboardInterrupt:
-            if as_json:  # a machine reading stdout still gets a document: what was done, what was not
-                done = reporter.results
-                print_json({"summary": summarise(done), "scenes": [r.to_dict() for r in done], "interrupted": True,
-                            "not_done": (reporter.sources if reporter.sources is not None else items)[len(done):]})
-            raise  # "interrupted", exit 130 (cloudmask.cli.app)
+    except KeyboardInterrupt:
+        if as_json:  # a machine reading stdout still gets a document: what was done, what was not
+            print_json(_unfinished(reporter, items, interrupted=True))
+        raise  # "interrupted", exit 130 (cloudmask.cli.app)
+    except Exception as exc:
+        # an error of the run itself (-o, the model, the inputs, an option): with --json it is in
+        # the document too, for a cron job that reads only stdout; the exit code is the usual one
+        if as_json and not isinstance(exc, BrokenPipeError):
+            print_json(_unfinished(reporter, items, error=error_message(exc)))
+        raise
     summary = summarise(results)
     failed = [r for r in results if r.status == "failed"]
     if as_json:

@@ -274,3 +274,51 @@ def test_a_rerun_redoes_a_mask_cut_short_instead_of_skipping_it(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["scenes"][0]["status"] == "masked"
     assert len(dst.read_bytes()) == len(data) and src.is_file()
+
+
+@pytest.mark.parametrize("case, code, says", [
+    ("unwritable -o", 1, "cannot write output"), ("glob matches nothing", 2, "no file matches"),
+    ("empty folder", 2, "no scenes found"), ("model fails to load", 1, "bad.safetensors"),
+    ("bad option value", 2, "--threshold"), ("option out of click's range", 2, "--dilate"),
+    ("unknown option", 2, "--bogus"), ("no input", 2, "give at least one input"),
+    ("unreadable list file", 2, "cannot read the list of inputs"),
+])
+def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, says):
+    """A cron job parsing stdout gets a document, with the error, whatever stopped the run."""
+    src = _s2(tmp_path / "S2A_j.tif")
+    (tmp_path / "blocker").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    args = {
+        "unwritable -o": [str(src), "-o", str(tmp_path / "blocker" / "sub")],
+        "glob matches nothing": [str(tmp_path / "nothing" / "*.tif")],
+        "empty folder": [str(tmp_path / "empty")],
+        "model fails to load": [str(src), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "bad.safetensors")],
+        "bad option value": [str(src), "--threshold", "3"],
+        "option out of click's range": [str(src), "--dilate", "-1"],
+        "unknown option": [str(src), "--bogus"],
+        "no input": [],
+        "unreadable list file": ["--from-file", str(tmp_path / "gone.txt")],
+    }[case]
+    res = runner.invoke(app, ["mask", *args, "--json", *FAST])
+    assert res.exit_code == code, res.output
+    doc = json.loads(res.stdout)
+    assert says in doc["error"] and says in res.stderr
+    assert doc["scenes"] == [] and doc["summary"]["scenes"] == 0 and "not_done" in doc
+
+
+def test_json_error_after_some_scenes_keeps_them_in_the_document(tmp_path, monkeypatch):
+    """The model is loaded at the first scene that needs it: scenes skipped before still count."""
+    a, b = _s2(tmp_path / "in" / "S2A_a.tif"), _s2(tmp_path / "in" / "S2A_b.tif", seed=2)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["mask", str(a), "-o", str(out), "-q", *FAST]).exit_code == 0
+
+    def broken(path=None):
+        raise mask_mod.ModelError("weights.safetensors: cannot load the model")
+
+    monkeypatch.setattr(mask_mod, "load_predictor", broken)
+    res = runner.invoke(app, ["mask", str(a), str(b), "-o", str(out), "--json", *FAST])
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert "cannot load the model" in doc["error"] and doc["not_done"] == [str(b)]
+    assert [s["status"] for s in doc["scenes"]] == ["skipped"] and doc["summary"]["skipped"] == 1
