@@ -751,6 +751,15 @@ def mask_scene(
     if not options.overwrite and paths.complete(options.probabilities):
         _tidy(paths)  # a killed --overwrite run may have left temporaries beside a finished output
         return MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
+    # the scene is opened (lazily) before its output folder is made: one that cannot be read (a
+    # missing path, a corrupt file) leaves no empty folder in the mirror of the tree
+    scene = read_scene(
+        source, sensor=options.sensor, bands=list(options.bands) if options.bands else None,
+        product=options.product, resolution=options.resolution, chunks=READ_CHUNK,
+    )
+    h, w = scene.shape
+    if h == 0 or w == 0:
+        raise SceneError(f"{source}: scene has no pixels")
     try:
         paths.mask.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -761,13 +770,6 @@ def mask_scene(
         for dst in (paths.mask, paths.proba, paths.item):
             for stale in cog.stale_temps(dst):
                 cog.remove_quietly(stale)
-        scene = read_scene(
-            source, sensor=options.sensor, bands=list(options.bands) if options.bands else None,
-            product=options.product, resolution=options.resolution, chunks=READ_CHUNK,
-        )
-        h, w = scene.shape
-        if h == 0 or w == 0:
-            raise SceneError(f"{source}: scene has no pixels")
         if predictor is None:
             predictor = load_predictor()
         if on_event:

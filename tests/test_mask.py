@@ -519,6 +519,19 @@ def test_missing_scene_is_a_scene_error(tmp_path, predictor):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_scene_that_cannot_be_read_leaves_no_output_folder(tmp_path, predictor):
+    """A missing input in a subfolder of the tree: its mirror folder under -o is not made for it."""
+    good = _s2(tmp_path / "arc" / "S2A_g.tif")
+    results = mask_many([str(good), str(tmp_path / "arc" / "99" / "S2A_gone.tif")], tmp_path / "out",
+                        MaskOptions(tiles=SMALL), predictor)
+    assert [r.status for r in results] == ["masked", "failed"] and "no such file" in results[1].message
+    assert _files(tmp_path / "out") == ["S2A_g_cloudmask.json", "S2A_g_cloudmask.tif"]
+    assert not (tmp_path / "out" / "99").exists()
+    with pytest.raises(SceneError):
+        mask_scene(tmp_path / "gone.tif", tmp_path / "o2" / "2024" / "gone_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    assert not (tmp_path / "o2").exists()
+
+
 def test_model_is_not_loaded_when_everything_is_done(tmp_path, predictor, monkeypatch):
     src = _s2(tmp_path / "S2A_h.tif")
     mask_many([str(src)], tmp_path / "o", MaskOptions(tiles=SMALL), predictor)
