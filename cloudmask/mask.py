@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import socket
 import time
 import warnings
@@ -239,11 +240,19 @@ def _tidy(paths: OutputPaths) -> None:
         pass
 
 
+#: The contents of the lock files this process holds now. Why: a lock naming our own pid is live
+#: only when we hold it; in a container with a fixed hostname where cloudmask runs as pid 1 every
+#: time, a killed run's lock names the next run's pid too.
+_HELD_LOCKS: set[str] = set()
+
+
 def _lock_file_stale(path: Path) -> bool:
-    """A lock file left by a process gone from this host (a missing file counts as stale; an
-    unreadable or half-written one only when older than a minute: its writer may be mid-write)."""
+    """A lock file left by a process gone from this host, or naming this process without being one
+    it holds (a missing file counts as stale; an unreadable or half-written one only when older
+    than a minute: its writer may be mid-write)."""
     try:
-        pid_s, host = path.read_text().split()[:2]
+        text = path.read_text()
+        pid_s, host = text.split()[:2]
         pid = int(pid_s)
     except FileNotFoundError:
         return True
@@ -252,7 +261,9 @@ def _lock_file_stale(path: Path) -> bool:
             return time.time() - path.stat().st_mtime > 60
         except OSError:
             return True
-    return host == socket.gethostname() and not _pid_alive(pid)
+    if host != socket.gethostname():
+        return False
+    return text not in _HELD_LOCKS if pid == os.getpid() else not _pid_alive(pid)
 
 
 class OutputLock:
@@ -268,23 +279,29 @@ class OutputLock:
         self.held = False
 
     def __enter__(self) -> OutputLock:
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale() and self._break_stale():
-                    continue
-                raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
-            except OSError as exc:
-                raise cog.output_error(exc, self.target) from None
-            try:
-                os.write(fd, me.encode())
-            finally:
-                os.close(fd)
-            self.held, self._me = True, me
-            return self
-        raise OutputError(f"{self.target}: cannot take the lock {self.path}")
+        # pid and host, then a token of this lock alone (older runs read the first two fields)
+        me = f"{os.getpid()} {socket.gethostname()} {secrets.token_hex(8)}\n"
+        _HELD_LOCKS.add(me)  # before the file names us: another thread here must not judge it stale
+        try:
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    if self._stale() and self._break_stale():
+                        continue
+                    raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
+                except OSError as exc:
+                    raise cog.output_error(exc, self.target) from None
+                try:
+                    os.write(fd, me.encode())
+                finally:
+                    os.close(fd)
+                self.held, self._me = True, me
+                return self
+            raise OutputError(f"{self.target}: cannot take the lock {self.path}")
+        except BaseException:
+            _HELD_LOCKS.discard(me)
+            raise
 
     def _owner(self) -> str:
         try:
@@ -327,6 +344,7 @@ class OutputLock:
                     self.path.unlink()
             except OSError:
                 pass
+            _HELD_LOCKS.discard(self._me)
             self.held = False
 
 

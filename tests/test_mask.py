@@ -357,10 +357,29 @@ def test_a_stac_item_cut_short_is_redone_not_skipped(tmp_path, predictor):
 def test_live_lock_blocks_a_second_writer(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_e.tif")
     dst = tmp_path / "e_cloudmask.tif"
-    OutputPaths(dst).lock.write_text(f"{os.getpid()} {os.uname().nodename}\n")
-    with pytest.raises(OutputError, match="another run"):
-        mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another run, alive
+    try:
+        OutputPaths(dst).lock.write_text(f"{other.pid} {os.uname().nodename}\n")
+        with pytest.raises(OutputError, match="another run"):
+            mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    finally:
+        other.kill()
+        other.wait()
     assert not dst.exists()
+
+
+def test_a_lock_naming_our_pid_that_we_do_not_hold_is_stale(tmp_path, predictor):
+    """In a container with a fixed hostname cloudmask may run as pid 1 every time: a killed run's
+    lock names the pid of the next run, which must not take it for its own live lock."""
+    src = _s2(tmp_path / "S2A_p.tif")
+    dst = tmp_path / "out" / "p_cloudmask.tif"
+    dst.parent.mkdir()
+    OutputPaths(dst).lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert r.status == "masked" and _files(dst.parent) == ["p_cloudmask.json", "p_cloudmask.tif"]
+    with mask_mod.OutputLock(OutputPaths(dst).lock, dst):  # one this process holds still blocks
+        with pytest.raises(OutputError, match="another run"):
+            mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, overwrite=True))
 
 
 def test_unwritable_output_is_reported_per_scene(tmp_path, predictor):
