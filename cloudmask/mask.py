@@ -230,7 +230,7 @@ def _tidy(paths: OutputPaths) -> None:
     """Remove a killed run's temporaries (and its stale lock) beside a finished output; skipped
     quietly when another run holds the lock or the folder is read-only."""
     temps = [t for dst in (paths.mask, paths.proba, paths.item) for t in cog.stale_temps(dst)]
-    if not temps and not paths.lock.exists():
+    if not temps and not paths.lock.exists() and not _locks_set_aside(paths.lock):
         return
     try:
         with OutputLock(paths.lock, paths.mask):
@@ -244,6 +244,12 @@ def _tidy(paths: OutputPaths) -> None:
 #: only when we hold it; in a container with a fixed hostname where cloudmask runs as pid 1 every
 #: time, a killed run's lock names the next run's pid too.
 _HELD_LOCKS: set[str] = set()
+
+
+def _locks_set_aside(lock: Path) -> list[Path]:
+    """Locks renamed aside by :meth:`OutputLock._break_stale` (``.lock.stale-PID``); a run killed
+    between the rename and the removal leaves one."""
+    return sorted(lock.parent.glob(glob.escape(lock.name) + ".stale-*")) if lock.parent.is_dir() else []
 
 
 def _lock_file_stale(path: Path) -> bool:
@@ -297,6 +303,11 @@ class OutputLock:
                 finally:
                     os.close(fd)
                 self.held, self._me = True, me
+                for aside in _locks_set_aside(self.path):
+                    # a killed takeover's leftover; removed once the lock it holds is stale, as its
+                    # taker would have done (one holding a live run's lock waits for that run's end)
+                    if _lock_file_stale(aside):
+                        cog.remove_quietly(aside)
                 return self
             raise OutputError(f"{self.target}: cannot take the lock {self.path}")
         except BaseException:

@@ -276,6 +276,34 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     assert lock.read_text() == "1 some-other-host\n"
 
 
+def test_a_lock_renamed_aside_by_a_killed_takeover_is_cleaned_by_the_next_run(tmp_path, predictor):
+    """A run killed between renaming a stale lock aside (``.lock.stale-PID``) and removing it left
+    that file for good; the next run for the output removes it, masking or skipping. One that holds
+    a live run's lock (its taker killed before putting it back) stays until that run is gone."""
+    src = _s2(tmp_path / "S2A_s.tif")
+    dst = tmp_path / "out" / "s_cloudmask.tif"
+    dst.parent.mkdir()
+    lock = OutputPaths(dst).lock
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = lock.with_name(f"{lock.name}.stale-{dead.pid}")
+    aside.write_text(f"{dead.pid} {socket.gethostname()}\n")  # the lock of a dead run it took over
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = lock.with_name(f"{lock.name}.stale-1")
+        kept.write_text(f"{alive.pid} {socket.gethostname()}\n")
+        r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+        assert r.status == "masked" and not aside.exists() and kept.exists()
+        aside.write_text(f"{dead.pid} {socket.gethostname()}\n")
+        r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+        assert r.status == "skipped" and not aside.exists() and kept.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert _files(dst.parent) == ["s_cloudmask.json", "s_cloudmask.tif"]
+
+
 def test_ctrl_c_right_after_the_first_temporary_leaves_none(tmp_path, predictor, monkeypatch):
     """Every temporary is made inside the block whose end removes them all."""
     def interrupted(self, scene=None):
