@@ -777,9 +777,10 @@ def mask_scene(
     t0 = time.perf_counter()
     source = str(source)
     paths = OutputPaths(Path(output))
+    skipped = MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
     if not options.overwrite and paths.complete(options.probabilities):
         _tidy(paths)  # a killed --overwrite run may have left temporaries beside a finished output
-        return MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
+        return skipped
     # the scene is opened (lazily) before its output folder is made: one that cannot be read (a
     # missing path, a corrupt file) leaves no empty folder in the mirror of the tree
     scene = read_scene(
@@ -799,6 +800,8 @@ def mask_scene(
         for dst in (paths.mask, paths.proba, paths.item):
             for stale in cog.stale_temps(dst):
                 cog.remove_quietly(stale)
+        if not options.overwrite and paths.complete(options.probabilities):
+            return skipped  # another run finished it between our first check and our lock
         if predictor is None:
             predictor = load_predictor()
         if on_event:

@@ -304,6 +304,26 @@ def test_a_lock_renamed_aside_by_a_killed_takeover_is_cleaned_by_the_next_run(tm
     assert _files(dst.parent) == ["s_cloudmask.json", "s_cloudmask.tif"]
 
 
+def test_a_scene_finished_by_another_run_while_we_waited_for_its_lock_is_skipped(tmp_path, predictor, monkeypatch):
+    """"Done" is checked again once the lock is ours: another run may have finished the scene
+    between our first check and our lock; redoing it doubled the work (and rewrote the files)."""
+    src = _s2(tmp_path / "S2A_r.tif")
+    dst = tmp_path / "out" / "r_cloudmask.tif"
+    real, other_run = mask_mod.OutputLock.__enter__, []
+
+    def enter(self):
+        if not other_run:  # after our "not done yet", before our lock: another run does the scene
+            other_run.append(None)
+            other_run[0] = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+        return real(self)
+
+    monkeypatch.setattr(mask_mod.OutputLock, "__enter__", enter)
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL))
+    assert other_run[0].status == "masked" and r.status == "skipped"
+    assert _files(dst.parent) == ["r_cloudmask.json", "r_cloudmask.tif"]
+    assert mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, overwrite=True)).status == "masked"
+
+
 def test_ctrl_c_right_after_the_first_temporary_leaves_none(tmp_path, predictor, monkeypatch):
     """Every temporary is made inside the block whose end removes them all."""
     def interrupted(self, scene=None):
