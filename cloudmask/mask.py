@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import rasterio
 from rasterio.errors import RasterioError
 
 from cloudmask import cog
@@ -796,7 +797,9 @@ def mask_scene(
         raise cog.output_error(exc, paths.mask.parent) from None
     if not os.access(paths.mask.parent, os.W_OK):
         raise OutputError(f"{paths.mask.parent}: output folder is not writable")
-    with OutputLock(paths.lock, paths.mask):
+    # rasterio.Env: GDAL's errors in this thread go to rasterio's logger (they also become the
+    # exceptions cloudmask reports in one line), not to stderr as "ERROR 1: …" beside that line
+    with OutputLock(paths.lock, paths.mask), rasterio.Env():
         for dst in (paths.mask, paths.proba, paths.item):
             for stale in cog.stale_temps(dst):
                 cog.remove_quietly(stale)

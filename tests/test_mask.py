@@ -238,6 +238,34 @@ def test_a_full_disk_is_named_as_such_whatever_gdal_says(tmp_path, predictor, mo
     assert _files(out) == []
 
 
+_WRITE_LIMITED = """
+import resource, signal, sys
+from cloudmask import mask as mask_mod
+from cloudmask.model import Predictor
+from cloudmask.tiles import TileOptions
+p = Predictor.random(seed=0, dilations=(1,))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+try:
+    mask_mod.mask_scene(sys.argv[1], sys.argv[2], p, mask_mod.MaskOptions(tiles=TileOptions(tile_size=256, threads=2)))
+except mask_mod.OutputError as exc:
+    print("cloudmask:", exc, file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_gdal_write_errors_are_not_printed_beside_cloudmasks_own(tmp_path):
+    """A write that fails (full disk; here a file size limit) is reported by cloudmask in one line;
+    GDAL's own "ERROR 1: TIFFAppendToStrip:Write error…" lines went to stderr beside it (GDAL's
+    default error handler: rasterio routes CPL errors to its logger only inside a rasterio.Env)."""
+    src = _s2(tmp_path / "S2A_w.tif", h=300, w=300)
+    res = subprocess.run([sys.executable, "-c", _WRITE_LIMITED, str(src), str(tmp_path / "out" / "w_cloudmask.tif")],
+                         capture_output=True, text=True, timeout=120)
+    assert f"cloudmask: {tmp_path / 'out' / 'w_cloudmask.tif'}: " in res.stderr, res.stderr
+    assert not [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR")], res.stderr
+    assert _files(tmp_path / "out") == []
+
+
 def test_killed_run_leftovers_are_cleaned_and_not_taken_for_output(tmp_path, predictor):
     src = _s2(tmp_path / "S2A_d.tif")
     dst = tmp_path / "out" / "d_cloudmask.tif"
