@@ -90,7 +90,9 @@ def output_error(exc: BaseException, path: Path | str, writing: bool = False) ->
     ``writing``: the failing step only writes (a read error there means a file cut short)."""
     if is_disk_full(exc, path, writing):
         return OutputError(f"{path}: disk full while writing (no space left on device)")
-    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+    # only an OSError's errno is the system's: GDAL's errors carry their own numbers in ``errno``
+    # (its generic error, 1, is EPERM's number: a "File too large" read as "not writable")
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
         return OutputError(f"{path}: output folder is not writable")
     return OutputError(f"{path}: cannot write output ({first_line(exc)})")
 

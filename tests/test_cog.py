@@ -128,3 +128,16 @@ def test_a_cog_cut_short_is_not_taken_for_a_finished_output(tmp_path):
     assert cog.cog_validate(str(cut), quiet=True)[0]  # what the skip check relied on
     assert not cog.is_valid_cog(cut)
     assert cog.is_valid_cog(good)
+
+
+def test_a_gdal_error_numbered_like_eperm_is_not_called_a_permission_problem(tmp_path):
+    """GDAL's generic error number is 1, EPERM's: a "File too large" from GDAL is named as it is."""
+    from rasterio._err import CPLE_AppDefinedError
+
+    from cloudmask.cog import output_error
+
+    gdal = CPLE_AppDefinedError(3, 1, "TIFFWriteEncodedTile: File too large")
+    assert str(output_error(gdal, tmp_path / "m.tif")) == f"{tmp_path / 'm.tif'}: cannot write output (TIFFWriteEncodedTile: File too large)"
+    system = PermissionError(1, "Operation not permitted")
+    assert "not writable" in str(output_error(system, tmp_path / "m.tif"))
+    assert "not writable" in str(output_error(OSError(30, "Read-only file system"), tmp_path / "m.tif"))
