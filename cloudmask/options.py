@@ -13,8 +13,8 @@ from dataclasses import dataclass
 class TileOptions:
     """How a scene is cut up. Defaults suit a CPU: ~1024 px cores (~1330 px windows with the
     bundled model's halo, whose context margins then cost ~1.7× the core instead of ~1.95× at 768 px),
-    one window per task, which keeps peak memory under ~1.5 GB with two threads (~1.3 GB at 8192²;
-    ``tile_size=768`` saves ~150 MB for ~5 % more time); raise ``batch_size`` on a GPU.
+    one window per task, which keeps peak memory under ~1.5 GB with two threads (~1.4 GB at 8192²;
+    ``tile_size=768`` saves ~200 MB for ~5 % more time); raise ``batch_size`` on a GPU.
 
     tile_size: target core edge of one model window in pixels; the scene is split into near-equal
         cores on the 8 px grid (:func:`cloudmask.tiles.even_split`), so actual cores are within ~±30 % of it.
