@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +26,7 @@ SensorsDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables (for cron).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only: no progress bars, tables or warnings (for cron).")]
 
 
 def use_sensors_dirs(dirs: list[Path] | None) -> None:
@@ -45,6 +46,15 @@ class Command(TyperCommand):
     Typer adds their Python types (``INPUT <list[str]>``) and braces required ones (``{PRED}...``),
     which tell a user nothing. (Parameters are told apart by ``param_type_name``: Typer may bring
     its own copy of click.)"""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        """With ``--quiet``, errors only: warnings are dropped for this command (a warning per scene
+        or per item would mail a cron job every night)."""
+        if not ctx.params.get("quiet"):
+            return super().invoke(ctx)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return super().invoke(ctx)
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app, error_message
-from cloudmask.cli.common import Command, JsonOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 from cloudmask.options import TileOptions
 
@@ -225,9 +224,7 @@ def mask_cmd(
     ] = None,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Errors only: no progress bars, table or warnings (for cron).")
-    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Mask clouds and cloud shadow; write one COG (+ STAC item) per scene.
 
@@ -239,8 +236,6 @@ def mask_cmd(
     # fetch need not pay
     from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
 
-    if quiet:  # errors only: a warning per scene would mail a cron job every night (filters end with the command)
-        warnings.simplefilter("ignore")
     use_sensors_dirs(sensors_dir)
     items = list(inputs or []) + list(stac_item or [])
     reporter = _Reporter(enabled=not (quiet or as_json))

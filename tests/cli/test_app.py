@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from cloudmask.cli.common import QuietOpt  # resolved by typer from this module (annotations are strings)
+
 
 def test_building_the_cli_leaves_the_mask_stack_unimported() -> None:
     """`cloudmask --help`, `sensors` and `fetch` start in a fraction of a second: building the
@@ -63,3 +65,48 @@ def test_help_names_arguments_as_a_user_types_them_not_by_python_type() -> None:
     assert "evaluate [OPTIONS] PRED..." in pages["evaluate"] and "\n  PRED...  Predicted" in pages["evaluate"]
     assert "sensors [OPTIONS] [SENSOR]" in pages["sensors"] and "\n  SENSOR  Show" in pages["sensors"]
     assert "train [OPTIONS] [KEY=VALUE]..." in pages["train"]
+
+
+def test_quiet_drops_warnings_for_the_command_alone() -> None:
+    """`--quiet` is for cron, errors only: a command's warnings are dropped, and Python's warning
+    filters are as before once it returns (a library caller's are not changed for good)."""
+    import warnings
+
+    import typer
+    from typer.testing import CliRunner
+
+    from cloudmask.cli.common import Command
+
+    toy = typer.Typer()
+
+    @toy.command(cls=Command)
+    def run(quiet: QuietOpt = False) -> None:
+        warnings.warn("no usable sun azimuth", UserWarning, stacklevel=1)
+        typer.echo("done")
+
+    @toy.command(cls=Command)
+    def other() -> None:  # a second command, so typer keeps the command names
+        pass
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        loud = CliRunner().invoke(toy, ["run"])
+        assert loud.exit_code == 0 and [str(w.message) for w in seen] == ["no usable sun azimuth"]
+        quiet = CliRunner().invoke(toy, ["run", "--quiet"])
+        assert quiet.exit_code == 0 and quiet.output == "done\n" and len(seen) == 1
+        assert warnings.filters == before
+
+
+def test_every_command_with_quiet_drops_warnings() -> None:
+    """Every command offering ``--quiet`` is a :class:`~cloudmask.cli.common.Command`, whose
+    ``invoke`` drops warnings under it."""
+    import typer.main
+
+    from cloudmask.cli import app
+    from cloudmask.cli.common import Command
+
+    group = typer.main.get_command(app)
+    with_quiet = [name for name, cmd in group.commands.items() if any(p.name == "quiet" for p in cmd.params)]
+    assert {"mask", "fetch", "evaluate", "simulate", "train", "sample"} <= set(with_quiet)
+    assert all(isinstance(group.commands[name], Command) for name in with_quiet)
