@@ -30,7 +30,7 @@ def train_cmd(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML training config (defaults apply for missing keys).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from last.pt in the run folder (same config).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from last.pt in the run folder (its saved config.yaml unless -c is given).")] = False,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -45,6 +45,10 @@ def train_cmd(
     extra = list(overrides or [])
     if out is not None:
         extra.append(f"out={out}")
+    if resume and config is None:  # the run's own config: resuming needs the folder, not the command again
+        run = out if out is not None else Path(load_config(None, extra)["out"])
+        if (run / "config.yaml").is_file():
+            config = run / "config.yaml"
     cfg = load_config(config, extra)
     show = not (quiet or as_json)
     progress = Progress(

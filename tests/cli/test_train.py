@@ -34,6 +34,9 @@ def test_train_writes_weights_and_resumes(tmp_path: Path) -> None:
     # a finished run resumed: nothing to do, and it says 3 steps, not 4
     res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--json", "train.steps=3", "train.val_every=10", *TINY])
     assert res.exit_code == 0 and json.loads(res.stdout)["steps"] == 3
+    # the run folder alone is enough: its saved config.yaml, not the defaults, unless -c is given
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--json", "train.steps=3"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["steps"] == 3, res.output
     # a resume that would be another run (architecture, seed, tile size): one line, exit 2
     for change in ("model.c4=16", "seed=9", "data.tile=64"):
         res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY, change])
