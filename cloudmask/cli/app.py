@@ -11,7 +11,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from cloudmask import __version__
-from cloudmask.cli.common import err_console
+from cloudmask.cli.common import err_console, error_message
 from cloudmask.errors import CloudmaskError
 
 _state = {"debug": False}
@@ -20,16 +20,6 @@ _state = {"debug": False}
 def _fail(message: str, code: int) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
-
-
-def error_message(exc: BaseException) -> str:
-    """The one line an error is reported with (also the ``error`` of ``--json`` documents)."""
-    if isinstance(exc, CloudmaskError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        return f"{where}{exc.strerror or exc}"
-    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,

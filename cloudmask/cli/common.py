@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from cloudmask.errors import CloudmaskError
+
 #: Human output goes to stdout; errors and progress bars to stderr so ``--json`` stays parseable.
 console = Console()
 err_console = Console(stderr=True)
@@ -41,20 +43,61 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def error_message(exc: BaseException) -> str:
+    """The one line an error is reported with (also the ``error`` of ``--json`` documents)."""
+    if isinstance(exc, CloudmaskError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _asks_json(args: list[str]) -> bool:
+    """``--json`` among the options (not after ``--``, where it would be an input's name)."""
+    return "--json" in args[: args.index("--") if "--" in args else None]
+
+
 class Command(TyperCommand):
     """A command whose help names its arguments as click does, ``INPUT...`` and ``[SENSOR]``. Why:
     Typer adds their Python types (``INPUT <list[str]>``) and braces required ones (``{PRED}...``),
     which tell a user nothing. (Parameters are told apart by ``param_type_name``: Typer may bring
     its own copy of click.)"""
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        """With ``--json``, a command line that does not parse still prints a document on stdout."""
+        given = list(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            if _asks_json(given) and hasattr(exc, "format_message"):  # click's usage errors, not --help's Exit
+                self.json_error(exc.format_message())
+            raise
+
     def invoke(self, ctx: typer.Context) -> Any:
         """With ``--quiet``, errors only: warnings are dropped for this command (a warning per scene
-        or per item would mail a cron job every night)."""
-        if not ctx.params.get("quiet"):
-            return super().invoke(ctx)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return super().invoke(ctx)
+        or per item would mail a cron job every night). With ``--json``, an error still leaves a
+        document on stdout (``{"error": ...}``), for a cron job that reads only stdout; the error
+        line and the exit code are the usual ones (:mod:`cloudmask.cli.app`)."""
+        try:
+            if not ctx.params.get("quiet"):
+                return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return super().invoke(ctx)
+        except BrokenPipeError:
+            raise
+        except (CloudmaskError, OSError) as exc:
+            if self.json_errors and _json_on(ctx):
+                self.json_error(error_message(exc))
+            raise
+
+    #: whether :meth:`invoke` prints the error document (``mask`` prints its own, with the scenes done)
+    json_errors = True
+
+    def json_error(self, message: str) -> None:
+        """The ``--json`` document of a command that failed as a whole."""
+        print_json({"error": message})
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -80,6 +123,11 @@ class Command(TyperCommand):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+
+def _json_on(ctx: typer.Context) -> bool:
+    """Whether the command was given ``--json`` (its parameter's name varies: ``as_json``, ``json_out``)."""
+    return any("--json" in getattr(p, "opts", ()) and ctx.params.get(p.name) for p in ctx.command.params)
 
 
 def _argument_name(param: Any) -> str:

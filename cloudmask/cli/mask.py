@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cloudmask.cli.app import app, error_message
-from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.app import app
+from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json, use_sensors_dirs
 from cloudmask.errors import UsageError
 from cloudmask.options import TileOptions
 
@@ -95,17 +95,12 @@ def _unfinished(reporter: _Reporter, items: list[str], **why: Any) -> dict[str, 
 
 
 class _MaskCommand(Command):
-    """With ``--json``, a command line that does not parse still prints a document on stdout."""
+    """``--json`` errors are mask's own document (what was done so far, what was not)."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        given = list(args)  # click's parser consumes the list
-        try:
-            return super().parse_args(ctx, args)
-        except Exception as exc:
-            # click's usage errors (they have format_message; --help's Exit does not)
-            if "--json" in given[: given.index("--") if "--" in given else None] and hasattr(exc, "format_message"):
-                print_json(_unfinished(_Reporter(enabled=False), [], error=exc.format_message()))
-            raise
+    json_errors = False  # mask_cmd prints its document for errors of the run itself
+
+    def json_error(self, message: str) -> None:
+        print_json(_unfinished(_Reporter(enabled=False), [], error=message))
 
 
 def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:

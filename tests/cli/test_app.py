@@ -110,3 +110,29 @@ def test_every_command_with_quiet_drops_warnings() -> None:
     with_quiet = [name for name, cmd in group.commands.items() if any(p.name == "quiet" for p in cmd.params)]
     assert {"mask", "fetch", "evaluate", "simulate", "train", "sample"} <= set(with_quiet)
     assert all(isinstance(group.commands[name], Command) for name in with_quiet)
+
+
+def test_json_errors_still_print_one_document(tmp_path) -> None:
+    """A cron job reading only stdout gets a document on any failure of a command with ``--json``
+    (an error of the request, of a file, of the command line); stderr and the exit code as usual."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cloudmask.cli.app import app
+
+    cases = [
+        (["fetch", "--bbox", "1,2,3", "--date", "2024-06-01", "--json"], 2, "expected four numbers"),
+        (["fetch", "--bbox", "1,2,3,4", "--workers", "many", "--json"], 2, "--workers"),
+        (["evaluate", str(tmp_path / "gone.tif"), "--truth", str(tmp_path / "t.tif"), "--json"], None, "gone.tif"),
+        (["sensors", "no-such-sensor", "--json"], 2, "no-such-sensor"),
+        (["mask", str(tmp_path / "gone.tif"), "--json", "--tile-size", "2"], 2, "tile-size"),
+    ]
+    for args, code, word in cases:
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code != 0 and (code is None or res.exit_code == code), (args, res.output)
+        doc = json.loads(res.stdout)  # exactly one document
+        assert word in doc["error"], (args, doc)
+        assert "error" in res.stderr.lower() and "Traceback" not in res.output
+    ok = CliRunner().invoke(app, ["sensors", "sentinel2", "--json"])
+    assert ok.exit_code == 0 and "error" not in json.loads(ok.stdout)
