@@ -697,8 +697,8 @@ class ChunkReader:
         if self._uses is None or now is None or key not in self._uses:
             return
         left = self._uses[key]
-        while left and left[0] <= now:
-            left.pop(0)
+        if now in left:  # only this window's use: an earlier window may still be reading (threads)
+            left.remove(now)
         if not left:
             del self._uses[key]
             self._sub.pop(key, None)

@@ -563,3 +563,27 @@ def test_stored_all_valid_agrees_with_the_per_pixel_map(dtype, nodata, hole):
     assert not quick or full
     if dtype == "uint16" and nodata == [0, 0, 0]:
         assert quick == full
+
+
+def test_chunk_reader_keeps_a_shared_chunk_for_an_earlier_window_read_later():
+    """With several threads a window may read a shared chunk before the window planned ahead of it
+    (the next window reads its left-hand chunks first, the current one its right-hand ones last):
+    the chunk must stay cached for the earlier window, not be decoded again."""
+    from cloudmask.tiles import ChunkReader
+
+    calls: list[tuple[int, ...]] = []
+    base = np.arange(2 * 64 * 80, dtype="float32").reshape(2, 64, 80)
+
+    def decode(block, block_info=None):
+        calls.append(tuple(block_info[0]["chunk-location"]))
+        return block + 0.0
+
+    arr = da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32")
+    windows = [(0, 64, 0, 48), (0, 64, 32, 80)]  # share the chunks of columns 32:40
+    reader = ChunkReader(arr)
+    reader.expect(windows, cache_mb=64)
+    for k in (1, 0):  # the second window's read finishes first
+        y0, y1, x0, x1 = windows[k]
+        np.testing.assert_array_equal(reader.window(*windows[k]), base[:, y0:y1, x0:x1])
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 2 * 2 * 2  # each chunk once
+    assert reader._cached_bytes == 0 and not reader._cache  # all dropped after their last use
