@@ -404,6 +404,10 @@ def _valid(out: np.ndarray) -> np.ndarray:
     return out[_W] > 0
 
 
+def _pad_nan(block: np.ndarray, pads: tuple[tuple[int, int], ...]) -> np.ndarray:
+    return np.pad(block, pads, mode="constant", constant_values=np.nan)
+
+
 @dataclass(frozen=True)
 class WeightedGraph:
     """Pass 1 as a Dask array: block (i, j) is core block (i, j) plus ``depth`` px on every side."""
@@ -440,9 +444,10 @@ class WeightedGraph:
         y0, y1, x0, x1 = self._window(i, j)
         win = self.source[:, max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
         pads = ((0, 0), (max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)))
-        if any(p for pair in pads for p in pair):
-            win = da.pad(win, pads, mode="constant", constant_values=np.nan)
         win = win.rechunk(-1)
+        if any(p for pair in pads for p in pair):  # in the task: da.pad cuts the margin into pieces
+            # as wide as the edge chunk (a 1 px scene: ~300² one-pixel tasks per band, no end)
+            win = win.map_blocks(_pad_nan, pads, chunks=((win.shape[0],), (y1 - y0,), (x1 - x0,)), dtype=win.dtype)
         return win.map_blocks(_predict_block, *self.args, edges=self._edges(i, j), chunks=((_CHANNELS,), (y1 - y0,), (x1 - x0,)),
                               dtype="float32")
 

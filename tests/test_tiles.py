@@ -587,3 +587,23 @@ def test_chunk_reader_keeps_a_shared_chunk_for_an_earlier_window_read_later():
         np.testing.assert_array_equal(reader.window(*windows[k]), base[:, y0:y1, x0:x1])
     assert sorted(calls) == sorted(set(calls)) and len(calls) == 2 * 2 * 2  # each chunk once
     assert reader._cached_bytes == 0 and not reader._cache  # all dropped after their last use
+
+
+def test_a_cluster_block_of_a_scene_thinner_than_the_halo_is_a_small_graph(s2_desc):
+    """``--scheduler`` on a 1 px wide scene: Dask pads in pieces as wide as the edge chunk, so the
+    NaN margin became ~300² one-pixel tasks per band and the run never finished."""
+    from cloudmask.tiles import weighted_graph
+
+    class Flat:
+        halo = 144
+
+        def predict_proba_batch(self, x, d):
+            return np.full((x.shape[0], 4) + x.shape[2:], 0.25, "float32")
+
+    data = da.ones((len(s2_desc), 1, 3), chunks=(1, 1, 3), dtype="float32")
+    g = weighted_graph(data, s2_desc, Flat())
+    block = g.block(0, 0)
+    assert len(block.__dask_graph__()) < 100
+    got = block.compute(scheduler="sync")
+    want = g.block_reader(0, 0)()
+    np.testing.assert_array_equal(got, want)
