@@ -637,16 +637,18 @@ class ChunkReader:
             if pending is None:
                 self._pending[key] = Future()
                 sub = self._sub.get(key)
-                if sub is None and self.files is None:
-                    sub = cull(self.dsk, [key])[0]
-                    self._sub[key] = sub
         if pending is not None:
             value = pending.result()
             with self._lock:
                 self._used(key, now)
             return value
         try:
-            value = self._read_file_chunk(key) if self.files is not None else np.asarray(get_sync(sub, key))
+            if self.files is not None:
+                value = self._read_file_chunk(key)
+            else:
+                if sub is None:
+                    sub = self._sub[key] = cull(self.dsk, [key])[0]
+                value = np.asarray(get_sync(sub, key))
         except BaseException as exc:  # Ctrl-C too: whoever waits must not wait for ever
             with self._lock:
                 self._pending.pop(key).set_exception(exc)

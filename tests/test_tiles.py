@@ -369,6 +369,27 @@ def test_chunk_reader_decodes_a_chunk_once_when_two_threads_want_it_at_once():
     assert not bad._pending
 
 
+def test_chunk_reader_leaves_no_pending_chunk_when_building_its_task_fails(monkeypatch):
+    """A chunk's Dask task is built (culled) after it is marked as being decoded: a failure there
+    must clear the mark too, or the next window to want that chunk would wait for ever."""
+    import dask.optimization
+
+    from cloudmask.tiles import ChunkReader
+
+    base = np.zeros((1, 8, 8), dtype="float32")
+    reader = ChunkReader(da.from_array(base, chunks=(1, 4, 4)) + 1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cull failed")
+
+    monkeypatch.setattr(dask.optimization, "cull", broken)
+    with pytest.raises(RuntimeError, match="cull failed"):
+        reader.window(0, 4, 0, 4)
+    assert not reader._pending
+    monkeypatch.undo()
+    np.testing.assert_array_equal(reader.window(0, 4, 0, 4), np.ones((1, 4, 4), "float32"))
+
+
 def test_chunk_reader_caches_stored_values_and_converts_what_it_copies():
     from cloudmask.registry import Scaling
     from cloudmask.scene import ToPhysical
