@@ -17,7 +17,8 @@ class TileOptions:
     ``tile_size=768`` saves ~200 MB for ~5 % more time); raise ``batch_size`` on a GPU.
 
     tile_size: target core edge of one model window in pixels; the scene is split into near-equal
-        cores on the 8 px grid (:func:`cloudmask.tiles.even_split`), so actual cores are within ~±30 % of it.
+        cores on the 8 px grid (:func:`cloudmask.tiles.even_split`), so actual cores are within ~±30 % of it
+        (up to +50 % when a whole edge is under 1.5 tiles: 1535 px at 1024 is one core).
     overlap: pixels of extra input per window side (context + feather); default ``halo + 8``: with the full halo
         of context, neighbouring windows already agree, so a thin feather is enough.
     batch_size: windows per model call (one Dask task predicts one batch of adjacent windows).
