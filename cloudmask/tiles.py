@@ -53,9 +53,9 @@ _CHANNELS = N_CLASSES
 _W = N_CLASSES - 1  # index of the signed weight channel
 #: Cap on decoded input chunks kept for overlapping windows. Chunks are cached as stored (16-bit
 #: DNs for most products, see ``WeightedGraph.raw``); the planned cache takes only what the scene's
-#: shared strips need (:meth:`ChunkReader.expect`), up to this cap: on an 8192 px wide 13-band scene
-#: in 512 px chunks that is ~234 MB, and input is decoded ~1.05× (192 MB: 1.11× in 768 px tiles,
-#: 1.23× in 1024 px tiles; no cache: ~1.9×); a 4096 px wide one takes ~146 MB.
+#: shared strips need (:meth:`ChunkReader.expect`), up to this cap: an 8192 px wide 13-band scene in
+#: 512 px chunks and 1024 px tiles is then decoded once (192 MB: 1.16×; no cache: ~1.9×); a 4096 px
+#: wide one takes ~190 MB.
 READER_CACHE_MB = int(os.environ.get("CLOUDMASK_READER_CACHE_MB", "256"))
 #: Finished rows are normalised, classified and written this many at a time: the ~10 passes over
 #: each slice's planes then run in cache (8192 px wide: 2 MB planes) rather than from memory
