@@ -270,17 +270,22 @@ def test_even_split_avoids_a_thin_last_window():
     assert even_split(8192, 768) == (752, *[744] * 10)
 
 
-def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
-    from cloudmask.tiles import ChunkReader
-
+def _counted_chunks(base: np.ndarray) -> tuple[da.Array, list[tuple[int, ...]]]:
+    """``base`` in (1, 32, 40) chunks, and the list each chunk's location is added to when decoded."""
     calls: list[tuple[int, ...]] = []
-    base = np.arange(2 * 96 * 120, dtype="float32").reshape(2, 96, 120)
 
     def decode(block, block_info=None):
         calls.append(tuple(block_info[0]["chunk-location"]))
         return block + 0.0
 
-    arr = da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32")
+    return da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32"), calls
+
+
+def test_chunk_reader_decodes_each_shared_chunk_once_when_planned():
+    from cloudmask.tiles import ChunkReader
+
+    base = np.arange(2 * 96 * 120, dtype="float32").reshape(2, 96, 120)
+    arr, calls = _counted_chunks(base)
     windows = [(y0 - 8, y0 + 40, x0 - 8, x0 + 48) for y0 in (0, 32, 64) for x0 in (0, 40, 80)]  # overlapping
     planned = ChunkReader(arr)
     planned.expect(windows, cache_mb=64)
@@ -592,14 +597,8 @@ def test_chunk_reader_keeps_a_shared_chunk_for_an_earlier_window_read_later():
     the chunk must stay cached for the earlier window, not be decoded again."""
     from cloudmask.tiles import ChunkReader
 
-    calls: list[tuple[int, ...]] = []
     base = np.arange(2 * 64 * 80, dtype="float32").reshape(2, 64, 80)
-
-    def decode(block, block_info=None):
-        calls.append(tuple(block_info[0]["chunk-location"]))
-        return block + 0.0
-
-    arr = da.from_array(base, chunks=(1, 32, 40)).map_blocks(decode, dtype="float32")
+    arr, calls = _counted_chunks(base)
     windows = [(0, 64, 0, 48), (0, 64, 32, 80)]  # share the chunks of columns 32:40
     reader = ChunkReader(arr)
     reader.expect(windows, cache_mb=64)
