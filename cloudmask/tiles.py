@@ -404,10 +404,6 @@ def _valid(out: np.ndarray) -> np.ndarray:
     return out[_W] > 0
 
 
-def _pad_nan(block: np.ndarray, pads: tuple[tuple[int, int], ...]) -> np.ndarray:
-    return np.pad(block, pads, mode="constant", constant_values=np.nan)
-
-
 @dataclass(frozen=True)
 class WeightedGraph:
     """Pass 1 as a Dask array: block (i, j) is core block (i, j) plus ``depth`` px on every side."""
@@ -447,7 +443,8 @@ class WeightedGraph:
         win = win.rechunk(-1)
         if any(p for pair in pads for p in pair):  # in the task: da.pad cuts the margin into pieces
             # as wide as the edge chunk (a 1 px scene: ~300² one-pixel tasks per band, no end)
-            win = win.map_blocks(_pad_nan, pads, chunks=((win.shape[0],), (y1 - y0,), (x1 - x0,)), dtype=win.dtype)
+            win = win.map_blocks(np.pad, pads, mode="constant", constant_values=np.nan,
+                                 chunks=((win.shape[0],), (y1 - y0,), (x1 - x0,)), dtype=win.dtype)
         return win.map_blocks(_predict_block, *self.args, edges=self._edges(i, j), chunks=((_CHANNELS,), (y1 - y0,), (x1 - x0,)),
                               dtype="float32")
 
