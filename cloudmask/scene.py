@@ -405,6 +405,7 @@ def _converter(scaling: Scaling, is_int: bool, file_nodata: float | None) -> ToP
 
 def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
     """All bands of a raster as a lazy (band, y, x) array; GDAL reads only the blocks asked for."""
+    path = _absolute(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -413,6 +414,14 @@ def _open_lazy(path: str | WarpedVRT, chunks: int) -> xr.DataArray:
             )
     except (RasterioIOError, OSError, ValueError) as exc:
         raise SceneError(f"{path}: cannot read raster ({_read_failure(path, exc)})") from None
+
+
+def _absolute(path: Any) -> Any:
+    """A local file's path made absolute, as the lazy graph will hold it: Dask cluster workers (and
+    a caller that changes folder before computing) read it from another working directory."""
+    if isinstance(path, str) and not _is_url(path) and not path.startswith("/vsi"):
+        return os.path.abspath(path)
+    return path
 
 
 def _lazy_band(
@@ -424,6 +433,7 @@ def _lazy_band(
 ) -> tuple[xr.DataArray, np.dtype, float | None, tuple[str, int] | None]:
     """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it
     differs; last, ``(path, index)`` when it is not warped (see :attr:`RawBands.files`)."""
+    path = _absolute(path)
     with _open(path) as src:
         if not 1 <= index <= src.count:
             raise SceneError(f"{path}: has {src.count} band(s); its STAC asset lists band {index}")

@@ -552,3 +552,19 @@ def test_a_sensor_the_registry_lacks_is_named_not_guessed_at(tmp_path):
     with pytest.raises(UnknownSensorError, match="CLOUDMASK_SENSOR tag says sensor 'dove4'"):
         read_scene(tagged)
     assert read_scene(item_path, sensor="superdove", bands=["B1", "B2", "B3", "B4"]).sensor.id == "superdove"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_scene_opened_by_a_relative_path_still_reads_from_another_folder(tmp_path, monkeypatch, s2_l2a_tif, kind):
+    """Dask cluster workers run in their own folder: the lazy graph must not hold the relative path."""
+    if kind == "folder":
+        src = _band_folder(tmp_path, (("B02", 10), ("B11", 20), ("B01", 60)))
+    else:
+        src = s2_l2a_tif
+    expected = read_scene(src, "sentinel2").data.values
+    monkeypatch.chdir(src.parent)
+    scene = read_scene(src.name, "sentinel2")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    np.testing.assert_array_equal(scene.data.values, expected)
