@@ -434,3 +434,24 @@ def test_train_with_a_teacher_learns_its_probabilities(tmp_path: Path) -> None:
     assert gap(tmp_path / "s" / "best.safetensors") < 0.5 * gap(tmp_path / "n" / "best.safetensors")
     with pytest.raises(UsageError, match="distill' must be within"):  # when the config is read
         load_config(None, [f"out={tmp_path / 'x'}", *tiny, "train.steps=1", f"train.teacher={teacher}", "train.distill=2"])
+
+
+def test_experiment_scores_sentinel2_per_window_binned_by_true_cloud_cover() -> None:
+    """The seed experiment's second table: 128² windows binned by their truth's cloud cover."""
+    from cloudmask.model.experiment import bin_windows, report
+
+    truth = np.zeros((256, 256), np.uint8)
+    truth[:128, :128] = 1  # window (0, 0): 100 % cloud
+    truth[:128, 128:160] = 2  # window (0, 1): 25 % cloud (thin counts as cloud)
+    pred = truth.copy()
+    pred[:64, :128] = 0  # half the overcast window missed
+    pred[128:, 128:] = 1  # a clear window called cloud
+    rows = bin_windows([(truth, pred)])
+    assert [(r["bin"], r["windows"]) for r in rows] == [("0–10%", 2), ("20–30%", 1), ("90–100%", 1)]
+    clear_bin, quarter, overcast = rows
+    assert clear_bin["f1"] == 0.0 and clear_bin["accuracy"] == 50.0  # one window right, one all wrong
+    assert quarter["f1"] == 100.0 and quarter["accuracy"] == 100.0
+    assert overcast["recall"] == 50.0 and overcast["precision"] == 100.0
+    assert overcast["f1"] == round(100 * 2 / 3, 1)
+    table = report({"a": {"test": {}, "windows": {"sim_sentinel2": rows}}})
+    assert "| 90–100% | 1 | 66.7 (50.0) |" in table

@@ -3,9 +3,13 @@
 Trains the same network several ways on simulated scenes only (no real tiles, no virtual bands, so
 the comparison is about sensors) and tests each on Sentinel-2: simulated held-out scenes and the
 real CloudSEN12 patches; zero-shot on sensors none of them trained on (MODIS, Sentinel-3 OLCI,
-simulated); and the pairwise O(n²) vs set O(n) encoder on accuracy and speed.
+simulated); and the pairwise O(n²) vs set O(n) encoder on accuracy and speed. As in the original
+study, the Sentinel-2 tests are also scored per 128×128 window, binned by the window's true cloud
+cover (:func:`cloudmask.metrics.window_confusions`), since pooled scores hide how a model does on
+nearly clear or nearly overcast ground.
 
     python -m cloudmask.model.experiment --out runs/exp --steps 400 [--real /work/shared/data/real]
+    python -m cloudmask.model.experiment --out runs/exp --report     # tables from runs/exp/results.json
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cloudmask.metrics import Windows, binned, window_confusions
 from cloudmask.model.data import get_simulator, load_real_tiles, sensor_bands
 from cloudmask.model.network import CloudNet, ModelConfig
 from cloudmask.model.predictor import load_model
@@ -51,6 +56,66 @@ def test_sets(real_root: str | None, scenes: int, size: int) -> dict[str, list[t
     return sets
 
 
+#: The test sets scored per window as well (the experiment's question is about Sentinel-2).
+WINDOW_SETS = ("sim_sentinel2", "real_cloudsen12")
+WINDOW = 128
+
+
+def bin_windows(pairs: list[tuple[np.ndarray, np.ndarray]], size: int = WINDOW) -> list[dict[str, Any]]:
+    """Cloud scores per ``size``² window of (truth, prediction) pairs, binned by true cloud cover:
+    per non-empty 10 % bin the window count, the pooled accuracy / F1 / precision / recall (percent)
+    and the mean per-window F1."""
+    windows = Windows.empty(size)
+    for i, (truth, pred) in enumerate(pairs):
+        windows = windows.extend(window_confusions(truth, pred, size)[0], i)
+    rows = []
+    for row in binned(windows):
+        if row["windows"]:
+            rows.append({"bin": row["bin"], "windows": row["windows"],
+                         **{m: None if row[m] is None else round(100 * row[m], 1)
+                            for m in ("accuracy", "f1", "precision", "recall")},
+                         "mean_window_f1": None if row["mean_window_f1"] is None else round(100 * row["mean_window_f1"], 1)})
+    return rows
+
+
+def predictions(net: CloudNet, tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(truth, predicted classes) of every tile: the network's argmax, as the pooled scores use."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for x, y, d, _ in tiles:
+            prob = net.predict_proba(torch.from_numpy(x[None]), torch.from_numpy(d))[0].numpy()
+            out.append((y, prob.argmax(0).astype("uint8")))
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown tables of a results.json: pooled Sentinel-2 scores and the per-window bins."""
+    runs = {k: v for k, v in results.items() if isinstance(v, dict) and "test" in v}
+    lines = ["| trained on | set | acc | F1 | precision | recall |", "|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        for key in ("sim_sentinel2", "real_cloudsen12"):
+            m = r["test"].get(key)
+            if m:
+                lines.append(f"| {name} | {key} | {m['cloud_acc']:.1f} | {m['cloud_f1']:.1f} | {m['cloud_precision']:.1f} | {m['cloud_recall']:.1f} |")
+    for key in WINDOW_SETS:
+        bins = sorted({row["bin"] for r in runs.values() for row in r.get("windows", {}).get(key, [])},
+                      key=lambda b: int(b.split("–")[0]))
+        if not bins:
+            continue
+        lines += ["", f"{key}: cloud F1 (accuracy) per {WINDOW}² window cover bin, pooled over the bin's windows",
+                  "", "| cover | windows | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+        for b in bins:
+            cells, count = [], ""
+            for r in runs.values():
+                row = next((x for x in r.get("windows", {}).get(key, []) if x["bin"] == b), None)
+                count = count or (str(row["windows"]) if row else "")
+                f1 = "n/a" if row is None or row["f1"] is None else f"{row['f1']:.1f}"
+                cells.append("–" if row is None else f"{f1} ({row['accuracy']:.1f})")
+            lines.append(f"| {b} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def speed(encoder: str, size: int = 1024, repeat: int = 3) -> float:
     """Seconds per megapixel of predict_proba on a 13-band input."""
     from cloudmask.model.network import fold_batchnorm
@@ -75,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", default=None, help="real-data root (for the CloudSEN12 test patches)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--test-scenes", type=int, default=8)
+    ap.add_argument("--test-size", type=int, default=256, help="simulated test scenes' size (whole 128² windows: a multiple of 128)")
+    ap.add_argument("--report", action="store_true", help="print the tables of an existing results.json and stop")
     ap.add_argument("--seed", type=int, default=0, help="training seed (test scenes stay fixed)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    tests = test_sets(args.real, args.test_scenes, 192)
+    if args.report:
+        print(report(results))
+        return 0
+    tests = test_sets(args.real, args.test_scenes, args.test_size)
     for name in args.variants.split(","):
         v = VARIANTS[name]
         run = out / name.replace(" ", "-").replace("+", "_")
@@ -97,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.time() - t0
         p = load_model(run / "best.safetensors")  # best == last here (one validation at the end)
         metrics = evaluate_sets(p._infer, tests)
+        windows = {key: bin_windows(predictions(p._infer, tests[key])) for key in WINDOW_SETS if key in tests}
         results[name] = {"sensors": v["sensors"], "encoder": v["encoder"], "steps": summary["steps"],
-                         "train_minutes": round(wall / 60, 1), "test": metrics}
+                         "train_minutes": round(wall / 60, 1), "test": metrics, "windows": windows}
         results_path.write_text(json.dumps(results, indent=2))
         print(name, json.dumps({k: round(m["cloud_f1"], 1) for k, m in metrics.items()}), f"{wall / 60:.1f} min", flush=True)
     results["speed_s_per_mpx"] = {enc: round(speed(enc), 3) for enc in ("set", "pairwise")}
