@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-scenes", type=int, default=8)
     ap.add_argument("--test-size", type=int, default=256, help="simulated test scenes' size (whole 128² windows: a multiple of 128)")
     ap.add_argument("--report", action="store_true", help="print the tables of an existing results.json and stop")
+    ap.add_argument("--bundled", action="store_true",
+                    help="also score the bundled model on the same tests (not comparable one to one: it trained longer, on more)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (test scenes stay fixed)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -153,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results))
         return 0
     tests = test_sets(args.real, args.test_scenes, args.test_size)
-    for name in args.variants.split(","):
+    if args.bundled:
+        p = load_model()
+        results[f"bundled {p.version}"] = {"test": evaluate_sets(p._infer, tests), "windows": {
+            key: bin_windows(predictions(p._infer, tests[key])) for key in WINDOW_SETS if key in tests}}
+        results_path.write_text(json.dumps(results, indent=2))
+    for name in filter(None, args.variants.split(",")):
         v = VARIANTS[name]
         run = out / name.replace(" ", "-").replace("+", "_")
         cfg = load_config(None, [
