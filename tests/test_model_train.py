@@ -455,3 +455,9 @@ def test_experiment_scores_sentinel2_per_window_binned_by_true_cloud_cover() -> 
     assert overcast["f1"] == round(100 * 2 / 3, 1)
     table = report({"a": {"test": {}, "windows": {"sim_sentinel2": rows}}})
     assert "| 90–100% | 1 | 66.7 (50.0) |" in table
+    perfect = bin_windows([(truth, truth)])
+    pooled = {"sim_sentinel2": {"cloud_acc": 90.0, "cloud_f1": 80.0, "cloud_precision": 70.0, "cloud_recall": 60.0}}
+    seeds = [{"a": {"test": pooled, "windows": {"sim_sentinel2": r}}} for r in (rows, perfect)]
+    table = report(seeds)  # two training seeds: means, and the spread of the pooled scores
+    assert "| 90–100% | 1 | 83.3 (75.0) |" in table
+    assert "| a | sim_sentinel2 | 2 | 90.0 (90.0–90.0) | 80.0 (80.0–80.0) |" in table

@@ -10,6 +10,7 @@ nearly clear or nearly overcast ground.
 
     python -m cloudmask.model.experiment --out runs/exp --steps 400 [--real /work/shared/data/real]
     python -m cloudmask.model.experiment --out runs/exp --report     # tables from runs/exp/results.json
+    python -m cloudmask.model.experiment --out runs/exp --report --with runs/exp-seed1   # seeds combined
 """
 
 from __future__ import annotations
@@ -89,29 +90,52 @@ def predictions(net: CloudNet, tiles: list[tuple[np.ndarray, np.ndarray, np.ndar
     return out
 
 
-def report(results: dict[str, Any]) -> str:
-    """Markdown tables of a results.json: pooled Sentinel-2 scores and the per-window bins."""
-    runs = {k: v for k, v in results.items() if isinstance(v, dict) and "test" in v}
-    lines = ["| trained on | set | acc | F1 | precision | recall |", "|---|---|---|---|---|---|"]
-    for name, r in runs.items():
-        for key in ("sim_sentinel2", "real_cloudsen12"):
-            m = r["test"].get(key)
-            if m:
-                lines.append(f"| {name} | {key} | {m['cloud_acc']:.1f} | {m['cloud_f1']:.1f} | {m['cloud_precision']:.1f} | {m['cloud_recall']:.1f} |")
+def _agg(values: list[float | None], digits: int = 1) -> str:
+    """One value as is; several (training seeds) as ``mean (min–max)``."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "n/a"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{float(np.mean(v)):.{digits}f} ({min(v):.{digits}f}–{max(v):.{digits}f})"
+
+
+def report(results: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """Markdown tables of one results.json, or of several (one per training seed, combined): pooled
+    Sentinel-2 scores, and per window cover bin the cloud F1 (accuracy), seeds' means."""
+    seeds = results if isinstance(results, list) else [results]
+    names = list(dict.fromkeys(k for r in seeds for k, v in r.items() if isinstance(v, dict) and "test" in v))
+    lines = ["| trained on | set | runs | acc | F1 | precision | recall |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        for key in WINDOW_SETS:
+            ms = [r[name]["test"][key] for r in seeds if name in r and key in r[name]["test"]]
+            if ms:
+                cells = [_agg([m[f"cloud_{k}"] for m in ms]) for k in ("acc", "f1", "precision", "recall")]
+                lines.append(f"| {name} | {key} | {len(ms)} | " + " | ".join(cells) + " |")
+    zero = [k for k in ("sim_modis", "sim_sentinel3-olci") if any(k in r[n]["test"] for r in seeds for n in names if n in r)]
+    if zero:
+        lines += ["", "Zero-shot sensors (never trained on): cloud F1", "", "| trained on | " + " | ".join(zero) + " |",
+                  "|---|" + "---|" * len(zero)]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(
+                _agg([r[name]["test"][k]["cloud_f1"] for r in seeds if name in r and k in r[name]["test"]]) for k in zero) + " |")
     for key in WINDOW_SETS:
-        bins = sorted({row["bin"] for r in runs.values() for row in r.get("windows", {}).get(key, [])},
-                      key=lambda b: int(b.split("–")[0]))
+        rows = {name: [r[name].get("windows", {}).get(key, []) for r in seeds if name in r] for name in names}
+        bins = sorted({row["bin"] for runs in rows.values() for run in runs for row in run}, key=lambda b: int(b.split("–")[0]))
         if not bins:
             continue
-        lines += ["", f"{key}: cloud F1 (accuracy) per {WINDOW}² window cover bin, pooled over the bin's windows",
-                  "", "| cover | windows | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+        lines += ["", f"{key}: cloud F1 (accuracy) per {WINDOW}² window cover bin, pooled over the bin's windows"
+                  + (", mean over the runs" if len(seeds) > 1 else ""),
+                  "", "| cover | windows | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for b in bins:
-            cells, count = [], ""
-            for r in runs.values():
-                row = next((x for x in r.get("windows", {}).get(key, []) if x["bin"] == b), None)
-                count = count or (str(row["windows"]) if row else "")
-                f1 = "n/a" if row is None or row["f1"] is None else f"{row['f1']:.1f}"
-                cells.append("–" if row is None else f"{f1} ({row['accuracy']:.1f})")
+            count, cells = "", []
+            for name in names:
+                found = [x for run in rows[name] for x in run if x["bin"] == b]
+                count = count or (str(found[0]["windows"]) if found else "")
+                f1 = [x["f1"] for x in found if x["f1"] is not None]
+                acc = [x["accuracy"] for x in found if x["accuracy"] is not None]
+                cells.append("–" if not found else
+                             f"{f'{np.mean(f1):.1f}' if f1 else 'n/a'} ({np.mean(acc):.1f})")
             lines.append(f"| {b} | {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-scenes", type=int, default=8)
     ap.add_argument("--test-size", type=int, default=256, help="simulated test scenes' size (whole 128² windows: a multiple of 128)")
     ap.add_argument("--report", action="store_true", help="print the tables of an existing results.json and stop")
+    ap.add_argument("--with", dest="more", nargs="*", default=[], metavar="DIR",
+                    help="with --report: more runs' folders (other training seeds) to combine with --out")
     ap.add_argument("--bundled", action="store_true",
                     help="also score the bundled model on the same tests (not comparable one to one: it trained longer, on more)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (test scenes stay fixed)")
@@ -152,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     results_path = out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if args.report:
-        print(report(results))
+        more = [json.loads((Path(d) / "results.json").read_text()) for d in args.more]
+        print(report([results, *more] if more else results))
         return 0
     tests = test_sets(args.real, args.test_scenes, args.test_size)
     if args.bundled:
