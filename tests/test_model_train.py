@@ -461,3 +461,17 @@ def test_experiment_scores_sentinel2_per_window_binned_by_true_cloud_cover() -> 
     table = report(seeds)  # two training seeds: means, and the spread of the pooled scores
     assert "| 90–100% | 1 | 83.3 (75.0) |" in table
     assert "| a | sim_sentinel2 | 2 | 90.0 (90.0–90.0) | 80.0 (80.0–80.0) |" in table
+
+
+def test_experiment_tests_sentinel2_also_with_the_real_patches_four_bands() -> None:
+    """The real CloudSEN12 patches have blue, green, red and NIR only: the same simulated scenes cut
+    to those bands tell a sensor-transfer gap from a missing-band one."""
+    from cloudmask.model.experiment import test_sets
+
+    sets = test_sets(None, 1, 32)
+    (x13, y13, d13, _), (x4, y4, d4, _) = sets["sim_sentinel2"][0], sets["sim_sentinel2_4band"][0]
+    assert x13.shape[0] == 13 and x4.shape[0] == 4
+    np.testing.assert_array_equal(y4, y13)
+    np.testing.assert_allclose(d4[:, 1], [0.49, 0.56, 0.665, 0.842], atol=0.01)  # centres, µm
+    np.testing.assert_array_equal(x4, x13[[1, 2, 3, 7]])
+    np.testing.assert_array_equal(d4, d13[[1, 2, 3, 7]])
