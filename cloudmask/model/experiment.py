@@ -1,14 +1,14 @@
 """The seed experiment (docs/experiment.md): does training on more sensors help a sensor it sees?
 
 Trains the same network several ways on simulated scenes only (no real tiles, no virtual bands, so
-the comparison is about sensors) and tests each on Sentinel-2: simulated held-out scenes and the
-real CloudSEN12 patches; zero-shot on sensors none of them trained on (MODIS, Sentinel-3 OLCI,
+the comparison is about sensors) and tests each on Sentinel-2: simulated held-out scenes (all 13
+bands, and cut to the four of the real patches) and the real CloudSEN12 patches; zero-shot on sensors none of them trained on (MODIS, Sentinel-3 OLCI,
 simulated); and the pairwise O(n²) vs set O(n) encoder on accuracy and speed. As in the original
 study, the Sentinel-2 tests are also scored per 128×128 window, binned by the window's true cloud
 cover (:func:`cloudmask.metrics.window_confusions`), since pooled scores hide how a model does on
 nearly clear or nearly overcast ground.
 
-    python -m cloudmask.model.experiment --out runs/exp --steps 400 [--real /work/shared/data/real]
+    python -m cloudmask.model.experiment --out runs/exp --seed 0 [--real /work/shared/data/real]
     python -m cloudmask.model.experiment --out runs/exp --report     # tables from runs/exp/results.json
     python -m cloudmask.model.experiment --out runs/exp --report --with runs/exp-seed1   # seeds combined
 """
@@ -174,11 +174,11 @@ def speed(encoder: str, size: int = 1024, repeat: int = 3) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/exp")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--real", default=None, help="real-data root (for the CloudSEN12 test patches)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--test-scenes", type=int, default=8)
+    ap.add_argument("--test-scenes", type=int, default=16)
     ap.add_argument("--test-size", type=int, default=256, help="simulated test scenes' size (whole 128² windows: a multiple of 128)")
     ap.add_argument("--report", action="store_true", help="print the tables of an existing results.json and stop")
     ap.add_argument("--with", dest="more", nargs="*", default=[], metavar="DIR",
