@@ -2,11 +2,12 @@
 
 Trains the same network several ways on simulated scenes only (no real tiles, no virtual bands, so
 the comparison is about sensors) and tests each on Sentinel-2: simulated held-out scenes (all 13
-bands, and cut to the four of the real patches) and the real CloudSEN12 patches; zero-shot on sensors none of them trained on (MODIS, Sentinel-3 OLCI,
-simulated); and the pairwise O(n²) vs set O(n) encoder on accuracy and speed. As in the original
-study, the Sentinel-2 tests are also scored per 128×128 window, binned by the window's true cloud
-cover (:func:`cloudmask.metrics.window_confusions`), since pooled scores hide how a model does on
-nearly clear or nearly overcast ground.
+bands, and cut to the four bands of the real patches) and the real CloudSEN12 patches; zero-shot on
+sensors none of them trained on (MODIS, Sentinel-3 OLCI, simulated); and the pairwise O(n²) vs set
+O(n) encoder on accuracy and speed. As in the original study, the Sentinel-2 tests are also scored
+per 128×128 window, binned by the window's true cloud cover
+(:func:`cloudmask.metrics.window_confusions`): pooled scores hide how a model does on nearly clear
+or nearly overcast ground.
 
     python -m cloudmask.model.experiment --out runs/exp --seed 0 [--real /work/shared/data/real]
     python -m cloudmask.model.experiment --out runs/exp --report     # tables from runs/exp/results.json
