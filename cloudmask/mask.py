@@ -36,6 +36,7 @@ from cloudmask.shadows import ShadowMatcher, ShadowOptions, nir_band, shadow_pri
 from cloudmask.tiles import (
     CLASSES,
     NODATA,
+    REMOTE_RETRIES,
     DistributedRunner,
     LocalRunner,
     TileOptions,
@@ -848,7 +849,9 @@ def mask_scene(
                 if on_event:
                     on_event("blocks", {"done": done, "total": total})
 
-            runner = DistributedRunner(client) if client is not None else LocalRunner(options.tiles.threads)
+            remote = scene.raw is not None and scene.raw.remote
+            runner = (DistributedRunner(client, retries=REMOTE_RETRIES if remote else 0) if client is not None
+                      else LocalRunner(options.tiles.threads))
             try:
                 matcher = stream_mask(
                     graph, runner, write_mask, write_proba, threshold=options.threshold,

@@ -162,10 +162,12 @@ class RawBands:
     #: per band, (file, 1-based band index) when the band is that file's band on the scene's grid
     #: (no warping), so a reader may read its chunks with rasterio directly; None where warped
     files: tuple[tuple[str, int] | None, ...] | None = None
+    #: some band is read over the network (HTTP range requests): a failed chunk read is worth repeating
+    remote: bool = False
 
     def select(self, index: Sequence[int]) -> RawBands:
         files = tuple(self.files[i] for i in index) if self.files is not None else None
-        return RawBands(self.data[list(index)], tuple(self.convert[i] for i in index), files)
+        return RawBands(self.data[list(index)], tuple(self.convert[i] for i in index), files, self.remote)
 
 
 @dataclass
@@ -338,6 +340,24 @@ def configure_remote_reads() -> None:
             set_gdal_config(key, value)
 
 
+def forget_remote_data(url: str | None = None) -> None:
+    """Drop what GDAL has cached of ``url`` (of every remote file when None), so the next read asks
+    the server again. A response cut short stays in GDAL's cache as if complete: without this,
+    reading the same block again would fail again without a request."""
+    import ctypes
+
+    import rasterio._env
+
+    try:
+        gdal = ctypes.CDLL(rasterio._env.__file__)  # its symbols include the GDAL it links
+        if url is None:
+            gdal.VSICurlClearCache()
+        else:
+            gdal.VSICurlPartialClearCache(("/vsicurl/" + url if not url.startswith("/vsi") else url).encode())
+    except (OSError, AttributeError):  # a GDAL without the function: the retry reads the cache
+        pass
+
+
 def _open(path: str) -> rasterio.io.DatasetReader:
     if _is_url(path):
         configure_remote_reads()
@@ -467,6 +487,7 @@ def _assemble(
     item: dict[str, Any] | None = None,
     files: Sequence[tuple[str, int] | None] | None = None,
     coords: Mapping[str, Any] | None = None,
+    remote: bool = False,
 ) -> Scene:
     """The scene from its bands' stored values — lazy 2-D Dask arrays, or one (band, y, x) array
     of one band per chunk — and the grid's ``y``/``x`` (and scalar) coordinates. Built with Dask,
@@ -484,7 +505,7 @@ def _assemble(
         phys = BandwisePhysical(convert).over(stored)
     data = xr.DataArray(phys, dims=("band", "y", "x"), coords={"band": [b.name for b in bands], **(coords or {})},
                         attrs={"sensor": sensor.id, "source": source})
-    raw = RawBands(stored, convert, tuple(files) if files is not None else None)
+    raw = RawBands(stored, convert, tuple(files) if files is not None else None, remote)
     return Scene(data, sensor, bands, source, crs, transform, product or sensor.default_product, item, raw)
 
 
@@ -971,8 +992,8 @@ def _stack_files(
         nodatas.append(nd)
         files.append(file)
     crs, transform, width, height = grid
-    scene = _assemble(layers, bands, sensor, product, dtypes, nodatas, source, crs, transform, item, files)
-    return scene
+    return _assemble(layers, bands, sensor, product, dtypes, nodatas, source, crs, transform, item, files,
+                     remote=any(_is_url(p) for p, _ in paths))
 
 
 # --------------------------------------------------------------------------- (c) STAC item

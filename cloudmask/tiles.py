@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ _W = N_CLASSES - 1  # index of the signed weight channel
 #: 512 px chunks and 1024 px tiles is then decoded once (192 MB: 1.16×; no cache: ~1.9×); a 4096 px
 #: wide one takes ~190 MB.
 READER_CACHE_MB = int(os.environ.get("CLOUDMASK_READER_CACHE_MB", "256"))
+#: A chunk of a band read over HTTP whose read failed (e.g. the connection dropped mid-body) is
+#: read again this many times, after 0.5, 1 and 2 s (on a cluster: its block is computed again).
+REMOTE_RETRIES = 3
 #: Finished rows are normalised, classified and written this many at a time: the ~10 passes over
 #: each slice's planes then run in cache (8192 px wide: 2 MB planes) rather than from memory
 #: (64 rows instead of 256: the main thread's per-row work −40 %).
@@ -487,7 +491,8 @@ class WeightedGraph:
     @functools.cached_property
     def reader(self) -> ChunkReader:
         if self.raw is not None:  # cache stored (e.g. 16-bit) chunks, convert what windows copy
-            return ChunkReader(self.raw.data, convert=self.raw.convert, files=self.raw.files)
+            return ChunkReader(self.raw.data, convert=self.raw.convert, files=self.raw.files,
+                               retries=REMOTE_RETRIES if self.raw.remote else 0)
         return ChunkReader(self.source)
 
 
@@ -507,7 +512,7 @@ class ChunkReader:
     """
 
     def __init__(self, arr: da.Array, cache_mb: int = 64, convert: Sequence[Any] | None = None,
-                 files: Sequence[tuple[str, int] | None] | None = None) -> None:
+                 files: Sequence[tuple[str, int] | None] | None = None, retries: int = 0) -> None:
         """``convert``: with ``arr`` holding stored values (e.g. 16-bit DNs, one band per chunk),
         per band a converter (a "function") whose ``into(stored, out)`` writes physical float32 values
         (:class:`cloudmask.scene.ToPhysical`), applied to what a window copies, so the cache holds
@@ -516,7 +521,11 @@ class ChunkReader:
         ``files``: per band, the (path, 1-based band index) that ``arr``'s band is, pixel for pixel
         (:attr:`cloudmask.scene.RawBands.files`). When every band has one, chunks are read with
         rasterio directly (a dataset per thread): the Dask + xarray path cost ~0.4 ms per chunk on
-        top of GDAL's ~1.5 ms, 6–8 % of a whole ``mask`` run."""
+        top of GDAL's ~1.5 ms, 6–8 % of a whole ``mask`` run.
+
+        ``retries``: times a chunk whose read failed is read again (after 0.5 s, 1 s, …), for bands
+        read over HTTP: GDAL repeats a request answered 429/5xx itself, not one whose connection
+        dropped half-way through the body, which would otherwise end the scene."""
         import dask
         from dask.core import flatten
 
@@ -528,6 +537,7 @@ class ChunkReader:
         self.files = list(files) if files is not None and len(files) == arr.shape[0] and one_band_chunks \
             and all(f is not None for f in files) else None
         self._local = threading.local()  # per thread: {path: open rasterio dataset}
+        self.retries = retries
         # the graph is only run when chunks are not read from their files (optimising it cost
         # ~0.2 s for an 8192² scene)
         (opt,) = (arr,) if self.files is not None else dask.optimize(arr)
@@ -640,12 +650,20 @@ class ChunkReader:
                 self._used(key, now)
             return value
         try:
-            if self.files is not None:
-                value = self._read_file_chunk(key)
-            else:
-                if sub is None:
-                    sub = self._sub[key] = cull(self.dsk, [key])[0]
-                value = np.asarray(get_sync(sub, key))
+            for attempt in range(self.retries + 1):
+                try:
+                    if self.files is not None:
+                        value = self._read_file_chunk(key)
+                    else:
+                        if sub is None:
+                            sub = self._sub[key] = cull(self.dsk, [key])[0]
+                        value = np.asarray(get_sync(sub, key))
+                    break
+                except RasterioIOError:
+                    if attempt == self.retries:
+                        raise
+                    self._forget_handle(key)
+                    time.sleep(0.5 * 2**attempt)
         except BaseException as exc:  # Ctrl-C too: whoever waits must not wait for ever
             with self._lock:
                 self._pending.pop(key).set_exception(exc)
@@ -658,6 +676,20 @@ class ChunkReader:
                 self._evict()
             self._pending.pop(key).set_result(value)
         return value
+
+    def _forget_handle(self, key: Any) -> None:
+        """Before reading chunk ``key`` again: drop what GDAL keeps of its file (the cut response)
+        and close this thread's dataset of it."""
+        from cloudmask.scene import forget_remote_data
+
+        if self.files is None:  # read through the graph: which file failed is not known here
+            forget_remote_data()
+            return
+        path = self.files[key[1]][0]
+        forget_remote_data(path)
+        ds = getattr(self._local, "handles", {}).pop(path, None)
+        if ds is not None:
+            ds.close()
 
     def _read_file_chunk(self, key: Any) -> np.ndarray:
         """Chunk ``key`` (band, y-chunk, x-chunk) straight from its file, through this thread's
@@ -1065,11 +1097,20 @@ class LocalRunner:
                 fill()
 
 
+def _read_failed(exc: BaseException | None) -> bool:
+    """Whether a cluster task failed while reading (GDAL's error, or its text where the class could
+    not travel back): for a remote band, worth another try."""
+    return isinstance(exc, RasterioError) or "Rasterio" in str(exc) or "CPLE_" in str(exc)
+
+
 class DistributedRunner:
     """Computes pass-1 blocks on a dask.distributed cluster, a bounded number in flight."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, retries: int = 0) -> None:
+        """``retries``: times a block whose read failed is computed again (a band read over HTTP;
+        see :data:`REMOTE_RETRIES`), after every worker has dropped what GDAL cached of remote files."""
         self.client = client
+        self.retries = retries
 
     @property
     def slots(self) -> int:
@@ -1080,23 +1121,35 @@ class DistributedRunner:
 
         slots = self.slots
         todo = iter(blocks)
-        keys: dict[str, Any] = {}
-        queue = as_completed([], with_results=True, loop=self.client.loop)
+        running: dict[str, tuple[Any, Any, int]] = {}  # future key → (block key, graph, tries so far)
+        queue = as_completed([], with_results=False, loop=self.client.loop)
+
+        def submit(key: Any, arr: Any, tries: int) -> None:
+            fut = self.client.compute(arr)
+            running[fut.key] = (key, arr, tries)
+            queue.add(fut)
 
         def top_up() -> None:
-            while len(keys) < slots and (not keys or may_submit is None or may_submit()):
+            while len(running) < slots and (not running or may_submit is None or may_submit()):
                 try:
                     key, arr = next(todo)
                 except StopIteration:
                     return
-                fut = self.client.compute(arr)
-                keys[fut.key] = key
-                queue.add(fut)
+                submit(key, arr, 0)
 
         top_up()
         try:
-            for fut, value in queue:
-                key = keys.pop(fut.key)
+            for fut in queue:
+                key, arr, tries = running.pop(fut.key)
+                if fut.status == "error" and tries < self.retries and _read_failed(fut.exception()):
+                    from cloudmask.scene import forget_remote_data
+
+                    fut.release()
+                    self.client.run(forget_remote_data)  # a cut response stays in a worker's cache
+                    time.sleep(0.5 * 2**tries)
+                    submit(key, arr, tries + 1)
+                    continue
+                value = fut.result()
                 fut.release()
                 yield key, value
                 top_up()

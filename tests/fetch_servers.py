@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -59,7 +60,8 @@ class FileServer:
 
     Actions, consumed one per GET of that path: an HTTP status such as ``"500"``, ``"503"`` or
     ``"404"`` (answered with that error), ``"drop"`` (send half the body with the full
-    Content-Length, then close the connection). ``faults["HEAD " + path]`` does the same for HEADs
+    Content-Length, then close the connection), ``"range-drop"`` (the same for the range asked for,
+    answered 206). ``faults["HEAD " + path]`` does the same for HEADs
     (GDAL asks for a file's size with one before its first range request).
     """
 
@@ -79,6 +81,11 @@ class FileServer:
             return []
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return [(m, p, r) for m, p, r in rows]
+
+    def faults_left(self, path: str) -> list[str]:
+        """The actions not yet replayed for ``path``."""
+        f = self.control / "faults.json"
+        return list(json.loads(f.read_text()).get(path, [])) if f.exists() else []
 
     def gets(self, path: str) -> list[str | None]:
         """The Range headers of every GET of ``path`` (None = whole file)."""
@@ -127,6 +134,22 @@ class _Handler(RangeRequestHandler):
         if fault is not None and fault.isdigit():
             self.send_error(int(fault))
             return
+        if fault == "range-drop":  # the range asked for, cut half-way (curl: "transfer closed")
+            data = Path(self.translate_path(path)).read_bytes()
+            start, end = 0, len(data) - 1
+            if m := re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or ""):
+                start, end = int(m[1]), min(int(m[2] or end), end)
+            body = data[start:end + 1]
+            self.send_response(206)
+            self.send_header("Content-Type", "image/tiff")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if fault == "drop":
             data = Path(self.translate_path(path)).read_bytes()
             self.send_response(200)
@@ -168,6 +191,8 @@ def running_file_server(root: Path, control: Path) -> Iterator[FileServer]:
     finally:
         proc.terminate()
         proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture

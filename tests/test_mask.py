@@ -675,6 +675,34 @@ def test_stac_item_url_is_read_in_place_with_range_requests(tmp_path, predictor)
     assert _files(tmp_path / "out") == ["item_cloudmask.json", "item_cloudmask.tif"]  # nothing downloaded
 
 
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_a_connection_dropped_mid_read_costs_a_request_not_the_scene(file_server, tmp_path, predictor, where):
+    """One range request cut half-way through its body: the band is asked for again (GDAL itself
+    does not, and keeps the cut response in its cache), and the mask is the undisturbed one."""
+    from fetch_servers import write_s2_item
+
+    from cloudmask.scene import forget_remote_data
+
+    item = write_item(tmp_path / "item.json", write_s2_item(file_server, "S2A_cut", bands=["B04", "B8A", "B11"], size=256))
+    want = mask_scene(item, tmp_path / "want_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    forget_remote_data()  # read again from the server, not from GDAL's cache
+    url = file_server.url + "/S2A_cut/item.json"
+    (file_server.root / "S2A_cut" / "item.json").write_text(item.read_text())
+    file_server.faults["/S2A_cut/red.tif"] = ["header", "range-drop"]  # the header read passes, the data read is cut
+    if where == "local":
+        results = mask_many([url], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+    else:
+        distributed = pytest.importorskip("distributed")
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                      dashboard_address=None) as cluster:
+            results = mask_many([url], tmp_path / "out", MaskOptions(tiles=SMALL, scheduler=cluster.scheduler_address),
+                                predictor)
+    assert results[0].status == "masked", results[0].message
+    assert file_server.faults_left("/S2A_cut/red.tif") == []  # the cut did happen
+    with rasterio.open(want.output) as a, rasterio.open(results[0].output) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
 def _shadow_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
     """Clouds (bright band 1) each cast a dark patch 14 px down, 22 px left; two dark decoys lie
     far from any cloud (for :class:`test_shadows._PointPredictor`, unsure of every dark patch)."""
