@@ -676,9 +676,11 @@ def test_stac_item_url_is_read_in_place_with_range_requests(tmp_path, predictor)
 
 
 @pytest.mark.parametrize("where", ["local", "cluster"])
-def test_a_connection_dropped_mid_read_costs_a_request_not_the_scene(file_server, tmp_path, predictor, where):
-    """One range request cut half-way through its body: the band is asked for again (GDAL itself
-    does not, and keeps the cut response in its cache), and the mask is the undisturbed one."""
+@pytest.mark.parametrize("cut", [["header", "range-drop"], ["range-drop"]], ids=["data", "header"])
+def test_a_connection_dropped_mid_read_costs_a_request_not_the_scene(file_server, tmp_path, predictor, where, cut):
+    """One range request cut half-way through its body, of the band's blocks or of its header (which
+    GDAL opens as if whole): the band is asked for again (GDAL itself does not, and keeps the cut
+    response in its cache), and the mask is the undisturbed one."""
     from fetch_servers import write_s2_item
 
     from cloudmask.scene import forget_remote_data
@@ -688,7 +690,7 @@ def test_a_connection_dropped_mid_read_costs_a_request_not_the_scene(file_server
     forget_remote_data()  # read again from the server, not from GDAL's cache
     url = file_server.url + "/S2A_cut/item.json"
     (file_server.root / "S2A_cut" / "item.json").write_text(item.read_text())
-    file_server.faults["/S2A_cut/red.tif"] = ["header", "range-drop"]  # the header read passes, the data read is cut
+    file_server.faults["/S2A_cut/red.tif"] = cut
     if where == "local":
         results = mask_many([url], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
     else:
