@@ -614,6 +614,13 @@ def read_list_file(path: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def _below(source: str, root: Path) -> bool:
+    """Whether ``source`` lies in ``root``'s tree, as given or with links resolved (see :func:`output_for`)."""
+    src = Path(source)
+    return (Path(os.path.abspath(src)).is_relative_to(os.path.abspath(root))
+            or src.resolve().is_relative_to(Path(root).resolve()))
+
+
 def output_for(source: str, root: Path | None, out_dir: Path | None) -> Path:
     """Where the mask of ``source`` goes: ``out_dir`` mirroring ``root``, else beside the input."""
     stem = _scene_stem(source)
@@ -932,14 +939,24 @@ def mask_many(
     options: MaskOptions | None = None,
     predictor: Any = None,
     on_event: Callback | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> list[MaskResult]:
     """Mask every scene the inputs name, mirroring the input tree under ``out_dir``.
+
+    ``root``: the folder whose tree ``out_dir`` mirrors, for every local scene (which must lie
+    below it). Without it the mirror starts at each folder or glob given and, for loose files, at
+    their common parent: a list that grows by a scene elsewhere would move every output, and a
+    cron job's rerun would redo the lot.
 
     A failing scene is recorded and the run goes on; the caller decides the exit status. The model
     is loaded only when some scene actually needs masking, so a finished archive reruns in seconds.
     """
     options = options or MaskOptions()
     options.check()
+    if root is not None and out_dir is None:
+        raise UsageError("--root needs -o/--output (without it each mask goes beside its scene)")
+    if root is not None and not Path(root).is_dir():
+        raise UsageError(f"--root {root}: not a folder")
     limit_memory_growth()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -952,20 +969,25 @@ def mask_many(
     pairs = expand_inputs(inputs)
     if not pairs:
         raise UsageError("no input scenes given")
+    if root is not None:
+        pairs = [(source, None if _is_url(source) else Path(root)) for source, _ in pairs]
     if on_event:
         on_event("run-start", {"scenes": len(pairs), "sources": [source for source, _ in pairs]})
     client = connect(options.scheduler) if options.scheduler else None
     results: list[MaskResult] = []
     seen: dict[Path, str] = {}
     try:
-        for source, root in pairs:
-            dst = output_for(source, root, out)
+        for source, top in pairs:
             t0 = time.perf_counter()
-            if predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
+            outside = root is not None and top is not None and not _below(source, top)
+            dst = output_for(source, top, out)
+            if not outside and predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
                 predictor = load_predictor(options.weights)  # a broken model stops the run
                 if hasattr(predictor, "to"):  # local inference there; Dask cluster workers get a CPU copy
                     predictor.to(options.device)
             try:
+                if outside:
+                    raise UsageError(f"{source}: not below --root {top}")
                 if dst.resolve() in seen:
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")
                 seen[dst.resolve()] = source

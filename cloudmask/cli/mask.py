@@ -141,6 +141,13 @@ def mask_cmd(
         Path | None,
         typer.Option("--output", "-o", metavar="DIR", help="Output folder; mirrors the input tree. Default: beside each input."),
     ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", metavar="DIR",
+                     help="Mirror the tree below DIR under -o, whichever scenes are given (pin it in cron jobs "
+                          "over changing lists: outputs then keep their place). Default: the folder or glob "
+                          "given, or the common parent of loose files."),
+    ] = None,
     from_file: Annotated[
         Path | None, typer.Option("--from-file", metavar="FILE", help="Text file of inputs, one per line (same as @FILE).")
     ] = None,
@@ -247,7 +254,7 @@ def mask_cmd(
             device=device,
         )
         with reporter:
-            results = mask_many(items, output, options, on_event=reporter)
+            results = mask_many(items, output, options, on_event=reporter, root=root)
     except KeyboardInterrupt:
         if as_json:  # a machine reading stdout still gets a document: what was done, what was not
             print_json(_unfinished(reporter, items, interrupted=True))

@@ -92,6 +92,48 @@ def test_list_files_and_from_file(tmp_path):
     assert (tmp_path / "o1" / "d2" / "S2A_b_cloudmask.tif").is_file()
 
 
+def test_root_keeps_a_growing_lists_outputs_in_place(tmp_path):
+    """A cron job's list gains a scene in another folder: without --root the common parent moves
+    up and every mask would be redone elsewhere; with it the finished ones are skipped where they are."""
+    arc = tmp_path / "arc"
+    a, b = _s2(arc / "2024" / "11" / "S2A_a.tif"), _s2(arc / "2024" / "11" / "S2A_b.tif", seed=2)
+    c = _s2(arc / "2024" / "12" / "S2A_c.tif", seed=3)
+    listing, out = tmp_path / "scenes.txt", tmp_path / "out"
+    listing.write_text(f"{a}\n{b}\n")
+    assert runner.invoke(app, ["mask", f"@{listing}", "-o", str(out), "-q", *FAST]).exit_code == 0
+    assert (out / "S2A_a_cloudmask.tif").is_file()  # the common parent, 2024/11, is the root
+    listing.write_text(f"{a}\n{b}\n{c}\n")
+    moved = json.loads(runner.invoke(app, ["mask", f"@{listing}", "-o", str(tmp_path / "o2"), "--json", *FAST]).stdout)
+    assert [Path(s["output"]).relative_to(tmp_path / "o2").as_posix() for s in moved["scenes"]] == [
+        "11/S2A_a_cloudmask.tif", "11/S2A_b_cloudmask.tif", "12/S2A_c_cloudmask.tif"]
+
+    pinned = tmp_path / "pinned"
+    for scenes, want in (([a, b], {"masked": 2}), ([a, b, c], {"skipped": 2, "masked": 1})):
+        listing.write_text("".join(f"{p}\n" for p in scenes))
+        res = runner.invoke(app, ["mask", f"@{listing}", "-o", str(pinned), "--root", str(arc), "--json", *FAST])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout)["summary"]
+        assert summary == {**summary, **want}
+    assert sorted(p.relative_to(pinned).as_posix() for p in pinned.rglob("*.tif")) == [
+        "2024/11/S2A_a_cloudmask.tif", "2024/11/S2A_b_cloudmask.tif", "2024/12/S2A_c_cloudmask.tif"]
+
+
+def test_root_errors(tmp_path):
+    """A scene outside --root fails alone (the others are masked); --root without -o, or not a
+    folder, is a usage error."""
+    inside, outside = _s2(tmp_path / "arc" / "S2A_in.tif"), _s2(tmp_path / "elsewhere" / "S2A_out.tif", seed=2)
+    res = runner.invoke(app, ["mask", str(inside), str(outside), "-o", str(tmp_path / "o"), "--root",
+                              str(tmp_path / "arc"), "--json", *FAST])
+    assert res.exit_code == 1
+    scenes = {Path(s["source"]).name: s for s in json.loads(res.stdout)["scenes"]}
+    assert scenes["S2A_in.tif"]["status"] == "masked"
+    assert scenes["S2A_out.tif"]["status"] == "failed" and "not below --root" in scenes["S2A_out.tif"]["message"]
+    assert not list((tmp_path / "o").rglob("S2A_out*"))
+    for args, says in (([], "--root needs -o"), (["-o", str(tmp_path / "o")], "not a folder")):
+        res = runner.invoke(app, ["mask", str(inside), "--root", str(tmp_path / "nope"), *args, *FAST])
+        assert res.exit_code == 2 and says in res.stderr, res.output
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path):
     src = _s2(tmp_path / "S2A_u.tif")
     res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel22"])
