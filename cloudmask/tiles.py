@@ -37,9 +37,10 @@ import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError, RasterioIOError
 
-from cloudmask.errors import CloudmaskError
+from cloudmask.errors import CloudmaskError, first_line
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
+
 
 #: Number of classes the model predicts (0 clear, 1 thick cloud, 2 thin cloud, 3 shadow).
 N_CLASSES = 4
@@ -1097,10 +1098,35 @@ class LocalRunner:
                 fill()
 
 
-def _read_failed(exc: BaseException | None) -> bool:
-    """Whether a cluster task failed while reading (GDAL's error, or its text where the class could
-    not travel back): for a remote band, worth another try."""
-    return isinstance(exc, RasterioError) or "Rasterio" in str(exc) or "CPLE_" in str(exc)
+@dataclass(frozen=True)
+class _BlockTask:
+    """One pass-1 block as ONE cluster task that runs the block's graph (reads, then the model)
+    inside it, so that a read error can be handled where it happens:
+
+    - GDAL's reason (which file, which block) is the ``__cause__`` of rasterio's "Read failed. See
+      previous exception" and cannot travel back (rasterio's CPLE errors do not unpickle); it is
+      raised again as the message of a plain :class:`RasterioIOError`;
+    - a band read over HTTP is read again (``retries``) after this worker has dropped what GDAL
+      cached of it (a response cut short stays there as if whole)."""
+
+    dsk: dict[Any, Any]
+    key: Any
+    retries: int = 0
+
+    def __call__(self) -> np.ndarray:
+        from dask.local import get_sync
+
+        for attempt in range(self.retries + 1):
+            if attempt:
+                from cloudmask.scene import forget_remote_data
+
+                forget_remote_data()
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            try:
+                return np.asarray(get_sync(self.dsk, self.key))
+            except RasterioIOError as exc:
+                reason = first_line(exc)
+        raise RasterioIOError(reason)  # outside the handler: no GDAL error chained to it
 
 
 class DistributedRunner:
@@ -1108,7 +1134,7 @@ class DistributedRunner:
 
     def __init__(self, client: Any, retries: int = 0) -> None:
         """``retries``: times a block whose read failed is computed again (a band read over HTTP;
-        see :data:`REMOTE_RETRIES`), after every worker has dropped what GDAL cached of remote files."""
+        see :data:`REMOTE_RETRIES`)."""
         self.client = client
         self.retries = retries
 
@@ -1117,39 +1143,30 @@ class DistributedRunner:
         return max(2, 2 * sum(self.client.nthreads().values()))
 
     def run(self, blocks: Iterable[tuple[Any, Any]], may_submit: Callable[[], bool] | None = None):
+        from dask.core import flatten
         from distributed import as_completed
 
         slots = self.slots
         todo = iter(blocks)
-        running: dict[str, tuple[Any, Any, int]] = {}  # future key → (block key, graph, tries so far)
-        queue = as_completed([], with_results=False, loop=self.client.loop)
-
-        def submit(key: Any, arr: Any, tries: int) -> None:
-            fut = self.client.compute(arr)
-            running[fut.key] = (key, arr, tries)
-            queue.add(fut)
+        keys: dict[str, Any] = {}
+        queue = as_completed([], with_results=True, loop=self.client.loop)
 
         def top_up() -> None:
-            while len(running) < slots and (not running or may_submit is None or may_submit()):
+            while len(keys) < slots and (not keys or may_submit is None or may_submit()):
                 try:
                     key, arr = next(todo)
                 except StopIteration:
                     return
-                submit(key, arr, 0)
+                (out,) = flatten(arr.__dask_keys__())
+                task = _BlockTask(dict(arr.__dask_graph__()), out, self.retries)
+                fut = self.client.submit(task, pure=False)
+                keys[fut.key] = key
+                queue.add(fut)
 
         top_up()
         try:
-            for fut in queue:
-                key, arr, tries = running.pop(fut.key)
-                if fut.status == "error" and tries < self.retries and _read_failed(fut.exception()):
-                    from cloudmask.scene import forget_remote_data
-
-                    fut.release()
-                    self.client.run(forget_remote_data)  # a cut response stays in a worker's cache
-                    time.sleep(0.5 * 2**tries)
-                    submit(key, arr, tries + 1)
-                    continue
-                value = fut.result()
+            for fut, value in queue:
+                key = keys.pop(fut.key)
                 fut.release()
                 yield key, value
                 top_up()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -926,10 +927,11 @@ def test_negative_shadow_boost_is_a_usage_error():
         MaskOptions(shadow_boost=-1.0).check()
 
 
-def test_a_block_that_cannot_be_decoded_mid_scene_fails_with_gdals_reason(tmp_path, predictor):
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_a_block_that_cannot_be_decoded_mid_scene_fails_with_gdals_reason(tmp_path, predictor, where):
     """The truncation check touches the last block only; a damaged block elsewhere fails while
     masking, is reported as a read (with GDAL's reason, not "cannot write output") and leaves
-    nothing behind."""
+    nothing behind. On a cluster too, where GDAL's reason is an exception that cannot travel."""
     src = tmp_path / "S2A_MSIL2A_damaged.tif"
     dn = np.round(random_reflectance(13, 128, 128, seed=4) * 10000 + 1000).astype("uint16")
     with rasterio.open(src, "w", driver="GTiff", width=128, height=128, count=13, dtype="uint16", nodata=0,
@@ -943,11 +945,19 @@ def test_a_block_that_cannot_be_decoded_mid_scene_fails_with_gdals_reason(tmp_pa
     data[offset : offset + size] = b"\xff" * size
     src.write_bytes(bytes(data))
     out = tmp_path / "out"
-    with pytest.raises(SceneError) as info:
-        mask_scene(src, out / "m.tif", predictor, MaskOptions(tiles=SMALL))
-    message = str(info.value)
+    if where == "local":
+        with pytest.raises(SceneError) as info:
+            mask_scene(src, out / "m.tif", predictor, MaskOptions(tiles=SMALL))
+        message = str(info.value)
+    else:
+        distributed = pytest.importorskip("distributed")
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                      dashboard_address=None) as cluster:
+            (r,) = mask_many([str(src)], out, MaskOptions(tiles=SMALL, scheduler=cluster.scheduler_address), predictor)
+        message = r.message
     assert message.startswith(f"{src}: reading failed mid-scene (") and "\n" not in message
     assert "cannot write output" not in message and "previous exception" not in message
+    assert re.search(r"\(S2A_MSIL2A_damaged\.tif, band \d+: IReadBlock failed at X offset 0, Y offset 1", message)
     assert not out.exists() or _files(out) == []
 
 
