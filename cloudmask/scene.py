@@ -237,6 +237,8 @@ def read_scene(
     """Open a scene lazily. ``sensor`` may be omitted when the input names it (STAC, file naming)."""
     registry = registry or load_registry()
     src = str(source)
+    if _is_url(src) and PurePosixPath(urlparse(src).path).suffix.lower() in _RASTER_SUFFIXES:
+        return _read_multiband(src, sensor, bands, product, resolution, registry, chunks)  # e.g. a COG
     if _is_url(src) or src.lower().endswith(".json"):
         return _read_stac_item(src, sensor, bands, product, resolution, registry, chunks)
     path = Path(src)
@@ -522,23 +524,27 @@ def _check_valid_product(sensor: Sensor, product: str | None) -> None:
 # --------------------------------------------------------------------------- (a) multi-band GeoTIFF
 
 
-def _read_multiband(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
+def _read_multiband(path: Path | str, sensor, bands, product, resolution, registry, chunks) -> Scene:
+    """A multi-band raster: a local file or a URL (read in place with range requests)."""
+    remote = _is_url(str(path))
+    # what messages and the sensor guess call it: the file name (of the URL's path)
+    named = PurePosixPath(urlparse(str(path)).path) if remote else Path(path)
     src = _open(str(path))
     with src:
         count, descriptions = src.count, list(src.descriptions)
         crs, transform = src.crs, src.transform
         if crs is None and transform == Affine.identity():
-            warnings.warn(f"{path.name} is not georeferenced; the mask will not be either", stacklevel=3)
+            warnings.warn(f"{named.name} is not georeferenced; the mask will not be either", stacklevel=3)
         tags = src.tags()
         dtypes = [np.dtype(d) for d in src.dtypes]
         nodatas = [src.nodata] * count
         _check_readable(src, path)
-    sensor = resolve_sensor(sensor, registry, path.name, str(path), tags.get("CLOUDMASK_SENSOR"),
+    sensor = resolve_sensor(sensor, registry, named.name, str(path), tags.get("CLOUDMASK_SENSOR"),
                             "its CLOUDMASK_SENSOR tag")
     _check_valid_product(sensor, product)
-    product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), path.name)
+    product = product or guess_product(sensor, tags.get("CLOUDMASK_PRODUCT", ""), named.name)
     skip = {i for i, b in enumerate(bands or []) if b.strip() in SKIP_LAYER}
-    chosen = _name_file_bands(path, sensor, bands, count, descriptions)
+    chosen = _name_file_bands(named, sensor, bands, count, descriptions)
     keep = [i for i in range(count) if i not in skip]  # 0-based layers read, in file order
     dtypes, nodatas = [dtypes[i] for i in keep], [nodatas[i] for i in keep]
     if resolution:
@@ -549,16 +555,16 @@ def _read_multiband(path: Path, sensor, bands, product, resolution, registry, ch
     else:
         whole = _open_lazy(str(path), chunks)  # one band per chunk
         layers, coords = (whole.data if not skip else whole.data[keep]), _grid_coords(whole)
-        files = [(str(path), i + 1) for i in keep]
+        files = [(str(_absolute(str(path))), i + 1) for i in keep]
     return _assemble(layers, chosen, sensor, product, dtypes, nodatas, str(path), crs, transform, files=files,
-                     coords=coords)
+                     coords=coords, remote=remote)
 
 
 #: In ``--bands`` for a multi-band file, a layer to leave out (e.g. a UDM or alpha layer).
 SKIP_LAYER = ("-", "_")
 
 
-def _name_file_bands(path: Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
+def _name_file_bands(path: PurePosixPath | Path, sensor: Sensor, bands, count: int, descriptions: list[str | None]) -> list[Band]:
     named = _described_bands(sensor, descriptions)
     if bands:
         if len(bands) != count:
@@ -634,7 +640,7 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     return src.crs, Affine(xres, 0, left, 0, -yres, north), width, height
 
 
-def _check_readable(ds: rasterio.io.DatasetReader, path: Path, decode: bool = True) -> None:
+def _check_readable(ds: rasterio.io.DatasetReader, path: Path | str, decode: bool = True) -> None:
     """Fail now, with a clear message, on a file cut short (an interrupted download or copy), not
     mid-inference.
 

@@ -706,6 +706,18 @@ def test_a_connection_dropped_mid_read_costs_a_request_not_the_scene(file_server
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+def test_a_geotiff_url_is_masked_in_place_as_its_file_is(file_server, tmp_path, predictor):
+    src = _s2(file_server.root / "S2A_MSIL2A_url.tif", h=150, w=170)
+    local = mask_scene(src, tmp_path / "local_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    (r,) = mask_many([f"{file_server.url}/S2A_MSIL2A_url.tif?x=1"], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+    assert r.status == "masked", r.message
+    assert Path(r.output) == tmp_path / "out" / "S2A_MSIL2A_url_cloudmask.tif" and r.sensor == "sentinel2"
+    with rasterio.open(local.output) as a, rasterio.open(r.output) as b:
+        assert (a.crs, a.transform) == (b.crs, b.transform)
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert json.loads(OutputPaths(Path(r.output)).item.read_text())["links"][0]["href"].endswith("/S2A_MSIL2A_url.tif?x=1")
+
+
 def _shadow_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
     """Clouds (bright band 1) each cast a dark patch 14 px down, 22 px left; two dark decoys lie
     far from any cloud (for :class:`test_shadows._PointPredictor`, unsure of every dark patch)."""

@@ -568,3 +568,20 @@ def test_a_scene_opened_by_a_relative_path_still_reads_from_another_folder(tmp_p
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     np.testing.assert_array_equal(scene.data.values, expected)
+
+
+def test_a_multiband_geotiff_url_is_read_in_place_like_the_file(file_server):
+    """``cloudmask mask https://…/scene.tif``: a raster URL (not a STAC item) is opened with range
+    requests, its name tells the sensor, and it reads as the same file does locally."""
+    dn = np.round(random_reflectance(13, 300, 260, seed=7) * 10000 + 1000).astype("uint16")
+    local = write_raster(file_server.root / "S2B_MSIL2A_20240601_cog.tif", dn, nodata=0)
+    url = f"{file_server.url}/S2B_MSIL2A_20240601_cog.tif"
+    remote, here = read_scene(url), read_scene(local)
+    assert remote.sensor.id == "sentinel2" and remote.product == here.product == "l2a" and remote.source == url
+    assert remote.raw.remote and not here.raw.remote and remote.raw.files[0] == (url, 1)
+    assert (remote.crs, remote.transform) == (here.crs, here.transform)
+    np.testing.assert_array_equal(remote.data.values, here.data.values)
+    assert all(r is not None for r in file_server.gets("/S2B_MSIL2A_20240601_cog.tif"))  # only range requests
+    with pytest.raises(SceneError) as err:
+        read_scene(f"{file_server.url}/gone.tif", "sentinel2")
+    assert str(err.value) == f"{file_server.url}/gone.tif: cannot read raster (HTTP 404 Not Found)"

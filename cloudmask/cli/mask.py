@@ -131,7 +131,7 @@ def mask_cmd(
         list[str] | None,
         typer.Argument(
             help="Scenes: multi-band GeoTIFFs, band folders, Sentinel-2 .SAFE folders, .SAFE.zip or Landsat .tar "
-            "archives (read in place), STAC item JSON paths or URLs, directory trees, "
+            "archives (read in place), STAC item JSON paths or URLs, GeoTIFF URLs (range requests), directory trees, "
             "globs ('archive/**/*.tif'), or @list.txt (one input per line).",
             show_default=False,
             metavar="INPUT",
