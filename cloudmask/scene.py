@@ -342,6 +342,15 @@ def configure_remote_reads() -> None:
             set_gdal_config(key, value)
 
 
+def _gdal_vsi_path(url: str) -> str:
+    """The GDAL virtual file name a URL is read through (its caches are keyed by it)."""
+    scheme, _, rest = url.partition("://")
+    prefix = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(scheme.lower())
+    if url.startswith("/vsi"):
+        return url
+    return prefix + rest if prefix else "/vsicurl/" + url
+
+
 def forget_remote_data(url: str | None = None) -> None:
     """Drop what GDAL has cached of ``url`` (of every remote file when None), so the next read asks
     the server again. A response cut short stays in GDAL's cache as if complete: without this,
@@ -355,7 +364,7 @@ def forget_remote_data(url: str | None = None) -> None:
         if url is None:
             gdal.VSICurlClearCache()
         else:
-            gdal.VSICurlPartialClearCache(("/vsicurl/" + url if not url.startswith("/vsi") else url).encode())
+            gdal.VSICurlPartialClearCache(_gdal_vsi_path(url).encode())
     except (OSError, AttributeError):  # a GDAL without the function: the retry reads the cache
         pass
 

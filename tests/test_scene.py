@@ -585,3 +585,14 @@ def test_a_multiband_geotiff_url_is_read_in_place_like_the_file(file_server):
     with pytest.raises(SceneError) as err:
         read_scene(f"{file_server.url}/gone.tif", "sentinel2")
     assert str(err.value) == f"{file_server.url}/gone.tif: cannot read raster (HTTP 404 Not Found)"
+
+
+def test_gdal_names_a_url_by_its_scheme_for_dropping_its_cache():
+    """A retry must drop the cache entry GDAL keyed the file by: /vsis3/ and /vsigs/ for object
+    stores, /vsicurl/ for HTTP."""
+    from cloudmask.scene import _gdal_vsi_path
+
+    assert _gdal_vsi_path("https://h/a/b.tif?sig=1") == "/vsicurl/https://h/a/b.tif?sig=1"
+    assert _gdal_vsi_path("s3://bucket/k/x.tif") == "/vsis3/bucket/k/x.tif"
+    assert _gdal_vsi_path("gs://bucket/x.tif") == "/vsigs/bucket/x.tif"
+    assert _gdal_vsi_path("/vsiaz/c/x.tif") == "/vsiaz/c/x.tif"
