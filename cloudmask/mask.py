@@ -933,6 +933,19 @@ def connect(address: str) -> Any:
         raise UsageError(f"cannot reach the Dask scheduler at {address} ({first_line(exc)})") from None
 
 
+def check_output_folder(out: Path) -> None:
+    """Fail now if ``out`` cannot hold outputs: a file, or under an unwritable folder. Checked
+    without making it (each scene makes its folder once read), so a run that stops before any
+    scene, or whose scenes all fail, leaves no empty folder behind."""
+    top = out
+    while not os.path.lexists(top) and top.parent != top:  # the nearest existing ancestor
+        top = top.parent
+    if not top.is_dir():
+        raise OutputError(f"{top}: not a folder" + (f" (cannot hold -o {out})" if top != out else ""))
+    if not os.access(top, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: output folder is not writable")
+
+
 def mask_many(
     inputs: Sequence[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -960,12 +973,7 @@ def mask_many(
     limit_memory_growth()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise cog.output_error(exc, out) from None
-        if not os.access(out, os.W_OK):
-            raise OutputError(f"{out}: output folder is not writable")
+        check_output_folder(out)
     pairs = expand_inputs(inputs)
     if not pairs:
         raise UsageError("no input scenes given")

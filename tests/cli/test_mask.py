@@ -134,6 +134,17 @@ def test_root_errors(tmp_path):
         assert res.exit_code == 2 and says in res.stderr, res.output
 
 
+def test_a_run_whose_scenes_all_fail_leaves_no_output_folder(tmp_path):
+    """-o is checked, not made, before the scenes: only a scene that is read makes its folder."""
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    for args in ([str(tmp_path / "bad.tif")], [str(tmp_path / "missing.tif")], [str(tmp_path / "no" / "*.tif")]):
+        res = runner.invoke(app, ["mask", *args, "-o", str(tmp_path / "out" / "deep"), "-q", *FAST])
+        assert res.exit_code in (1, 2) and not (tmp_path / "out").exists(), res.output
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["mask", str(tmp_path / "bad.tif"), "-o", str(tmp_path / "afile"), *FAST])
+    assert res.exit_code == 1 and "afile: not a folder" in res.stderr
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path):
     src = _s2(tmp_path / "S2A_u.tif")
     res = runner.invoke(app, ["mask", str(src), "--sensor", "sentinel22"])
@@ -319,7 +330,7 @@ def test_a_rerun_redoes_a_mask_cut_short_instead_of_skipping_it(tmp_path):
 
 
 @pytest.mark.parametrize("case, code, says", [
-    ("unwritable -o", 1, "cannot write output"), ("glob matches nothing", 2, "no file matches"),
+    ("unwritable -o", 1, "blocker: not a folder"), ("glob matches nothing", 2, "no file matches"),
     ("empty folder", 2, "no scenes found"), ("model fails to load", 1, "bad.safetensors"),
     ("bad option value", 2, "--threshold"), ("option out of click's range", 2, "--dilate"),
     ("unknown option", 2, "--bogus"), ("no input", 2, "give at least one input"),
@@ -347,6 +358,7 @@ def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, sa
     doc = json.loads(res.stdout)
     assert says in doc["error"] and says in res.stderr
     assert doc["scenes"] == [] and doc["summary"]["scenes"] == 0 and "not_done" in doc
+    assert not (tmp_path / "o").exists()  # a run that did nothing made no output folder
 
 
 def test_json_error_after_some_scenes_keeps_them_in_the_document(tmp_path, monkeypatch):
