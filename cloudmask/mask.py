@@ -451,23 +451,27 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
             f = d / name
             if name.startswith(".") or name.endswith(_OUR_SUFFIXES):
                 continue
-            if _is_simulated_labels(f):
+            if _is_truth_labels(f):
                 continue
             if f.suffix.lower() in _RASTERS or _is_stac_item_file(f) or _is_scene_archive(f):
                 found.append(str(f))
     return found
 
 
-#: How ``cloudmask simulate`` names a scene's files (cloudmask.simulate.io.write_scene).
-_SIM_IMAGE, _SIM_LABELS = "_image.tif", "_labels.tif"
+#: A label raster's name: the scene's stem, then one of these words (``x_labels.tif`` as
+#: ``cloudmask simulate`` writes it, ``x.label.tif`` as ``cloudmask sample`` and many datasets do).
+_TRUTH_NAME = re.compile(r"^(?P<stem>.+)[._\-](label|labels|truth|gt)(?P<ext>\.tiff?)$", re.I)
 
 
-def _is_simulated_labels(path: Path) -> bool:
-    """A label raster ``cloudmask simulate`` wrote beside its image or item: truth, not a scene."""
-    if not path.name.endswith(_SIM_LABELS):
+def _is_truth_labels(path: Path) -> bool:
+    """A label raster beside its scene (``x.tif``, ``x_image.tif``, ``x.image.tif`` or the item
+    ``x.json``): truth for ``cloudmask evaluate``, not a scene to mask, in a tree walk or a glob."""
+    m = _TRUTH_NAME.match(path.name)
+    if m is None:
         return False
-    stem = path.name[: -len(_SIM_LABELS)]
-    return (path.parent / f"{stem}{_SIM_IMAGE}").is_file() or (path.parent / f"{stem}.json").is_file()
+    stem, ext = m["stem"], m["ext"]
+    return any((path.parent / f"{stem}{tail}").is_file()
+               for tail in (ext, ".tif", ".tiff", "_image.tif", ".image.tif", "-image.tif", ".json"))
 
 
 def _item_local_files(path: Path) -> set[str]:
@@ -548,7 +552,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
             base = _static_prefix(item)
             for m in matches:
                 p = Path(m)
-                if p.name.startswith(".") or p.name.endswith(_OUR_SUFFIXES):
+                if p.name.startswith(".") or p.name.endswith(_OUR_SUFFIXES) or _is_truth_labels(p):
                     continue
                 if p.is_dir():
                     pairs.extend((s, base) for s in _walk(p, band_names))

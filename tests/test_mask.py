@@ -1012,6 +1012,23 @@ def test_a_simulate_folder_is_one_scene_per_item_without_its_labels(tmp_path, pr
     assert "S2A_labels.tif" in [Path(s).name for s, _ in expand_inputs([str(tmp_path / "sims")])]
 
 
+def test_label_rasters_beside_their_scenes_are_passed_over_in_walks_and_globs(tmp_path):
+    """`cloudmask sample -o sample && cloudmask mask sample` must not take the sample's
+    ``.label.tif`` (one band of truth) for a scene; a label named on its own is still masked."""
+    folder = tmp_path / "data"
+    _s2(folder / "S2A_MSIL2A_a.tif")
+    _s2(folder / "S2A_MSIL2A_a.label.tif")
+    _s2(folder / "p01_image.tif")
+    _s2(folder / "p01-gt.tif")
+    _s2(folder / "lonely_labels.tif")  # no scene beside it: a scene
+    walked = sorted(Path(s).name for s, _ in expand_inputs([str(folder)]))
+    assert walked == ["S2A_MSIL2A_a.tif", "lonely_labels.tif", "p01_image.tif"]
+    globbed = sorted(Path(s).name for s, _ in expand_inputs([str(folder / "*.tif")]))
+    assert globbed == walked
+    named = [Path(s).name for s, _ in expand_inputs([str(folder / "S2A_MSIL2A_a.label.tif")])]
+    assert named == ["S2A_MSIL2A_a.label.tif"]
+
+
 def test_an_item_and_its_image_named_together_are_one_scene(tmp_path):
     """`mask sims/*` or both files on the command line: the item only, not a second mask of its image."""
     written = _simulated(tmp_path / "sims")
