@@ -280,5 +280,7 @@ def mask_cmd(
             err_console.print(f"[bold red]error:[/] {escape(r.message)}", highlight=False, soft_wrap=True)
     err_console.print(f"[bold red]error:[/] {len(failed)} of {len(results)} scenes failed", highlight=False)
     # some scenes done: 1, as documented (a cron job can tell "retry these" from "fix the command");
-    # every scene failed: the request itself may be wrong (e.g. --sensor for all), so their code
-    raise typer.Exit(1 if len(failed) < len(results) else max(r.exit_code for r in failed) or 1)
+    # every scene failed with the same kind of error (e.g. --sensor wrong for all): its code, since
+    # the request itself may be wrong; failures of mixed kinds (a missing file, a corrupt one): 1
+    codes = {r.exit_code or 1 for r in failed}
+    raise typer.Exit(codes.pop() if len(failed) == len(results) and len(codes) == 1 else 1)

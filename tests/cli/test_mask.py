@@ -168,6 +168,10 @@ def test_archive_exit_status_is_1_when_some_scenes_failed_and_2_when_all_failed_
     odd2 = write_raster(tmp_path / "odd2.tif", random_reflectance(2, 32, 32))
     res = runner.invoke(app, ["mask", str(odd), str(odd2), "--sensor", "sentinel2", "-o", str(tmp_path / "o2"), "-q", *FAST])
     assert res.exit_code == 2 and "2 of 2 scenes failed" in res.stderr
+    # all failed, but not all for the request: a missing file is not a wrong option
+    res = runner.invoke(app, ["mask", str(odd), str(tmp_path / "gone.tif"), "--sensor", "sentinel2", "-o",
+                              str(tmp_path / "o3"), "-q", *FAST])
+    assert res.exit_code == 1 and "2 of 2 scenes failed" in res.stderr
 
 
 def test_single_missing_scene_exits_1_with_its_message(tmp_path):
