@@ -681,9 +681,11 @@ def stac_item_for_mask(
     total = int(counts.sum())
     names = {0: "clear", 1: "cloud"} if options.binary else CLASSES
     shadows = matcher.opt if matcher is not None else options.shadow_options()  # as applied to this scene
-    fractions = {name: (float(counts[v]) / valid if valid else 0.0) for v, name in names.items()}
+    # no valid pixel: no class fraction and no cloud cover (not 0 %: a filter on cloud cover
+    # must not take an empty scene for a clear one)
+    fractions: dict[str, float | None] = {name: (float(counts[v]) / valid if valid else None) for v, name in names.items()}
     fractions["nodata"] = float(counts[NODATA]) / total if total else 1.0
-    cloudy = fractions.get("cloud", fractions.get("thick_cloud", 0.0) + fractions.get("thin_cloud", 0.0))
+    cloudy = (float(counts[1] + counts[2]) / valid) if valid else None  # binary: 1 = cloud, no 2
     src_item = scene.item or {}
     src_id = src_item.get("id") or _scene_stem(scene.source)
     bbox = src_item.get("bbox") or _bounds_wgs84(scene)
@@ -701,13 +703,13 @@ def stac_item_for_mask(
         "datetime": (src_item.get("properties") or {}).get("datetime") or now,
         "created": now,
         "platform": (src_item.get("properties") or {}).get("platform"),
-        "eo:cloud_cover": round(100.0 * cloudy, 3),
+        **({"eo:cloud_cover": round(100.0 * cloudy, 3)} if cloudy is not None else {}),
         "cloudmask:source": scene.source,
         "cloudmask:sensor": scene.sensor.id,
         "cloudmask:bands": [b.name for b in scene.bands],
         "cloudmask:model_version": getattr(predictor, "version", "unknown"),
         "cloudmask:model_sha256": getattr(predictor, "sha256", None),
-        "cloudmask:class_fractions": {k: round(v, 6) for k, v in fractions.items()},
+        "cloudmask:class_fractions": {k: (round(v, 6) if v is not None else None) for k, v in fractions.items()},
         "cloudmask:options": {
             "threshold": options.threshold, "dilate": options.dilate, "binary": options.binary,
             "shadow_matching": shadows is not None,
@@ -915,7 +917,7 @@ def mask_scene(
     props = item["properties"]
     return MaskResult(
         source, str(paths.mask), "masked", seconds=time.perf_counter() - t0, megapixels=h * w / 1e6,
-        sensor=scene.sensor.id, cloud_cover=props["eo:cloud_cover"], fractions=props["cloudmask:class_fractions"],
+        sensor=scene.sensor.id, cloud_cover=props.get("eo:cloud_cover"), fractions=props["cloudmask:class_fractions"],
         probabilities=str(paths.proba) if options.probabilities else None, item=str(paths.item),
     )
 

@@ -142,7 +142,9 @@ def test_all_nodata_and_non_finite_pixels_become_255(tmp_path, predictor):
     r = mask_scene(empty, tmp_path / "empty_cloudmask.tif", predictor, MaskOptions(sensor="sentinel2", tiles=SMALL))
     with rasterio.open(r.output) as ds:
         assert (ds.read(1) == 255).all()
-    assert r.fractions["nodata"] == 1.0 and r.cloud_cover == 0.0
+    # an empty scene has no cloud cover (not 0 %: a cron filter on it must not call it clear)
+    assert r.fractions["nodata"] == 1.0 and r.fractions["clear"] is None and r.cloud_cover is None
+    assert "eo:cloud_cover" not in json.loads(OutputPaths(Path(r.output)).item.read_text())["properties"]
     refl = random_reflectance(13, 40, 50)
     refl[2, 5, 5] = np.nan
     refl[7, 6, 6] = np.inf
