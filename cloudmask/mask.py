@@ -124,7 +124,7 @@ class MaskOptions:
     def check(self) -> None:
         """Reject impossible values before touching any scene (exit code 2)."""
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
+            raise UsageError(f"--threshold must be above 0 and below 1 (0: all cloud, 1: none), got {self.threshold}")
         if self.dilate < 0:
             raise UsageError(f"--dilate must be zero or positive, got {self.dilate}")
         if not self.shadow_boost >= 0.0:

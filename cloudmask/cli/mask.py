@@ -170,7 +170,7 @@ def mask_cmd(
     ] = False,
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", metavar="P", help="Cloud when P(thick)+P(thin) >= this (0-1); default: most likely class."),
+        typer.Option("--threshold", metavar="P", help="Cloud when P(thick)+P(thin) >= this (above 0, below 1); default: most likely class."),
     ] = None,
     dilate: Annotated[int, typer.Option("--dilate", metavar="N", help="Buffer clouds and shadows by N pixels.", min=0)] = 0,
     binary: Annotated[bool, typer.Option("--binary", help="Write 1 = cloud (thick or thin), 0 = not cloud.")] = False,
