@@ -214,6 +214,15 @@ class OutputPaths:
             return False
         return not probabilities or cog.is_valid_cog(self.proba)
 
+    def source(self) -> str | None:
+        """The scene the finished output was made from (its item's ``cloudmask:source``), if it says."""
+        try:
+            props = json.loads(self.item.read_text(encoding="utf-8")).get("properties") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        src = props.get("cloudmask:source")
+        return src if isinstance(src, str) and src else None
+
 
 # --------------------------------------------------------------------------- locks
 
@@ -368,6 +377,12 @@ def _sanitise(name: str) -> str:
     """A safe file name from an untrusted id (STAC ids, URLs)."""
     clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
     return clean[:180] or "scene"
+
+
+def _source_name(source: str) -> str:
+    """A scene's file (or folder) name, the URL's last path segment for a URL: what says two runs
+    masked the same scene even if the archive has moved since."""
+    return Path(urlparse(source).path).name if _is_url(source) else Path(source).name
 
 
 def _scene_stem(source: str) -> str:
@@ -775,6 +790,19 @@ def stac_item_for_mask(
     }
 
 
+def _finished(paths: OutputPaths, source: str, options: MaskOptions) -> bool:
+    """Whether a complete output of this scene exists (and ``overwrite`` is off). A complete output
+    of another scene under this name (``x.tif``, then ``x.tiff``; a list that changed) is an error:
+    skipping would report this scene done with someone else's mask."""
+    if options.overwrite or not paths.complete(options.probabilities):
+        return False
+    made_from = paths.source()
+    if made_from is not None and _source_name(made_from) != _source_name(source):
+        raise UsageError(f"{source}: its output {paths.mask} is the mask of another scene ({made_from}); "
+                         "--overwrite replaces it")
+    return True
+
+
 def mask_scene(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -793,7 +821,7 @@ def mask_scene(
     source = str(source)
     paths = OutputPaths(Path(output))
     skipped = MaskResult(source, str(paths.mask), "skipped", "output exists (use --overwrite to redo)", item=str(paths.item))
-    if not options.overwrite and paths.complete(options.probabilities):
+    if _finished(paths, source, options):
         _tidy(paths)  # a killed --overwrite run may have left temporaries beside a finished output
         return skipped
     # the scene is opened (lazily) before its output folder is made: one that cannot be read (a
@@ -817,7 +845,7 @@ def mask_scene(
         for dst in (paths.mask, paths.proba, paths.item):
             for stale in cog.stale_temps(dst):
                 cog.remove_quietly(stale)
-        if not options.overwrite and paths.complete(options.probabilities):
+        if _finished(paths, source, options):
             return skipped  # another run finished it between our first check and our lock
         if predictor is None:
             predictor = load_predictor()

@@ -419,6 +419,23 @@ def test_a_skipped_output_loses_a_killed_runs_leftovers(tmp_path, predictor):
     assert r.status == "skipped" and _files(dst.parent) == ["k_cloudmask.json", "k_cloudmask.tif"]
 
 
+def test_a_finished_output_of_another_scene_is_not_taken_for_this_ones(tmp_path, predictor):
+    """x.tif masked by one run, x.tiff (same output name) by the next: not "skipped" with x.tif's
+    mask, but a clear failure; the same scene moved elsewhere is still skipped; --overwrite redoes it."""
+    out = tmp_path / "out"
+    first = _s2(tmp_path / "a" / "S2A_MSIL2A_z.tif")
+    assert mask_many([str(first)], out, MaskOptions(tiles=SMALL), predictor)[0].status == "masked"
+    other = _s2(tmp_path / "b" / "S2A_MSIL2A_z.tiff", seed=5)
+    (r,) = mask_many([str(other)], out, MaskOptions(tiles=SMALL), predictor)
+    assert r.status == "failed" and r.exit_code == 2 and f"is the mask of another scene ({first})" in r.message
+    moved = tmp_path / "moved" / "S2A_MSIL2A_z.tif"
+    moved.parent.mkdir()
+    first.rename(moved)
+    assert mask_many([str(moved)], out, MaskOptions(tiles=SMALL), predictor)[0].status == "skipped"
+    (r,) = mask_many([str(other)], out, MaskOptions(tiles=SMALL, overwrite=True), predictor)
+    assert r.status == "masked" and OutputPaths(Path(r.output)).source() == str(other)
+
+
 def test_a_stac_item_cut_short_is_redone_not_skipped(tmp_path, predictor):
     """The item is an output too: one that does not parse (cut short, emptied) is not a finished
     scene, or every rerun skipped it and the catalogue kept a broken item."""
