@@ -555,6 +555,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
         if not item:
             continue
         if item.startswith("@"):
+            if not item[1:].strip():
+                raise UsageError("@ needs the list file's name after it, e.g. @scenes.txt")
             queue = read_list_file(item[1:]) + queue
             continue
         if _is_url(item):
@@ -1035,8 +1037,8 @@ def mask_many(
                 seen[dst.resolve()] = source
                 result = mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
             except CloudmaskError as exc:
-                result = MaskResult(source, str(dst), "failed", str(exc), seconds=time.perf_counter() - t0,
-                                    exit_code=exc.exit_code, error=exc)
+                result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
+                                    seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)
             except Exception as exc:  # noqa: BLE001 - one scene's bug must not end an archive run
                 msg = f"{source}: internal error {type(exc).__name__}: {str(exc).strip()[:200]}"
                 result = MaskResult(source, str(dst), "failed", msg, seconds=time.perf_counter() - t0, exit_code=1, error=exc)

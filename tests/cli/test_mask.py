@@ -128,6 +128,7 @@ def test_root_errors(tmp_path):
     scenes = {Path(s["source"]).name: s for s in json.loads(res.stdout)["scenes"]}
     assert scenes["S2A_in.tif"]["status"] == "masked"
     assert scenes["S2A_out.tif"]["status"] == "failed" and "not below --root" in scenes["S2A_out.tif"]["message"]
+    assert scenes["S2A_out.tif"]["output"] is None  # none is written, none is named
     assert not list((tmp_path / "o").rglob("S2A_out*"))
     for args, says in (([], "--root needs -o"), (["-o", str(tmp_path / "o")], "not a folder")):
         res = runner.invoke(app, ["mask", str(inside), "--root", str(tmp_path / "nope"), *args, *FAST])
@@ -338,7 +339,7 @@ def test_a_rerun_redoes_a_mask_cut_short_instead_of_skipping_it(tmp_path):
     ("empty folder", 2, "no scenes found"), ("model fails to load", 1, "bad.safetensors"),
     ("bad option value", 2, "--threshold"), ("option out of click's range", 2, "--dilate"),
     ("unknown option", 2, "--bogus"), ("no input", 2, "give at least one input"),
-    ("unreadable list file", 2, "cannot read the list of inputs"),
+    ("unreadable list file", 2, "cannot read the list of inputs"), ("@ without a file", 2, "@ needs the list file"),
 ])
 def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, says):
     """A cron job parsing stdout gets a document, with the error, whatever stopped the run."""
@@ -356,6 +357,7 @@ def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, sa
         "unknown option": [str(src), "--bogus"],
         "no input": [],
         "unreadable list file": ["--from-file", str(tmp_path / "gone.txt")],
+        "@ without a file": ["@"],
     }[case]
     res = runner.invoke(app, ["mask", *args, "--json", *FAST])
     assert res.exit_code == code, res.output
