@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -380,14 +380,21 @@ def _sanitise(name: str) -> str:
 
 
 def _source_name(source: str) -> str:
-    """A scene's file (or folder) name, the URL's last path segment for a URL: what says two runs
-    masked the same scene even if the archive has moved since."""
-    return Path(urlparse(source).path).name if _is_url(source) else Path(source).name
+    """What says two runs masked the same scene: a file's (or folder's) name, so an archive may
+    move; a URL's host and path (not its query: signed URLs change), as URLs share names
+    (``…/a/item.json``, ``…/b/item.json``)."""
+    if _is_url(source):
+        u = urlparse(source)
+        return f"{u.netloc}{u.path}"
+    return Path(source).name
 
 
 def _scene_stem(source: str) -> str:
     if _is_url(source):
-        name = Path(urlparse(source).path).name or urlparse(source).netloc
+        path = PurePosixPath(urlparse(source).path)
+        name = path.name or urlparse(source).netloc
+        if name.lower() == "item.json" and path.parent.name:  # `cloudmask fetch`'s <id>/item.json, served
+            name = path.parent.name  # outputs of a URL are not mirrored: "item" would name them all
     else:
         name = Path(source).name
     for suffix in (".json", *_SCENE_FILES):

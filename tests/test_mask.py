@@ -737,6 +737,23 @@ def test_a_geotiff_url_is_masked_in_place_as_its_file_is(file_server, tmp_path, 
     assert json.loads(OutputPaths(Path(r.output)).item.read_text())["links"][0]["href"].endswith("/S2A_MSIL2A_url.tif?x=1")
 
 
+def test_served_fetch_folders_are_masked_under_their_ids(file_server, tmp_path, predictor):
+    """`cloudmask fetch` writes <id>/item.json; served over HTTP and masked by URL (outputs of URLs
+    are not mirrored), each is named after its folder, not "item"; a rerun of one skips only it."""
+    from fetch_servers import write_s2_item
+
+    urls = []
+    for sid in ("S2A_one", "S2B_two"):
+        item = write_s2_item(file_server, sid, bands=["B04", "B8A", "B11"], size=48)
+        write_item(file_server.root / sid / "item.json", item)
+        urls.append(f"{file_server.url}/{sid}/item.json")
+    results = mask_many(urls, tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+    assert [r.status for r in results] == ["masked", "masked"], [r.message for r in results]
+    assert _files(tmp_path / "out") == ["S2A_one_cloudmask.json", "S2A_one_cloudmask.tif",
+                                        "S2B_two_cloudmask.json", "S2B_two_cloudmask.tif"]
+    assert [r.status for r in mask_many(urls[:1], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)] == ["skipped"]
+
+
 def _shadow_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
     """Clouds (bright band 1) each cast a dark patch 14 px down, 22 px left; two dark decoys lie
     far from any cloud (for :class:`test_shadows._PointPredictor`, unsure of every dark patch)."""
