@@ -1018,8 +1018,8 @@ def mask_many(
     if out is not None:
         check_output_folder(out)
     pairs = expand_inputs(inputs)
-    if not pairs:
-        raise UsageError("no input scenes given")
+    if not pairs:  # e.g. a glob that matched only masks
+        raise UsageError("no input scenes: what the inputs name is only cloudmask's own outputs or label rasters")
     if root is not None:
         pairs = [(source, None if _is_url(source) else Path(root)) for source, _ in pairs]
     if on_event:

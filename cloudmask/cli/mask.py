@@ -113,7 +113,7 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
             escape(Path(r.source).name or r.source),
             f"[{style[r.status]}]{r.status}[/]",
             f"{r.cloud_cover:.1f}" if r.cloud_cover is not None else "-",
-            f"{r.megapixels:.1f}" if r.megapixels else "-",
+            (f"{r.megapixels:.1f}" if r.megapixels >= 1 else f"{r.megapixels:.3f}") if r.megapixels else "-",
             f"{r.seconds:.1f}",
             escape(r.message if r.status == "failed" else (r.output or "")),
         )
@@ -246,6 +246,8 @@ def mask_cmd(
             items += read_list_file(str(from_file))
         if not items:
             raise UsageError("give at least one input scene (path, folder, glob, URL, @list.txt or --from-file)")
+        if weights is not None and not weights.is_file():  # a wrong option (2), not a broken model (1)
+            raise UsageError(f"--weights {weights}: no such file")
         options = MaskOptions(
             sensor=sensor, bands=_bands(bands), product=product, resolution=resolution,
             tiles=TileOptions(tile_size=tile_size, overlap=overlap, batch_size=batch_size, threads=threads),

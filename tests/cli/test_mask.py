@@ -340,6 +340,8 @@ def test_a_rerun_redoes_a_mask_cut_short_instead_of_skipping_it(tmp_path):
     ("bad option value", 2, "--threshold"), ("option out of click's range", 2, "--dilate"),
     ("unknown option", 2, "--bogus"), ("no input", 2, "give at least one input"),
     ("unreadable list file", 2, "cannot read the list of inputs"), ("@ without a file", 2, "@ needs the list file"),
+    ("missing weights file", 2, "nope.safetensors: no such file"),
+    ("a glob of masks only", 2, "only cloudmask's own outputs"),
 ])
 def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, says):
     """A cron job parsing stdout gets a document, with the error, whatever stopped the run."""
@@ -347,6 +349,8 @@ def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, sa
     (tmp_path / "blocker").write_text("x")
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.safetensors").write_bytes(b"not weights")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a_cloudmask.tif").write_bytes(b"x")
     args = {
         "unwritable -o": [str(src), "-o", str(tmp_path / "blocker" / "sub")],
         "glob matches nothing": [str(tmp_path / "nothing" / "*.tif")],
@@ -358,6 +362,8 @@ def test_json_run_level_errors_still_print_one_document(tmp_path, case, code, sa
         "no input": [],
         "unreadable list file": ["--from-file", str(tmp_path / "gone.txt")],
         "@ without a file": ["@"],
+        "missing weights file": [str(src), "--weights", str(tmp_path / "nope.safetensors")],
+        "a glob of masks only": [str(tmp_path / "masks" / "*.tif")],
     }[case]
     res = runner.invoke(app, ["mask", *args, "--json", *FAST])
     assert res.exit_code == code, res.output
