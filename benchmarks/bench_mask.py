@@ -9,7 +9,10 @@ is written once, then each case runs in its own subprocess so its peak RSS
 * ``raw``: the strictest floor: GDAL reads every band as stored (uint16, block-aligned strips, GDAL
   decoding on all threads; no conversion to reflectance, no Dask) and the same uint8 COG is written —
   what any tool that reads these bands and writes a mask must pay;
-* ``mask``: :func:`cloudmask.mask.mask_scene` with the default tiling (COG + STAC item).
+* ``mask``: :func:`cloudmask.mask.mask_scene` with the default tiling (COG + STAC item);
+* ``cluster`` (with ``--cluster``): the same mask through ``--scheduler``, on a local Dask cluster of
+  one worker process with the same threads, started before the clock (its RSS is the worker's own,
+  not counted).
 
 Usage::
 
@@ -17,6 +20,7 @@ Usage::
     python benchmarks/bench_mask.py --sizes 1024,2048     # quick
     python benchmarks/bench_mask.py --sizes 1024 --peers  # + ukis-csmask / s2cloudless via peers.py
     python benchmarks/bench_mask.py --repeat 3            # best of 3 runs per case (steadier ratios)
+    python benchmarks/bench_mask.py --sizes 2048 --cluster # + the --scheduler path (cluster_s)
 
 The model is the bundled one when it loads, else ``Predictor.random`` with the default architecture
 (same cost per pixel). Numbers depend on the machine and its load: compare rows of one run.
@@ -152,6 +156,25 @@ def case_mask(scene_path: str, out: str, threads: int, tile: int, matching: bool
     return {"seconds": time.perf_counter() - t0, "pixels": int(r.megapixels * 1e6), "model": note, "halo": predictor.halo}
 
 
+def case_cluster(scene_path: str, out: str, threads: int, tile: int) -> dict[str, Any]:
+    """``mask --scheduler`` on a LocalCluster (one worker process, ``threads`` threads)."""
+    import distributed
+
+    from cloudmask.mask import MaskOptions, mask_many
+    from cloudmask.tiles import TileOptions
+
+    predictor, note = _predictor()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=threads, processes=True,
+                                  dashboard_address=None) as cluster:
+        options = MaskOptions(tiles=TileOptions(tile_size=tile), scheduler=cluster.scheduler_address, overwrite=True)
+        t0 = time.perf_counter()
+        (r,) = mask_many([scene_path], Path(out).parent, options, predictor)
+        seconds = time.perf_counter() - t0
+    if r.status != "masked":
+        raise RuntimeError(r.message)
+    return {"seconds": seconds, "pixels": int(r.megapixels * 1e6), "model": note, "halo": predictor.halo}
+
+
 def _child(argv: list[str]) -> None:
     from cloudmask.tiles import limit_memory_growth
 
@@ -161,6 +184,8 @@ def _child(argv: list[str]) -> None:
         res = case_floor(scene_path, out, threads)
     elif kind == "raw":
         res = case_raw(scene_path, out, threads)
+    elif kind == "cluster":
+        res = case_cluster(scene_path, out, threads, tile)
     else:
         res = case_mask(scene_path, out, threads, tile, matching=kind != "mask-nomatch")
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers-size", type=int, default=None, help="scene edge the peers run on (default: the smallest)")
     ap.add_argument("--matching-cost", action="store_true",
                     help="also time the mask without cloud–shadow matching (column nomatch_s)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also time the mask through a local Dask cluster, as --scheduler runs it (column cluster_s)")
     ap.add_argument("--repeat", type=int, default=1, help="run each case N times, keep the fastest")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -253,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.matching_cost:
             nm = best_of(args.repeat, "mask-nomatch", scene, work / f"nomatch_{size}_cloudmask.tif", args.threads, args.tile_size)
             rows[-1]["nomatch_s"] = round(nm["seconds"], 2)
+        if args.cluster:
+            cl = best_of(args.repeat, "cluster", scene, work / "cluster" / f"S2A_MSIL2A_synthetic_{size}_cloudmask.tif",
+                         args.threads, args.tile_size)
+            rows[-1]["cluster_s"] = round(cl["seconds"], 2)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.peers and size == (args.peers_size or min(sizes)):
             peer_rows = run_peers(scene, work / "peers")
@@ -272,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_floor", "raw_s", "ratio_to_raw", "floor_cpu_s", "mask_cpu_s", "cpu_ratio"]
     if args.matching_cost:
         cols.append("nomatch_s")
+    if args.cluster:
+        cols.append("cluster_s")
     for c in cols:
         table.add_column(c, justify="right")
     for r in rows:

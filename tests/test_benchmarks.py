@@ -15,17 +15,18 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 def test_bench_mask_runs_every_case_on_a_small_scene(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_mask.py"), "--sizes", "256", "--threads", "1", "--workdir", str(tmp_path), "--json"],
+        [sys.executable, str(BENCH / "bench_mask.py"), "--sizes", "256", "--threads", "1", "--workdir", str(tmp_path),
+         "--cluster", "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     (row,) = doc["cases"]
-    assert row["size"] == 256 and row["mask_s"] > 0 and row["floor_s"] > 0 and row["raw_s"] > 0
+    assert row["size"] == 256 and row["mask_s"] > 0 and row["floor_s"] > 0 and row["raw_s"] > 0 and row["cluster_s"] > 0
     assert row["ratio_to_raw"] >= row["ratio_to_floor"] > 0  # the raw floor is the stricter one
     from rio_cogeo.cogeo import cog_validate
 
-    for name in ("floor_256.tif", "raw_256.tif", "mask_256_cloudmask.tif"):
+    for name in ("floor_256.tif", "raw_256.tif", "mask_256_cloudmask.tif", "cluster/S2A_MSIL2A_synthetic_256_cloudmask.tif"):
         assert cog_validate(str(tmp_path / name))[0], name
 
 
