@@ -124,6 +124,18 @@ def test_reproject_needs_georeferencing(tmp_path: Path) -> None:
     assert "--reproject" not in str(info.value)
 
 
+def test_a_georeferenced_prediction_scores_against_a_same_size_plain_truth(tmp_path: Path) -> None:
+    """SPARCS-style truth (a PNG, no CRS) of the scene's size: compared pixel for pixel, as two
+    plain rasters are; only a size difference is an error."""
+    write_raster(tmp_path / "t.tif", _truth(), nodata=255, crs=None)
+    write_raster(tmp_path / "p.tif", _truth(), nodata=255)
+    pooled = ev.evaluate([tmp_path / "p.tif"], tmp_path / "t.tif", window=32).report["models"][0]["pooled"]
+    assert pooled["overall_accuracy"] == 1.0 and pooled["pixels"] == 64 * 64
+    write_raster(tmp_path / "small.tif", _truth(32, 64), nodata=255)
+    with pytest.raises(EvaluateError, match="the truth has no CRS.*must have the same size"):
+        ev.evaluate([tmp_path / "small.tif"], tmp_path / "t.tif")
+
+
 def test_reproject_without_overlap_is_an_error_not_empty_scores(tmp_path: Path) -> None:
     write_raster(tmp_path / "t.tif", _truth(), nodata=255)
     write_raster(tmp_path / "p.tif", _truth(), nodata=255, transform=grid_transform(20.0, left=700000.0))
