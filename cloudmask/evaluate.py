@@ -89,6 +89,9 @@ def load_encoding(spec: str | None) -> Encoding:
         raise UsageError(f"unknown mask format {spec!r}; use one of {', '.join(FORMATS)} or a YAML mapping file")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:  # e.g. the truth raster itself given as the format
+        raise UsageError(f"{path}: not a YAML mapping file (not text); a format is a name "
+                         f"({', '.join(FORMATS)}) or a YAML file") from None
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"{path}: cannot read mapping ({first_line(exc)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict) or not doc["values"]:

@@ -63,6 +63,9 @@ def test_yaml_mapping(tmp_path: Path) -> None:
         ev.load_encoding(str(f))
     with pytest.raises(UsageError, match="unknown mask format 'nope'"):
         ev.load_encoding("nope")
+    raster = write_raster(tmp_path / "truth.tif", _truth())  # an easy slip: the truth as its format
+    with pytest.raises(UsageError, match="truth.tif: not a YAML mapping file"):
+        ev.load_encoding(str(raster))
 
 
 def test_grid_mismatch_message_is_exact(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperCommand
@@ -85,9 +86,9 @@ class Command(TyperCommand):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return super().invoke(ctx)
-        except BrokenPipeError:
-            raise
-        except (CloudmaskError, OSError) as exc:
+        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # a command's own exit code, or click's usage errors (handled in parse_args)
+        except Exception as exc:  # noqa: BLE001 - a bug too: a cron job reading stdout gets a document
             if self.json_errors and _json_on(ctx):
                 self.json_error(error_message(exc))
             raise

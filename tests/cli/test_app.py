@@ -136,3 +136,23 @@ def test_json_errors_still_print_one_document(tmp_path) -> None:
         assert "error" in res.stderr.lower() and "Traceback" not in res.output
     ok = CliRunner().invoke(app, ["sensors", "sentinel2", "--json"])
     assert ok.exit_code == 0 and "error" not in json.loads(ok.stdout)
+
+
+def test_json_document_on_an_internal_error_too(tmp_path, monkeypatch) -> None:
+    """A bug (not a library error) with ``--json``: stdout still holds one document naming it; the
+    error then goes on to the console script's last-resort "internal error" line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cloudmask import evaluate as ev
+    from cloudmask.cli.app import app
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ev, "evaluate", broken)
+    (tmp_path / "p.tif").write_bytes(b"x")
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "p.tif"), "--json"])
+    assert isinstance(res.exception, ZeroDivisionError)
+    assert json.loads(res.stdout) == {"error": "internal error: ZeroDivisionError: division by zero"}
