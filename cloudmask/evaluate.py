@@ -392,6 +392,15 @@ def pair(pred: Path, truth: Path) -> dict[str, tuple[Path, Path]]:
     return pairs
 
 
+def without_truth(pred: Path, truth: Path) -> list[str]:
+    """Scene keys of a prediction folder that no truth file matches (left out of the scores; said,
+    so that a missing truth file is not mistaken for a smaller test set)."""
+    if not (pred.is_dir() and truth.is_dir()):
+        return []
+    truths = _index(truth)
+    return sorted(k for k in _index(pred) if k not in truths)
+
+
 # --------------------------------------------------------------------------- RGB for quick-looks
 
 _RGB_NAMES = {"red": ("red", "b04", "b4"), "green": ("green", "b03", "b3"), "blue": ("blue", "b02", "b2")}
@@ -579,6 +588,7 @@ def evaluate(
         "binary_masks": binary,
         "scenes": common,
         "skipped_scenes": skipped,
+        "no_truth": sorted(set().union(*(without_truth(p, truth_path) for p in pred_paths))),
         "reprojected": aligned_count,
         "window": window,
         "models": models,

@@ -163,6 +163,9 @@ def test_directory_pairing(tmp_path: Path) -> None:
     pairs = ev.pair(tmp_path / "pred", tmp_path / "truth")
     assert sorted(pairs) == ["a", "b"]
     assert pairs["a"][1].name == "a.label.tif"
+    assert ev.without_truth(tmp_path / "pred", tmp_path / "truth") == ["d"]  # left out, and said
+    report = ev.evaluate([tmp_path / "pred"], tmp_path / "truth", window=32).report
+    assert report["scenes"] == ["a", "b"] and report["no_truth"] == ["d"]
     single = ev.pair(tmp_path / "pred" / "b_mask.tif", tmp_path / "truth")
     assert single["b"][1].name == "b.label.tif"
     with pytest.raises(EvaluateError, match="no truth file"):

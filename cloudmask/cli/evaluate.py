@@ -111,6 +111,11 @@ def _print_tables(report: dict[str, Any]) -> None:
                       "n/a" if cb["d_f1"] is None else f"{cb['d_f1']:+.3f}"]
         w.add_row(*cells)
     console.print(w)
+    if report["no_truth"]:
+        err_console.print(
+            f"[yellow]left out {len(report['no_truth'])} prediction(s) with no truth file: "
+            f"{', '.join(report['no_truth'][:5])}{' …' if len(report['no_truth']) > 5 else ''}[/]"
+        )
     if report["skipped_scenes"]:
         err_console.print(
             f"[yellow]skipped {len(report['skipped_scenes'])} scene(s) without a prediction from every model: "
