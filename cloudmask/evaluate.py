@@ -325,17 +325,24 @@ def list_masks(folder: Path) -> list[Path]:
 
 
 _IMAGE_TAIL = re.compile(r"[._\-](image|img)$", re.I)
+#: words that name a reference mask (not a prediction: ``_cloudmask``, ``_mask``, ``_pred`` may be either)
+_LABEL_TAIL = re.compile(r"[._\-](label|labels|truth|gt|reference|ref)$", re.I)
 
 
-def _looks_like_image(path: Path) -> bool:
-    """``x.image.tif`` is an image; ``x_image_cloudmask.tif`` is the mask *of* image ``x_image`` (what
-    ``cloudmask mask`` writes), so only an image token right before the extension counts."""
+def _name_kind(path: Path) -> str:
+    """"image" for ``x.image.tif``, "label" for a reference-mask word (``x.label.tif``, ``x_gt.tif``),
+    "mask" for another mask word (``x_cloudmask.tif``, ``x_mask.tif``), "plain" for ``x.tif``. Only the token right before the extension counts:
+    ``x_image_cloudmask.tif`` is the mask *of* image ``x_image`` (what ``cloudmask mask`` writes)."""
     name = path.name
     for suffix in MASK_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return bool(_IMAGE_TAIL.search(name))
+    if _IMAGE_TAIL.search(name):
+        return "image"
+    if _LABEL_TAIL.search(name):
+        return "label"
+    return "mask" if _TAIL.search(name) else "plain"
 
 
 def _names(paths: Sequence[Path]) -> str:
@@ -344,15 +351,24 @@ def _names(paths: Sequence[Path]) -> str:
 
 
 def _index(folder: Path, images: bool = False) -> dict[str, Path]:
-    """scene key → file. Where images and masks share a folder (``x.image.tif`` next to ``x.label.tif``)
-    the mask wins (the image with ``images=True``); two masks for one scene are an error, not a guess."""
+    """scene key → file. Where images and masks share a folder (``x.image.tif`` next to ``x.label.tif``,
+    or the scene ``x.tif`` next to ``x.label.tif`` as ``cloudmask sample`` writes them) the mask wins:
+    a name with a mask word, else a plain one (the image with ``images=True``: a name with an image
+    word, else a plain one); two masks for one scene are an error, not a guess."""
     groups: dict[str, list[Path]] = {}
     for p in list_masks(folder):
         groups.setdefault(scene_key(p), []).append(p)
     out: dict[str, Path] = {}
     for key, paths in groups.items():
         if len(paths) > 1:
-            wanted = [p for p in paths if _looks_like_image(p) == images]
+            kinds = {p: _name_kind(p) for p in paths}
+            wanted = [p for p in paths if (kinds[p] == "image") == images]
+            # the scene itself (a plain name) beside its reference mask (a label word): e.g.
+            # `cloudmask sample`'s x.tif and x.label.tif. Not beside a prediction (x_cloudmask.tif
+            # in a truth folder is a mistake to report, not a truth to take)
+            pick = "plain" if images else "label"
+            if len(wanted) != 1 and sorted(kinds.values()) == sorted(["label", "plain"]):
+                wanted = [p for p in paths if kinds[p] == pick]
             if len(wanted) == 1:
                 paths = wanted
             else:  # several of the wanted kind, or none of it and several of the other

@@ -178,6 +178,18 @@ def test_directory_pairing(tmp_path: Path) -> None:
         ev.pair(tmp_path / "other", tmp_path / "truth")
 
 
+def test_a_scene_beside_its_label_as_cloudmask_sample_writes_them(tmp_path: Path) -> None:
+    """x.tif next to x.label.tif: the label is the truth, x.tif the image; a prediction in a truth
+    folder (x_cloudmask.tif beside x.tif) stays an error, not a truth taken by guess."""
+    write_raster(tmp_path / "S2A_x.tif", np.zeros((3, 8, 8), np.uint16), tiled=False)
+    write_raster(tmp_path / "S2A_x.label.tif", _truth(8, 8), nodata=255)
+    assert ev._index(tmp_path)["s2a_x"].name == "S2A_x.label.tif"
+    assert ev._index(tmp_path, images=True)["s2a_x"].name == "S2A_x.tif"
+    (tmp_path / "S2A_x.label.tif").rename(tmp_path / "S2A_x_cloudmask.tif")
+    with pytest.raises(EvaluateError, match="look like scene 's2a_x'"):
+        ev._index(tmp_path)
+
+
 def test_images_next_to_labels_are_ignored(tmp_path: Path) -> None:
     write_raster(tmp_path / "a.image.tif", np.zeros((3, 8, 8), np.float32), tiled=False)
     write_raster(tmp_path / "a.label.tif", _truth(8, 8), nodata=255)
