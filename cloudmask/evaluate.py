@@ -147,6 +147,16 @@ def _unknown_values_error(unknown: list[Any], encoding: Encoding, where: str) ->
     )
 
 
+def _warn_nodata_is_a_class(value: int, count: int, encoding: Encoding, where: str) -> None:
+    """The file's nodata value is a class of its format (e.g. a Biome mask tagged nodata=255, its
+    cloud): the file's word wins, as documented, but silently dropping a class would skew scores."""
+    code = encoding.values.get(value, NODATA)
+    if code != NODATA and count:
+        name = {CLEAR: "clear", THICK: "thick cloud", THIN: "thin cloud", SHADOW: "cloud shadow"}.get(code, str(code))
+        warnings.warn(f"{where or 'mask'}: its nodata value {value} means {name} in the {encoding.name} format; "
+                      f"its {count} pixels are left out as nodata", stacklevel=3)
+
+
 def apply_encoding(raw: np.ndarray, encoding: Encoding, file_nodata: float | None = None, where: str = "") -> np.ndarray:
     """Raw values → cloudmask codes; the file's own nodata value and NaN become 255."""
     has_nodata = file_nodata is not None and not (isinstance(file_nodata, float) and math.isnan(file_nodata))
@@ -160,6 +170,7 @@ def apply_encoding(raw: np.ndarray, encoding: Encoding, file_nodata: float | Non
                 lut[value] = code
         nodata_value = int(file_nodata) if has_nodata and float(file_nodata).is_integer() and 0 <= file_nodata < size else None
         if nodata_value is not None:
+            _warn_nodata_is_a_class(nodata_value, int(counts[nodata_value]), encoding, where)
             lut[nodata_value] = NODATA
         unknown = [v for v in np.flatnonzero(counts).tolist() if v != nodata_value and v not in encoding.values]
         if unknown:
@@ -170,6 +181,8 @@ def apply_encoding(raw: np.ndarray, encoding: Encoding, file_nodata: float | Non
         nodata_mask |= ~np.isfinite(raw)
     if has_nodata:
         nodata_mask |= raw == file_nodata
+        if float(file_nodata).is_integer():
+            _warn_nodata_is_a_class(int(file_nodata), int((raw == file_nodata).sum()), encoding, where)
     present = np.unique(raw[~nodata_mask])
     unknown = [v for v in present.tolist() if not float(v).is_integer() or int(v) not in encoding.values]
     if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,19 @@ def _truth(h: int = 64, w: int = 64) -> np.ndarray:
     t[h // 2 :, w // 2 :] = 2
     t[: h // 4, w // 2 :] = 3
     return t
+
+
+def test_a_nodata_tag_that_is_a_class_of_the_format_is_warned_about(tmp_path: Path) -> None:
+    """A Biome mask tagged nodata=255 (Biome's cloud): the tag wins, as documented, and a warning
+    says that a class went with it."""
+    raw = np.array([[0, 64, 128], [192, 255, 255]], np.uint8)
+    path = write_raster(tmp_path / "b.tif", raw, tiled=False, nodata=255)
+    with pytest.warns(UserWarning, match=r"b.tif: its nodata value 255 means thick cloud in the biome format; its 2 pixels"):
+        m = ev.read_mask(path, ev.load_encoding("biome"))
+    np.testing.assert_array_equal(m.data, [[255, 3, 0], [2, 255, 255]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the usual tag (Biome's fill, 0) says nothing
+        ev.read_mask(write_raster(tmp_path / "c.tif", raw, tiled=False, nodata=0), ev.load_encoding("biome"))
 
 
 def test_biome_encoding(tmp_path: Path) -> None:
