@@ -374,6 +374,29 @@ def test_predictor_pickles_to_a_cpu_copy_with_the_same_outputs() -> None:
     np.testing.assert_allclose(q.predict_proba(x, d), want, atol=1e-6)
 
 
+def test_a_worker_unpickles_one_predictor_per_weights_not_one_per_task(tmp_path) -> None:
+    """Every Dask task carries the predictor; a fresh copy per task paid the model's first-call
+    cost on every block. The same weights unpickle to one shared object per process; other
+    weights, and untrained predictors (no weights' identity), to their own."""
+    import pickle
+
+    from cloudmask.model.predictor import load_model
+
+    p = Predictor.random(seed=1)
+    p.sha256 = "ab" * 32  # as a weights file's digest
+    a, b = pickle.loads(pickle.dumps(p)), pickle.loads(pickle.dumps(p))
+    assert a is b and a is not p
+    q = Predictor.random(seed=2)
+    q.sha256 = "cd" * 32
+    assert pickle.loads(pickle.dumps(q)) is not a
+    r = Predictor.random(seed=1)
+    assert pickle.loads(pickle.dumps(r)) is not pickle.loads(pickle.dumps(r))
+    bundled = load_model()
+    x = np.random.default_rng(0).uniform(0.0, 0.5, (13, 40, 48)).astype("float32")
+    d = get_sensor("sentinel2").descriptors()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(bundled)).predict_proba(x, d), bundled.predict_proba(x, d))
+
+
 def test_inference_shortcuts_equal_the_training_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
