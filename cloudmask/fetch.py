@@ -85,6 +85,12 @@ class ItemPlan:
     files: list[FileTask] = field(default_factory=list)
     skipped: bool = False  # already complete on disk
     stale: list[Path] = field(default_factory=list)  # band files of another extent (full vs a clip box)
+    error: str | None = None  # why this item cannot be, or was not, fetched (the others go on)
+
+    @property
+    def complete(self) -> bool:
+        """Its folder holds the item: already there, or fetched by this run (``item.json`` written)."""
+        return self.error is None and (self.folder / ITEM_FILE).is_file() and all(t.dest.is_file() for t in self.files)
 
     def summary(self) -> dict[str, Any]:
         props = self.found.item.get("properties", {})
@@ -96,7 +102,9 @@ class ItemPlan:
             "datetime": props.get("datetime"),
             "cloud_cover": props.get("eo:cloud_cover"),
             "folder": str(self.folder),
-            "complete": self.skipped,
+            "complete": self.complete,
+            "already_here": self.skipped,
+            "error": self.error,
             "notes": list(self.found.notes),
             "files": [
                 {"band": f.band, "asset": f.asset_key, "href": f.href, "path": str(f.dest), "bytes": f.size}
@@ -180,7 +188,9 @@ def _file_extent(path: Path) -> str | None:
 
 
 def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Sequence[float] | None = None) -> list[ItemPlan]:
-    """Decide folders and file names; raises before any download if an asset cannot be fetched.
+    """Decide folders and file names. An item that cannot be fetched (no asset of a band, a
+    requester-pays href, its folder holding another item) gets its ``error`` and no files; the
+    others are planned as usual (:func:`fetch` reports it with the run's failures).
 
     An item counts as complete only when its files hold the extent asked for: full assets, or the
     same ``clip_bbox`` (which implies ``clip``).
@@ -190,37 +200,67 @@ def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Seque
     plans = []
     used: set[str] = set()
     for f in found:
+        # An id that is not already a safe name gets a digest of itself: its folder then never
+        # depends on which other items a search returns (a folder given by the order of the
+        # results went, in a later run, to another id, whose item was taken for complete).
         name = sanitise_id(f.id)
-        if name in used:  # two ids that sanitise alike must not share a folder
-            name = f"{name}_{hashlib.sha1(f.id.encode()).hexdigest()[:8]}"
+        if name != f.id:
+            name = f"{name}_{_digest(f.id)}"
+        if name in used:  # the same id twice (two collections)
+            name = f"{name}_{_digest(f.target.collection + '/' + f.id)}"
         used.add(name)
         folder = out / name
         p = ItemPlan(found=f, folder=folder)
-        # one file per asset: an asset holding several bands (e.g. a 4-band analytic GeoTIFF) is
-        # fetched once, named after its key, and item.json says which layer is which band
-        by_asset: dict[str, list[str]] = {}
-        for band, key in f.assets.items():
-            by_asset.setdefault(key, []).append(band)
-        for key, bands in by_asset.items():
-            asset = f.item["assets"][key]
-            href = resolve_href(f.item, asset, f"item {f.id} asset {key}")
-            size = asset.get("file:size") if not clip else None
-            checksum = asset.get("file:checksum") if not clip else None
-            name = bands[0] if len(bands) == 1 else sanitise_id(key)
-            p.files.append(
-                FileTask(f, ",".join(bands), key, href, folder / f"{name}.tif",
-                         size if isinstance(size, int) else None, checksum if isinstance(checksum, str) else None)
-            )
-        if not p.files:
-            raise FetchError(f"item {f.id}: no asset matches a band of {f.sensor.id}")
-        for t in p.files:
-            if t.dest.is_file():
-                have = _file_extent(t.dest)
-                if have is None or (have != want if want is not None else have == "full"):
-                    p.stale.append(t.dest)
-        p.skipped = not p.stale and (folder / ITEM_FILE).is_file() and all(t.dest.is_file() for t in p.files)
         plans.append(p)
+        try:
+            _plan_files(p, clip, want)
+        except FetchError as exc:  # this item cannot be fetched; the others still are
+            p.error, p.files = str(exc), []
     return plans
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _plan_files(p: ItemPlan, clip: bool, want: str | None) -> None:
+    """The band files of one item, and whether the folder already holds them (and the item)."""
+    f, folder = p.found, p.folder
+    # one file per asset: an asset holding several bands (e.g. a 4-band analytic GeoTIFF) is
+    # fetched once, named after its key, and item.json says which layer is which band
+    by_asset: dict[str, list[str]] = {}
+    for band, key in f.assets.items():
+        by_asset.setdefault(key, []).append(band)
+    for key, bands in by_asset.items():
+        asset = f.item["assets"][key]
+        href = resolve_href(f.item, asset, f"item {f.id} asset {key}")
+        size = asset.get("file:size") if not clip else None
+        checksum = asset.get("file:checksum") if not clip else None
+        name = bands[0] if len(bands) == 1 else sanitise_id(key)
+        p.files.append(
+            FileTask(f, ",".join(bands), key, href, folder / f"{name}.tif",
+                     size if isinstance(size, int) else None, checksum if isinstance(checksum, str) else None)
+        )
+    if not p.files:
+        raise FetchError(f"item {f.id}: no asset matches a band of {f.sensor.id}")
+    for t in p.files:
+        if t.dest.is_file():
+            have = _file_extent(t.dest)
+            if have is None or (have != want if want is not None else have == "full"):
+                p.stale.append(t.dest)
+    saved = _saved_id(folder / ITEM_FILE)
+    if saved is not None and saved != f.id:
+        raise FetchError(f"item {f.id}: its folder {folder} holds item {saved!r}; move it aside")
+    p.skipped = not p.stale and saved is not None and all(t.dest.is_file() for t in p.files)
+
+
+def _saved_id(path: Path) -> str | None:
+    """The id in a saved ``item.json`` (None: none there, or unreadable: fetched again)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(doc.get("id")) if isinstance(doc, dict) and doc.get("id") is not None else None
 
 
 # --------------------------------------------------------------------------- one file
@@ -409,8 +449,12 @@ def local_item(p: ItemPlan) -> dict[str, Any]:
 def _write_item(p: ItemPlan) -> None:
     dest = p.folder / ITEM_FILE
     tmp = dest.with_name(dest.name + ".part")
-    tmp.write_text(json.dumps(local_item(p), indent=1), encoding="utf-8")
-    os.replace(tmp, dest)
+    try:
+        tmp.write_text(json.dumps(local_item(p), indent=1), encoding="utf-8")
+        os.replace(tmp, dest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fetch(
@@ -424,22 +468,25 @@ def fetch(
 ) -> list[ItemPlan]:
     """Fetch every planned file concurrently; an item's ``item.json`` is written once all its files are in.
 
-    Files of other items keep downloading when one fails; the first failure is raised at the end.
+    Files of other items keep downloading when one fails. Each failed item has its ``error`` set
+    (planned ones included); once every other item is done, the first failure is raised, naming
+    how many items failed.
     """
     import requests
     from requests.adapters import HTTPAdapter
 
     retry = retry or Retry()
-    for p in plans:
-        if not p.skipped:
-            try:
-                p.folder.mkdir(parents=True, exist_ok=True)
-                if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
-                    for old in [p.folder / ITEM_FILE, *p.stale]:
-                        old.unlink(missing_ok=True)
-            except OSError as exc:
-                raise OutputError(f"{p.folder}: cannot create folder ({exc.strerror or exc})") from None
-    tasks = [t for p in plans if not p.skipped for t in p.files if not t.dest.is_file()]
+    todo = [p for p in plans if not p.skipped and p.error is None]
+    for p in todo:
+        try:
+            p.folder.mkdir(parents=True, exist_ok=True)
+            if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
+                for old in [p.folder / ITEM_FILE, *p.stale]:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{p.folder}: cannot create folder ({exc.strerror or exc})") from None
+    tasks = [t for p in todo for t in p.files if not t.dest.is_file()]
+    owner = {id(t): p for p in todo for t in p.files}
     session = requests.Session()
     session.headers["User-Agent"] = "cloudmask-fetch"
     adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
@@ -449,27 +496,46 @@ def fetch(
     lock = threading.Lock()
 
     def run(t: FileTask) -> FileTask:
-        if clip_bbox is not None:
-            clip_file(t, clip_bbox, retry)
-        else:
-            download_file(session, t, retry, progress)
+        try:
+            if clip_bbox is not None:
+                clip_file(t, clip_bbox, retry)
+            else:
+                download_file(session, t, retry, progress)
+        except OSError as exc:  # e.g. the disk filled up: named with the file, this item fails
+            raise FetchError(f"{t.dest}: {_os_reason(exc)}") from None
         return t
 
     with session, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(run, t) for t in tasks]
+        futures = {pool.submit(run, t): t for t in tasks}
         for fut in as_completed(futures):
             try:
                 t = fut.result()
             except FetchError as exc:
                 with lock:
                     errors.append(exc)
+                    p = owner[id(futures[fut])]
+                    p.error = p.error or str(exc)
                 continue
             if on_file_done:
                 on_file_done(t)
-    for p in plans:
-        if not p.skipped and all(t.dest.is_file() for t in p.files):
-            _write_item(p)
-    if errors:
-        more = f" (and {len(errors) - 1} more failures)" if len(errors) > 1 else ""
-        raise FetchError(f"{errors[0]}{more}")
+    for p in todo:
+        if p.error is None and all(t.dest.is_file() for t in p.files):
+            try:
+                _write_item(p)
+            except OSError as exc:
+                p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
+                errors.append(FetchError(p.error))
+    failed = [p for p in plans if p.error is not None]
+    if failed:
+        first = next((str(e) for e in errors), failed[0].error)
+        more = f" ({len(failed)} of {len(plans)} items failed)" if len(failed) > 1 or len(plans) > 1 else ""
+        raise FetchError(f"{first}{more}")
     return list(plans)
+
+
+def _os_reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "disk full while writing (no space left on device)"
+    return str(exc.strerror or exc)

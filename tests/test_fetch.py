@@ -200,8 +200,8 @@ def test_hrefs_s3_and_requester_pays(file_server) -> None:
     asset["storage:refs"] = ["aws"]
     with pytest.raises(FetchError, match="requester-pays"):
         fetch.resolve_href(item, asset, "item x asset red")
-    with pytest.raises(FetchError, match="requester-pays"):
-        fetch.plan(_found(file_server, [item]), file_server.root)
+    (planned,) = fetch.plan(_found(file_server, [item]), file_server.root)  # this item fails, alone
+    assert "requester-pays" in planned.error and planned.files == [] and not planned.complete
     asset["href"] = "ftp://host/red.tif"
     with pytest.raises(FetchError, match="unsupported href scheme"):
         fetch.resolve_href(item, asset, "x")

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
+from cloudmask.cli.common import (Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json,
+                                  use_sensors_dirs)
 from cloudmask.errors import UsageError
 
 
@@ -25,7 +26,16 @@ class _RichLogHandler(logging.Handler):
         err_console.print(f"[{style}]{escape(record.getMessage())}[/]", highlight=False, soft_wrap=True)
 
 
-@app.command("fetch", cls=Command, short_help="Search a STAC catalogue and download the scenes' bands.")
+class _FetchCommand(Command):
+    """``--json`` errors are fetch's own document (the items with their state), printed by fetch_cmd."""
+
+    json_errors = False
+
+    def json_error(self, message: str) -> None:  # click's usage errors, before fetch_cmd runs
+        print_json({"dry_run": False, "items": [], "error": message})
+
+
+@app.command("fetch", cls=_FetchCommand, short_help="Search a STAC catalogue and download the scenes' bands.")
 def fetch_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write one sub-folder per item into.")] = Path("scenes"),
     bbox: Annotated[str | None, typer.Option("--bbox", metavar="W,S,E,N", help="Area as W,S,E,N in degrees.")] = None,
@@ -52,37 +62,58 @@ def fetch_cmd(
       cloudmask fetch --bbox 5.9,45.8,10.5,47.8 --date 2024-06-01/2024-06-30 \\
         --sensor sentinel2 -o scenes/
     """
-    from cloudmask import fetch as fetch_mod
     from cloudmask import stac
-
-    use_sensors_dirs(sensors_dir)
-    if (bbox is None) == (geojson is None):
-        raise UsageError("give exactly one area: --bbox W,S,E,N or --geojson FILE")
-    box = stac.parse_bbox(bbox) if bbox is not None else None
-    geometry = stac.load_geojson(geojson) if geojson is not None else None
-    when = stac.parse_date(date) if date else None
 
     logger = logging.getLogger("cloudmask.fetch")
     handler = _RichLogHandler()
     if not quiet:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    plans: list[Any] = []
     try:
-        targets = stac.resolve_targets(sensor or ["sentinel2"], catalog, collection, product)
-        found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
-        clip_bbox = (box or stac.geometry_bbox(geometry or {})) if clip else None
-        plans = fetch_mod.plan(found, output, clip=clip, clip_bbox=clip_bbox)
-        if dry_run:
-            _report(plans, json_out, quiet, dry_run=True)
-            return
-        retry = fetch_mod.Retry(attempts=retries + 1)
-        if quiet or json_out:
-            fetch_mod.fetch(plans, clip_bbox=clip_bbox, workers=workers, retry=retry)
-        else:
-            _fetch_with_progress(fetch_mod, plans, clip_bbox, workers, retry)
-        _report(plans, json_out, quiet, dry_run=False)
+        use_sensors_dirs(sensors_dir)
+        if (bbox is None) == (geojson is None):
+            raise UsageError("give exactly one area: --bbox W,S,E,N or --geojson FILE")
+        box = stac.parse_bbox(bbox) if bbox is not None else None
+        geometry = stac.load_geojson(geojson) if geojson is not None else None
+        when = stac.parse_date(date) if date else None
+        _fetch_run(plans, output, box, geometry, when, sensor, catalog, collection, product, max_cloud, limit, clip,
+                   dry_run, workers, retries, json_out, quiet)
+    except Exception as exc:
+        # what was fetched, what was already here and what failed, then the error line (exit 1):
+        # a cron job reading --json gets one document with every item's state
+        if json_out and not isinstance(exc, BrokenPipeError):
+            print_json({"dry_run": dry_run, "items": [p.summary() for p in plans], "error": error_message(exc)})
+        elif plans and not dry_run:
+            _report(plans, False, quiet, dry_run=False)
+            failed = [p for p in plans if p.error]
+            for p in failed[1:]:  # the first is the error line itself
+                err_console.print(f"[red]failed:[/] {escape(p.error)}", highlight=False, soft_wrap=True)
+        raise
     finally:
         logger.removeHandler(handler)
+
+
+def _fetch_run(plans: list[Any], output: Path, box: Any, geometry: Any, when: Any, sensor: Any, catalog: str,
+               collection: str | None, product: str | None, max_cloud: float | None, limit: int | None, clip: bool,
+               dry_run: bool, workers: int, retries: int, json_out: bool, quiet: bool) -> None:
+    """Search, plan (into ``plans``, so the caller can report them on failure), fetch, report."""
+    from cloudmask import fetch as fetch_mod
+    from cloudmask import stac
+
+    targets = stac.resolve_targets(sensor or ["sentinel2"], catalog, collection, product)
+    found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
+    clip_bbox = (box or stac.geometry_bbox(geometry or {})) if clip else None
+    plans.extend(fetch_mod.plan(found, output, clip=clip, clip_bbox=clip_bbox))
+    if dry_run:
+        _report(plans, json_out, quiet, dry_run=True)
+        return
+    retry = fetch_mod.Retry(attempts=retries + 1)
+    if quiet or json_out:
+        fetch_mod.fetch(plans, clip_bbox=clip_bbox, workers=workers, retry=retry)
+    else:
+        _fetch_with_progress(fetch_mod, plans, clip_bbox, workers, retry)
+    _report(plans, json_out, quiet, dry_run=False)
 
 
 def _fetch_with_progress(fetch_mod: Any, plans: list[Any], clip_bbox: Any, workers: int, retry: Any) -> None:
@@ -123,19 +154,28 @@ def _report(plans: list[Any], json_out: bool, quiet: bool, dry_run: bool) -> Non
         return
     if quiet:
         return
-    title = "would fetch" if dry_run else "fetched"
-    table = Table(title=f"{title} {len(plans)} item(s)", title_justify="left")
+    if dry_run:
+        title = f"would fetch {len(plans)} item(s)"
+    else:
+        counts = {"fetched": sum(p.complete and not p.skipped for p in plans), "already here": sum(p.skipped for p in plans),
+                  "failed": sum(p.error is not None for p in plans)}
+        title = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "nothing fetched"
+    table = Table(title=title, title_justify="left")
     table.add_column("item", no_wrap=True)
     for col in ("date", "cloud %", "product", "bands", "size", "folder"):
         table.add_column(col, overflow="fold")
     for p in plans:
         props = p.found.item.get("properties", {})
         sizes = [t.dest.stat().st_size if t.dest.is_file() else t.size for t in p.files]
-        size = "?" if any(s is None for s in sizes) else f"{sum(sizes) / 1e6:.1f} MB"
+        size = "?" if not sizes or any(s is None for s in sizes) else _size(sum(sizes))
         cc = props.get("eo:cloud_cover")
-        status = " (already here)" if p.skipped else ""
+        status = " (already here)" if p.skipped else (" [red](failed)[/]" if p.error else "")
         table.add_row(
             escape(p.found.id), str(props.get("datetime", ""))[:10], "" if cc is None else f"{cc:.0f}",
             p.found.product, ",".join(t.band for t in p.files), size, escape(str(p.folder)) + status,
         )
     console.print(table)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

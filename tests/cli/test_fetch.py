@@ -39,7 +39,9 @@ def test_fetch_json_then_mask_reads_the_folder(api, tmp_path) -> None:
     payload = json.loads(res.stdout)
     assert [i["id"] for i in payload["items"]] == ["S2A_MSIL2A_20240605"]
     assert payload["dry_run"] is False
-    assert [f["band"] for f in payload["items"][0]["files"]] == ["B02", "B03", "B04", "B08"]
+    item = payload["items"][0]
+    assert item["complete"] is True and item["already_here"] is False and item["error"] is None  # fetched now
+    assert [f["band"] for f in item["files"]] == ["B02", "B03", "B04", "B08"]
     assert "client side" in res.stderr  # rustac's memory backend has no cloud filter
     scene = read_scene(out / "S2A_MSIL2A_20240605")
     assert [b.name for b in scene.bands] == ["B02", "B03", "B04", "B08"]
@@ -62,7 +64,9 @@ def test_table_output_and_quiet(api, tmp_path) -> None:
     url, _ = api
     res = runner.invoke(app, _args(url, "-o", str(tmp_path / "a")))
     assert res.exit_code == 0, res.output
-    assert "fetched 2 item(s)" in res.stdout
+    assert "2 fetched" in res.stdout
+    again = runner.invoke(app, _args(url, "-o", str(tmp_path / "a")))
+    assert again.exit_code == 0 and "2 already here" in again.stdout and "fetched" not in again.stdout
     res = runner.invoke(app, _args(url, "--quiet", "-o", str(tmp_path / "b")))
     assert res.exit_code == 0 and res.stdout == "" and res.stderr == ""
     assert (tmp_path / "b" / "S2B_MSIL2A_20240610" / "item.json").exists()
@@ -131,3 +135,65 @@ def test_clip_with_geojson(api, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     scene = read_scene(out / "S2A_MSIL2A_20240605")
     assert 0 < scene.shape[0] < 32 and 0 < scene.shape[1] < 32
+
+
+def test_one_item_that_cannot_be_fetched_does_not_stop_the_others(file_server, stac_servers, tmp_path) -> None:
+    """An item without a band asset fails alone: the others are fetched, --json lists every item's
+    state and the error, and the exit status is 1."""
+    good = write_s2_item(file_server, "S2A_MSIL2A_20240605", datetime="2024-06-05T10:30:00Z", bands=["B04"])
+    bad = write_s2_item(file_server, "S2B_MSIL2A_20240606", datetime="2024-06-06T10:30:00Z", bands=["B04"])
+    bad["assets"] = {"thumbnail": bad["assets"]["thumbnail"]}
+    url = stac_servers.serve([good, bad])
+    out = tmp_path / "scenes"
+    res = runner.invoke(app, _args(url, "--json", "-o", str(out)))
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    state = {i["id"]: (i["complete"], i["error"]) for i in doc["items"]}
+    assert state["S2A_MSIL2A_20240605"] == (True, None)
+    assert state["S2B_MSIL2A_20240606"][0] is False and "no asset matches" in state["S2B_MSIL2A_20240606"][1]
+    assert "no asset matches" in doc["error"] and "1 of 2 items failed" in doc["error"]
+    assert (out / "S2A_MSIL2A_20240605" / "item.json").is_file()
+    table = runner.invoke(app, _args(url, "-o", str(out)))
+    assert table.exit_code == 1 and "1 already here, 1 failed" in table.stdout
+
+
+def test_ids_that_sanitise_alike_keep_their_own_folders_across_runs(file_server, stac_servers, tmp_path) -> None:
+    """`a/b` and `a_b`: an id that needs sanitising gets a digest of itself, so its folder does not
+    depend on which other items a search returns (it used to, and a later run took `a/b`'s folder
+    for `a_b`'s complete item)."""
+    slash = write_s2_item(file_server, "a/b", datetime="2024-06-03T10:30:00Z", bands=["B04"], folder="slash")
+    plain = write_s2_item(file_server, "a_b", datetime="2024-06-02T10:30:00Z", bands=["B04"], folder="plain")
+    url = stac_servers.serve([slash, plain])
+    out = tmp_path / "scenes"
+    first = runner.invoke(app, _args(url, "--date", "2024-06-03", "--json", "-o", str(out)))
+    assert first.exit_code == 0, first.output
+    (only,) = json.loads(first.stdout)["items"]
+    assert only["id"] == "a/b" and only["folder"].startswith(str(out / "a_b_"))
+    both = runner.invoke(app, _args(url, "--date", "2024-06-02/2024-06-03", "--json", "-o", str(out)))
+    assert both.exit_code == 0, both.output
+    items = {i["id"]: i for i in json.loads(both.stdout)["items"]}
+    assert items["a/b"]["already_here"] and items["a/b"]["folder"] == only["folder"]
+    assert not items["a_b"]["already_here"] and items["a_b"]["folder"] == str(out / "a_b")
+    assert json.loads((out / "a_b" / "item.json").read_text())["id"] == "a_b"
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_finished(api, tmp_path, monkeypatch) -> None:
+    import errno
+
+    from cloudmask import fetch as fetch_mod
+
+    real = fetch_mod.download_file
+
+    def fill_up(session, task, retry, progress=None):
+        if task.found.id == "S2B_MSIL2A_20240610":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(session, task, retry, progress)
+
+    monkeypatch.setattr(fetch_mod, "download_file", fill_up)
+    url, _ = api
+    out = tmp_path / "scenes"
+    res = runner.invoke(app, _args(url, "-q", "-o", str(out)))
+    assert res.exit_code == 1
+    assert "S2B_MSIL2A_20240610/B04.tif: disk full while writing (no space left on device)" in res.stderr
+    assert (out / "S2A_MSIL2A_20240605" / "item.json").is_file()  # the finished item is saved
+    assert not (out / "S2B_MSIL2A_20240610" / "item.json").exists()
