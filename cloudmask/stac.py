@@ -278,6 +278,26 @@ def _open_client(target: Target) -> Any:
         raise FetchError(f"{target.url}: cannot reach the STAC API ({_short(exc)})") from None
 
 
+def _missing_collection(client: Any, target: Target) -> bool:
+    """Whether the API says the collection does not exist (a search of it finds nothing, which
+    would read as "no items" for a typo in --collection). Unknown (an error asking): False."""
+    try:
+        return client.get_collection(target.collection) is None
+    except Exception as exc:  # noqa: BLE001 - pystac-client raises APIError (404) or returns None, by version
+        return getattr(exc, "status_code", None) == 404 or "404" in str(exc)[:200]
+
+
+def _collections_hint(client: Any, most: int = 8) -> str:
+    """"; it has a, b, c …" from the API's collection list, when it can be read."""
+    try:
+        ids = sorted(str(c.id) for c in client.get_collections())
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    if not ids:
+        return ""
+    return f"; it has {', '.join(ids[:most])}{' …' if len(ids) > most else ''}"
+
+
 def _short(exc: BaseException) -> str:
     """One short reason: the innermost OS error of a wrapped connection failure ("Connection
     refused", not urllib3's whole chain), else the message's first line."""
@@ -389,6 +409,8 @@ def search(
                     items.append(it)
                 if limit and len(items) >= limit:
                     break
+        if not items and not other_platform and _missing_collection(client, target):
+            raise UsageError(f"{target.url}: has no collection {target.collection!r}{_collections_hint(client)}")
         if other_platform:
             log.info("%s %s: %d item(s) from platforms other than %s's (%s) left out", target.url,
                      target.collection, other_platform, target.sensor.id, ", ".join(target.sensor.platforms))

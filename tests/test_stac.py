@@ -155,7 +155,7 @@ def test_empty_search_is_a_clear_error(memory_api) -> None:
     with pytest.raises(NoResultsError, match=r"no items in sentinel-2-l2a .*2023-01-01.*cloud_cover <= 1"):
         stac.search(targets, bbox=BBOX, datetime=stac.parse_date("2023-01-01"), max_cloud=1)
     wrong = stac.resolve_targets(["sentinel2"], catalog=memory_api, collection="nope")
-    with pytest.raises(FetchError):
+    with pytest.raises(UsageError, match=r"has no collection 'nope'; it has sentinel-2-l2a$"):  # a typo, not "no items"
         stac.search(wrong, bbox=BBOX)
     with pytest.raises(UsageError, match="max-cloud"):
         stac.search(targets, bbox=BBOX, max_cloud=120)
