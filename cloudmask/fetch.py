@@ -425,9 +425,19 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
 # --------------------------------------------------------------------------- items
 
 
-def local_item(p: ItemPlan) -> dict[str, Any]:
-    """The item as saved: band hrefs point at the local files, other hrefs made absolute, product recorded."""
+def local_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> dict[str, Any]:
+    """The item as saved: band hrefs point at the local files, other hrefs made absolute, product
+    recorded; clipped, its bbox and geometry are the clip's (within the item's own bbox), so what
+    reads it (e.g. the STAC item of its mask) does not claim the whole scene."""
     item = json.loads(json.dumps(p.found.item))
+    if clip_bbox is not None:
+        w, s, e, n = (float(v) for v in clip_bbox)
+        own = item.get("bbox")
+        if isinstance(own, list) and len(own) >= 4:
+            w, s, e, n = max(w, own[0]), max(s, own[1]), min(e, own[-2]), min(n, own[-1])
+        item["bbox"] = [w, s, e, n]
+        item["geometry"] = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+        item.setdefault("properties", {})["cloudmask:clip_bbox"] = [float(v) for v in clip_bbox]
     base = _item_base(item)
     for key, asset in item.get("assets", {}).items():
         href = asset.get("href")
@@ -446,11 +456,11 @@ def local_item(p: ItemPlan) -> dict[str, Any]:
     return item
 
 
-def _write_item(p: ItemPlan) -> None:
+def _write_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> None:
     dest = p.folder / ITEM_FILE
     tmp = dest.with_name(dest.name + ".part")
     try:
-        tmp.write_text(json.dumps(local_item(p), indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps(local_item(p, clip_bbox), indent=1), encoding="utf-8")
         os.replace(tmp, dest)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -521,7 +531,7 @@ def fetch(
     for p in todo:
         if p.error is None and all(t.dest.is_file() for t in p.files):
             try:
-                _write_item(p)
+                _write_item(p, clip_bbox)
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
                 errors.append(FetchError(p.error))

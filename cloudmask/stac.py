@@ -76,9 +76,12 @@ def _parse_instant(text: str, end: bool) -> datetime:
         except ValueError:
             t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo is not None else t
-        return datetime(d.year, d.month, d.day, 23, 59, 59) if end else datetime(d.year, d.month, d.day)
-    except ValueError:
-        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD (or an ISO 8601 date-time)") from None
+        # a day's end is its last microsecond: 23:59:59.5 belongs to that day, not to none
+        return datetime(d.year, d.month, d.day, 23, 59, 59, 999999) if end else datetime(d.year, d.month, d.day)
+    except ValueError as exc:
+        why = str(exc) if "out of range" in str(exc) or "must be in" in str(exc) else ""
+        raise UsageError(f"--date {text!r}: " + (f"no such day ({why})" if why else
+                                                  "expected YYYY-MM-DD (or an ISO 8601 date-time)")) from None
 
 
 def parse_date(text: str) -> str:
@@ -98,7 +101,9 @@ def parse_date(text: str) -> str:
         raise UsageError(f"--date {text!r}: start is after end")
 
     def fmt(v: datetime | None) -> str:
-        return ".." if v is None else v.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if v is None:
+            return ".."
+        return v.strftime("%Y-%m-%dT%H:%M:%S") + (f".{v.microsecond:06d}" if v.microsecond else "") + "Z"
 
     return f"{fmt(start)}/{fmt(end)}"
 
@@ -122,6 +127,13 @@ def load_geojson(path: str | Path) -> dict[str, Any]:
         geoms = [obj]
     if not geoms:
         raise UsageError(f"--geojson {p}: no geometry found (expected a Polygon, Feature or FeatureCollection)")
+    for g in geoms:  # checked as --bbox is: a projected file or swapped axes finds nothing, silently
+        w, s_, e, n = geometry_bbox(g)
+        if not (all(math.isfinite(v) for v in (w, s_, e, n)) and -180 <= w <= e <= 180 and -90 <= s_ <= n <= 90):
+            raise UsageError(f"--geojson {p}: coordinates must be longitude, latitude in degrees (WGS 84); "
+                             f"its extent is {w:g}, {s_:g}, {e:g}, {n:g}")
+        if g.get("type") in ("Polygon", "MultiPolygon") and not _rings_closed(g):
+            raise UsageError(f"--geojson {p}: a polygon ring needs at least 4 positions, the last equal to the first")
     if len(geoms) == 1:
         return geoms[0]
     polys: list[Any] = []
@@ -133,6 +145,14 @@ def load_geojson(path: str | Path) -> dict[str, Any]:
         else:
             raise UsageError(f"--geojson {p}: several features are only supported when all are polygons")
     return {"type": "MultiPolygon", "coordinates": polys}
+
+
+def _rings_closed(geometry: dict[str, Any]) -> bool:
+    polys = [geometry.get("coordinates") or []] if geometry.get("type") == "Polygon" else geometry.get("coordinates") or []
+    try:
+        return all(len(ring) >= 4 and list(ring[0]) == list(ring[-1]) for poly in polys for ring in poly)
+    except TypeError:
+        return False
 
 
 def geometry_bbox(geometry: dict[str, Any]) -> tuple[float, float, float, float]:

@@ -3,6 +3,8 @@ side filters) and pgstac (server-side CQL2 filter on eo:cloud_cover)."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 
 import numpy as np
@@ -28,17 +30,41 @@ def test_parse_bbox_accepts_and_rejects() -> None:
 
 
 def test_parse_date_forms() -> None:
-    assert stac.parse_date("2024-06-01") == "2024-06-01T00:00:00Z/2024-06-01T23:59:59Z"
-    assert stac.parse_date("2024-06-01/2024-06-30") == "2024-06-01T00:00:00Z/2024-06-30T23:59:59Z"
+    assert stac.parse_date("2024-06-01") == "2024-06-01T00:00:00Z/2024-06-01T23:59:59.999999Z"
+    assert stac.parse_date("2024-06-01/2024-06-30") == "2024-06-01T00:00:00Z/2024-06-30T23:59:59.999999Z"
     assert stac.parse_date("2024-06-01/..") == "2024-06-01T00:00:00Z/.."
-    assert stac.parse_date("20240602") == "2024-06-02T00:00:00Z/2024-06-02T23:59:59Z"  # a day, in any ISO form
+    assert stac.parse_date("20240602") == "2024-06-02T00:00:00Z/2024-06-02T23:59:59.999999Z"  # a day, in any ISO form
     # offsets are converted to UTC, not dropped; a date-time without one is UTC
     assert stac.parse_date("2024-06-02T00:00:00+02:00/2024-06-02T05:00:00+02:00") == "2024-06-01T22:00:00Z/2024-06-02T03:00:00Z"
     assert stac.parse_date("2024-06-02T10:30:00/2024-06-02T11:00Z") == "2024-06-02T10:30:00Z/2024-06-02T11:00:00Z"
-    for bad, word in [("2024-13-01", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
+    for bad, word in [("2024-13-01", "no such day"), ("2024-06-xx", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
                       ("../..", "at least one")]:
         with pytest.raises(UsageError, match=word):
             stac.parse_date(bad)
+
+
+def test_a_day_ends_at_its_last_microsecond() -> None:
+    """An item stamped 23:59:59.5 belongs to that day: with the end at 23:59:59 a daily cron job
+    would never fetch it (not that day, not the next)."""
+    assert stac.parse_date("2024-06-01").endswith("/2024-06-01T23:59:59.999999Z")
+
+
+def test_geojson_is_checked_as_bbox_is(tmp_path) -> None:
+    """Projected coordinates or a broken ring found nothing, silently; now a usage error."""
+    ring = [[8.9, 46.8], [9.2, 46.8], [9.2, 47.1], [8.9, 47.1], [8.9, 46.8]]
+    good = tmp_path / "good.geojson"
+    good.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    assert stac.load_geojson(good)["type"] == "Polygon"
+    for name, geom, word in [
+        ("utm", {"type": "Polygon", "coordinates": [[[500000, 5200000], [501000, 5200000], [501000, 5201000], [500000, 5200000]]]},
+         "longitude, latitude in degrees"),
+        ("lon200", {"type": "Point", "coordinates": [200, 10]}, "longitude, latitude"),
+        ("open", {"type": "Polygon", "coordinates": [ring[:2]]}, "at least 4 positions"),
+    ]:
+        f = tmp_path / f"{name}.geojson"
+        f.write_text(json.dumps(geom))
+        with pytest.raises(UsageError, match=word):
+            stac.load_geojson(f)
 
 
 def test_sanitise_id_makes_one_safe_path_component() -> None:

@@ -18,6 +18,8 @@ _state = {"debug": False}
 
 
 def _fail(message: str, code: int) -> typer.Exit:
+    # one line, whatever the message carries (e.g. a STAC item id with a newline in it)
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 

@@ -102,8 +102,10 @@ def _fetch_run(plans: list[Any], output: Path, box: Any, geometry: Any, when: An
     from cloudmask import stac
 
     targets = stac.resolve_targets(sensor or ["sentinel2"], catalog, collection, product)
-    found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
     clip_bbox = (box or stac.geometry_bbox(geometry or {})) if clip else None
+    if clip_bbox is not None and not (clip_bbox[0] < clip_bbox[2] and clip_bbox[1] < clip_bbox[3]):
+        raise UsageError("--clip needs an area: the --geojson geometry is a point or a line (its extent has no area)")
+    found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
     plans.extend(fetch_mod.plan(found, output, clip=clip, clip_bbox=clip_bbox))
     if dry_run:
         _report(plans, json_out, quiet, dry_run=True)

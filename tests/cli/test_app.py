@@ -156,3 +156,19 @@ def test_json_document_on_an_internal_error_too(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "p.tif"), "--json"])
     assert isinstance(res.exception, ZeroDivisionError)
     assert json.loads(res.stdout) == {"error": "internal error: ZeroDivisionError: division by zero"}
+
+
+def test_an_error_message_with_a_newline_stays_one_line(monkeypatch) -> None:
+    """A message can carry text from outside (a STAC item id "x\\ny"): the error is still one line."""
+    from typer.testing import CliRunner
+
+    from cloudmask import stac
+    from cloudmask.cli.app import app
+    from cloudmask.errors import FetchError
+
+    def broken(*a, **k):
+        raise FetchError("item x\ny: HTTP 404 Not Found")
+
+    monkeypatch.setattr(stac, "search", broken)
+    res = CliRunner().invoke(app, ["fetch", "--bbox", "1,2,3,4", "--catalog", "http://127.0.0.1:9", "--collection", "c"])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "item x\\ny: HTTP 404" in res.stderr, res.stderr

@@ -76,7 +76,7 @@ def test_table_output_and_quiet(api, tmp_path) -> None:
     ("extra", "code", "message"),
     [
         (["--bbox", "10,45,5,46"], 2, "west"),
-        (["--date", "2024-02-30"], 2, "YYYY-MM-DD"),
+        (["--date", "2024-02-30"], 2, "no such day"),
         (["--max-cloud", "150"], 2, "between 0 and 100"),
         (["--date", "2020-01-01"], 1, "no items"),
     ],
@@ -135,6 +135,12 @@ def test_clip_with_geojson(api, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     scene = read_scene(out / "S2A_MSIL2A_20240605")
     assert 0 < scene.shape[0] < 32 and 0 < scene.shape[1] < 32
+    saved = json.loads((out / "S2A_MSIL2A_20240605" / "item.json").read_text())
+    assert saved["bbox"] == pytest.approx([w, s, e, n]) and saved["properties"]["cloudmask:clip_bbox"] == pytest.approx([w, s, e, n])
+    point = tmp_path / "point.geojson"
+    point.write_text(json.dumps({"type": "Point", "coordinates": [w, s]}))
+    res = runner.invoke(app, [*args, "--geojson", str(point)])
+    assert res.exit_code == 2 and "--clip needs an area" in res.stderr
 
 
 def test_one_item_that_cannot_be_fetched_does_not_stop_the_others(file_server, stac_servers, tmp_path) -> None:
