@@ -24,6 +24,7 @@ Memory is bounded by a few blocks per worker thread; nothing scene-sized is ever
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
@@ -457,6 +458,16 @@ class WeightedGraph:
         """Which sides (top, bottom, left, right) of block (i, j) are on the scene's edge."""
         return i == 0, i == len(self.ychunks) - 1, j == 0, j == len(self.xchunks) - 1
 
+    def cluster_block(self, i: int, j: int) -> Any:
+        """Pass-1 block (i, j) for a Dask cluster: :meth:`block_reader`'s callable when the bands
+        are read straight from their files (it travels with its reader, which each worker keeps
+        once: chunks decoded once per worker, stored values to the model, no per-chunk graph),
+        else :meth:`block`'s graph."""
+        if self.raw is not None and self.raw.files is not None and all(f is not None for f in self.raw.files) \
+                and self.reader.files is not None:
+            return self.block_reader(i, j)
+        return self.block(i, j)
+
     def block_reader(self, i: int, j: int, nir_band: int | None = None) -> Any:
         """Like :meth:`block`, as a local callable that reads the window one band at a time, so the
         transient memory of reading is one band's chunks rather than all of them at once.
@@ -495,6 +506,24 @@ class WeightedGraph:
             return ChunkReader(self.raw.data, convert=self.raw.convert, files=self.raw.files,
                                retries=REMOTE_RETRIES if self.raw.remote else 0)
         return ChunkReader(self.source)
+
+
+#: Readers unpickled in this process (Dask workers), by identity; the latest few scenes'.
+_SHARED_READERS: dict[str, ChunkReader] = {}
+_SHARED_READERS_LOCK = threading.Lock()
+
+
+def _shared_reader(identity: str, state: dict[str, Any]) -> ChunkReader:
+    with _SHARED_READERS_LOCK:
+        r = _SHARED_READERS.get(identity)
+        if r is None:
+            r = ChunkReader.__new__(ChunkReader)
+            r.__dict__.update(state)
+            r._start(READER_CACHE_MB)
+            while len(_SHARED_READERS) >= 2:  # scenes are masked one after the other
+                _SHARED_READERS.pop(next(iter(_SHARED_READERS)))
+            _SHARED_READERS[identity] = r
+        return r
 
 
 class ChunkReader:
@@ -537,7 +566,6 @@ class ChunkReader:
         one_band_chunks = all(c == 1 for c in arr.chunks[0])
         self.files = list(files) if files is not None and len(files) == arr.shape[0] and one_band_chunks \
             and all(f is not None for f in files) else None
-        self._local = threading.local()  # per thread: {path: open rasterio dataset}
         self.retries = retries
         # the graph is only run when chunks are not read from their files (optimising it cost
         # ~0.2 s for an 8192² scene)
@@ -549,18 +577,37 @@ class ChunkReader:
         self.offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in opt.chunks]
         self.shape = opt.shape
         self._dtype = np.dtype(opt.dtype)
+        self._start(cache_mb)
+        self.stored = self._stored_affine(arr.dtype)
+
+    #: what a pickled reader leaves behind: its threads' datasets, its lock, its cache and plan
+    _RUNTIME = ("_local", "_lock", "_cache", "_cached_bytes", "cache_bytes", "_pending", "_sub", "_uses", "_order")
+
+    def _start(self, cache_mb: int) -> None:
+        """A fresh (empty) cache, lock and per-thread datasets."""
+        from collections import OrderedDict
+
+        self._local = threading.local()  # per thread: {path: open rasterio dataset}
         self._sub: dict[Any, dict[Any, Any]] = {}
         self._pending: dict[Any, Future[np.ndarray]] = {}  # chunks being decoded, by key
         self._lock = threading.Lock()
-        from collections import OrderedDict
-
         self._cache: OrderedDict[Any, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
         self.cache_bytes = cache_mb * 2**20
         # planned reads: per chunk, the indices of the windows still to read it (ascending)
         self._uses: dict[Any, list[int]] | None = None
         self._order: dict[tuple[int, int, int, int], int] = {}
-        self.stored = self._stored_affine(arr.dtype)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (to Dask workers, with each block task) without its cache or datasets, and
+        unpickled through a per-process cache: the tasks of one scene on one worker share one
+        reader, so the chunks neighbouring windows share are decoded once there too (an LRU
+        cache, as the worker does not know the order of the blocks it will get)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+        identity = hashlib.sha1(repr((self.files, self.dsk.keys() if self.dsk else None,
+                                      [o.tolist() for o in self.offsets], self.shape, str(self._dtype),
+                                      self.convert, self.retries)).encode()).hexdigest()
+        return _shared_reader, (identity, state)
 
     def _stored_affine(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Per band (scale, offset, nodata) when the chunks hold small integers that every band maps
@@ -1129,6 +1176,21 @@ class _BlockTask:
         raise RasterioIOError(reason)  # outside the handler: no GDAL error chained to it
 
 
+@dataclass(frozen=True)
+class _ReaderTask:
+    """A block reader run as a cluster task, its read errors made able to travel back (as
+    :class:`_BlockTask` does: GDAL's reason becomes the message, no CPLE error chained)."""
+
+    run: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        try:
+            return self.run()
+        except RasterioIOError as exc:
+            reason = first_line(exc)
+        raise RasterioIOError(reason)
+
+
 class DistributedRunner:
     """Computes pass-1 blocks on a dask.distributed cluster, a bounded number in flight."""
 
@@ -1157,8 +1219,11 @@ class DistributedRunner:
                     key, arr = next(todo)
                 except StopIteration:
                     return
-                (out,) = flatten(arr.__dask_keys__())
-                task = _BlockTask(dict(arr.__dask_graph__()), out, self.retries)
+                if hasattr(arr, "__dask_graph__"):
+                    (out,) = flatten(arr.__dask_keys__())
+                    task: Any = _BlockTask(dict(arr.__dask_graph__()), out, self.retries)
+                else:  # a block reader (WeightedGraph.cluster_block): retries in its ChunkReader
+                    task = _ReaderTask(arr)
                 fut = self.client.submit(task, pure=False)
                 keys[fut.key] = key
                 queue.add(fut)
@@ -1294,7 +1359,7 @@ def stream_mask(
     def jobs():
         for i in range(ny):
             for j in range(nx):
-                yield (i, j), (graph.block_reader(i, j, nir_band if dark else None) if local else graph.block(i, j))
+                yield (i, j), (graph.block_reader(i, j, nir_band if dark else None) if local else graph.cluster_block(i, j))
 
     # One preallocated buffer, tall enough for a block row plus both margins: rows are shifted up in
     # place as they are finished, never reallocated (a growing concatenate briefly doubles it).

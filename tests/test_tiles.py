@@ -662,3 +662,27 @@ def test_chunk_reader_reads_again_a_chunk_whose_connection_dropped(file_server, 
     else:  # 2×2 averages of the 20 m band (nodata row left out)
         np.testing.assert_allclose(got[1:], red[2:].reshape(127, 2, 128, 2).mean(axis=(1, 3)), atol=0.51)
     assert len(file_server.gets("/S2A_cut/red.tif")) >= reads_before + 2  # the cut request, then again
+
+
+def test_a_file_reader_travels_without_its_cache_and_is_shared_once_unpickled(tmp_path):
+    """Cluster block tasks carry the scene's ChunkReader: without its cache, lock or datasets, and
+    unpickled to one reader per process, so the tasks of a scene on one worker share its decoded
+    chunks; it reads the same values."""
+    import pickle
+
+    from cloudmask.scene import read_scene
+    from cloudmask.testing import write_raster
+    from cloudmask.tiles import ChunkReader
+
+    dn = np.round(random_reflectance(4, 90, 100, seed=2) * 10000 + 1000).astype("uint16")
+    scene = read_scene(write_raster(tmp_path / "S2A_MSIL2A_p.tif", dn, nodata=0), "sentinel2",
+                       bands=["B02", "B03", "B04", "B08"], chunks=32)
+    reader = ChunkReader(scene.raw.data, convert=scene.raw.convert, files=scene.raw.files)
+    want = reader.window_stored(4, 50, 10, 70)
+    assert reader._cache  # it holds decoded chunks now
+    blob = pickle.dumps(reader)
+    a, b = pickle.loads(blob), pickle.loads(pickle.dumps(reader))
+    assert a is b and a is not reader and not a._cache
+    np.testing.assert_array_equal(a.window_stored(4, 50, 10, 70), want)
+    other = ChunkReader(scene.raw.data[:2], convert=scene.raw.convert[:2], files=scene.raw.files[:2])
+    assert pickle.loads(pickle.dumps(other)) is not a
