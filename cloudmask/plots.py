@@ -24,6 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cloudmask import metrics  # noqa: E402
 from cloudmask.errors import OutputError  # noqa: E402
+from cloudmask.files import usual_permissions  # noqa: E402
 from cloudmask.evaluate import Evaluation, Preview, read_rgb  # noqa: E402
 
 #: RGBA per class code for overlays: thick white-yellow, thin cyan, shadow purple; clear transparent.
@@ -40,19 +41,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -31,3 +31,18 @@ def test_the_item_footprint_is_wgs84_around_the_image(tmp_path, seed: int) -> No
     assert item["geometry"]["type"] == "Polygon"
     assert (min(lons), min(lats), max(lons), max(lats)) == pytest.approx((west, south, east, north))
     assert item["properties"]["datetime"] == SIM_DATETIME  # fixed: the simulator has no acquisition time
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_owner_only(tmp_path) -> None:
+    """Shared training data: colleagues must be able to read it (mkstemp made 0600 files)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        sim = simulate_scene(get_sensor("sentinel2").select(["B02", "B03", "B04", "B8A"]), 16, rng=1)
+        paths = write_scene(sim, tmp_path, "sim_perm", "sentinel2")
+    finally:
+        os.umask(old)
+    for p in paths.values():
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o644, p

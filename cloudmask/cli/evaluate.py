@@ -15,6 +15,7 @@ from rich.table import Table
 from cloudmask.cli.app import app
 from cloudmask.cli.common import Command, JsonOpt, QuietOpt, console, err_console, print_json
 from cloudmask.errors import OutputError, UsageError
+from cloudmask.files import usual_permissions
 from cloudmask.metrics import METRICS, fmt
 
 _HELP = (
@@ -37,9 +38,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
             writer = csv.DictWriter(fh, fieldnames=["model", "scope", "subject", "metric", "value"])
             writer.writeheader()
             writer.writerows(rows)
-        current = os.umask(0)
-        os.umask(current)
-        os.chmod(tmp, 0o666 & ~current)  # mkstemp makes 0600 files; outputs get the usual permissions
+        usual_permissions(tmp)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:

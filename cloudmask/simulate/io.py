@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 from affine import Affine
 
 from cloudmask.errors import OutputError
+from cloudmask.files import usual_permissions
 from cloudmask.simulate.scene import LABEL_NAMES, NODATA, SimScene
 
 
@@ -38,6 +39,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
