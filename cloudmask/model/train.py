@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cloudmask.errors import UsageError, first_line
+from cloudmask.errors import OutputError, UsageError, first_line
 from cloudmask.model.data import (
     Batch, PooledSimSource, RealSource, RealTile, ReusingSource, SimSource, four_band_indices, get_simulator, jitter, load_real_tiles,
     sensor_bands,
@@ -393,7 +394,18 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     _check_values(cfg)  # a config built in Python gets the same checks as one read by load_config
     tcfg, dcfg, rcfg = cfg["train"], cfg["data"], cfg["real"]
     out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    # every mistake the config can hold is found before the run folder is made or any work done
+    for s in [*dcfg["sensors"], *cfg["val"]["sensors"]]:
+        sensor_bands(s)
+    get_simulator(dcfg["simulator"], dcfg.get("sim_options"))
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'}")
+        _check_resumable(out, cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot make the run folder ({exc.strerror or exc})") from None
     torch.set_num_threads(int(tcfg.get("threads") or 2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seed = int(cfg["seed"])
@@ -460,9 +472,6 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     start, best, best_metrics = 0, -1.0, {}
     ckpt = out / "last.pt"
     if resume:
-        if not ckpt.is_file():
-            raise UsageError(f"--resume: no checkpoint at {ckpt}")
-        _check_resumable(out, cfg)
         try:
             state = torch.load(ckpt, map_location=device, weights_only=True)
             net.load_state_dict(state["model"])
@@ -479,7 +488,9 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             clock["before"] = float(state.get("elapsed", 0.0))
             sim_consumed = int(state.get("sim_consumed", 0))
         except (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-            raise UsageError(f"--resume: {ckpt} is not a readable checkpoint of this run ({first_line(exc)})") from None
+            # torch's own message for a file it will not load ends in advice to load it unsafely
+            why = "not a plain tensor file" if "weights_only" in str(exc) else first_line(exc)
+            raise UsageError(f"--resume: {ckpt} is not a readable checkpoint of this run ({why})") from None
     else:
         sim_consumed = 0
     if int(dcfg.get("workers") or 0) > 0:
@@ -568,12 +579,17 @@ def _flatten(d: dict[str, Any], where: str = "") -> dict[str, Any]:
 
 def _check_resumable(out: Path, cfg: dict[str, Any]) -> None:
     """--resume continues the run in ``out``: its saved config may differ only in _RESUMABLE_CHANGES."""
-    try:
-        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return  # a checkpoint without its config (older runs): nothing to compare with
-    if not isinstance(saved, dict):
+    path = out / "config.yaml"
+    if not path.is_file():  # a checkpoint without its config (older runs): nothing to compare with
+        warnings.warn(f"--resume: {out} has no config.yaml to check this config against; resuming with it", stacklevel=3)
         return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--resume: {path} is unreadable ({first_line(exc)}); restore it or give the run's "
+                         "config with -c") from None
+    if not isinstance(saved, dict) or not saved:  # emptied: resuming on defaults would be another run
+        raise UsageError(f"--resume: {path} holds no config; restore it or give the run's config with -c")
     old, new = _flatten(saved), _flatten(json.loads(json.dumps(cfg)))  # tuples as lists, like the YAML
     changed = sorted(k for k in old.keys() | new.keys() if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:

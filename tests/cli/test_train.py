@@ -46,6 +46,12 @@ def test_train_writes_weights_and_resumes(tmp_path: Path) -> None:
     (out / "last.pt").write_bytes(saved[: len(saved) // 2])
     res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY])
     assert res.exit_code == 2 and "not a readable checkpoint" in res.stderr and "Traceback" not in res.output
+    assert "weights_only" not in res.stderr  # not torch's advice to load it unsafely
+    (out / "last.pt").write_bytes(saved)
+    # an emptied config.yaml: resuming on the defaults would be another run than the checkpoint's
+    (out / "config.yaml").write_text("")
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY])
+    assert res.exit_code == 2 and "holds no config" in res.stderr, res.output
     # a fresh run into the same folder starts a fresh log
     res = runner.invoke(app, ["train", "--out", str(out), "-q", "train.steps=1", "train.val_every=1", *TINY])
     assert res.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 1
@@ -59,6 +65,9 @@ def test_train_config_file_and_bad_keys(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "not found" in res.output
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r2"), "--resume", *TINY])
-    assert res.exit_code == 2 and "no checkpoint" in res.output
+    assert res.exit_code == 2 and "no checkpoint" in res.output and not (tmp_path / "r2").exists()  # nothing made
+    for bad, says in ((["data.sensors=[nosuch]"], "nosuch"), (["data.simulator=simulator", "data.sim_options.foo=1"], "sim_options")):
+        res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r4"), "-q", *TINY, *bad])
+        assert res.exit_code == 2 and says in res.output and not (tmp_path / "r4").exists(), res.output
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r3"), "model.encoder=banana", *TINY])
     assert res.exit_code != 0
