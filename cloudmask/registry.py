@@ -29,6 +29,8 @@ from cloudmask.errors import BandError, RegistryError, UnknownSensorError
 
 BandKind = Literal["reflectance", "thermal"]
 
+#: Thermal (emitted) bands lie at or beyond this many micrometres (mid-wave infrared onwards).
+THERMAL_MIN_UM = 3.0
 #: Wavelength plausibility window in micrometres (UV edge to far thermal infrared).
 _WL_MIN_UM, _WL_MAX_UM = 0.3, 15.0
 
@@ -337,12 +339,16 @@ class _Checker:
         scale = self.finite(obj, "scale", where, 1.0)
         if scale == 0:
             raise self.fail(f"{where}.scale", "must not be 0 (every value would be the offset)")
+        k1, k2 = self.finite(obj, "k1", where, None), self.finite(obj, "k2", where, None)
+        if (k1 is None) != (k2 is None):  # one alone: radiance would be read as kelvin, silently
+            raise self.fail(f"{where}.{'k2' if k2 is None else 'k1'}",
+                            "k1 and k2 (the Planck constants) go together; give both or neither")
         return Scaling(
             scale=scale,
             offset=self.finite(obj, "offset", where, 0.0),
             nodata=None if nodata is None else float(nodata),
-            k1=self.finite(obj, "k1", where, None),
-            k2=self.finite(obj, "k2", where, None),
+            k1=k1,
+            k2=k2,
         )
 
     def names(self, obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -447,6 +453,9 @@ def _parse_band(c: _Checker, raw: Any, index: int, products: Mapping[str, Scalin
             raise c.fail(f"{where}.wavelength.{k}", f"{v} is outside {_WL_MIN_UM}-{_WL_MAX_UM} µm{unit}")
     if not lo < mid < hi:
         raise c.fail(f"{where}.wavelength", f"need min < center < max, got {lo}, {mid}, {hi}")
+    if kind == "thermal" and mid < THERMAL_MIN_UM:  # the Earth emits next to nothing below it
+        raise c.fail(f"{where}.type", f"a thermal band lies at {THERMAL_MIN_UM} µm or beyond; this one's centre is "
+                                      f"{mid} µm (type: reflectance?)")
     if not 0 < fwhm <= (hi - lo) * 1.5:
         raise c.fail(f"{where}.wavelength.fwhm", f"{fwhm} µm does not fit the band edges {lo}-{hi}")
     common_name = c.get(raw, "common_name", where, str, None)

@@ -370,6 +370,11 @@ def test_good_user_file_parses_with_defaults(tmp_path: Path) -> None:
         ("toa: {scale: 0.0001, offset: 0, nodata: 0}", "toa: {scale: 0}", "products.toa.scale", "not be 0"),
         ("scaling: {toa: {scale: 0.01, offset: 150}}", "scaling: {toa: 5}", "bands.T1.scaling.toa", "expected a mapping"),
         ("source: unit test\n", "source: unit test\naliases: [[a, b]]\n", "aliases", "expected names"),
+        # physics the simulator and the reader rely on: a thermal band emits (>= 3 µm); Planck's
+        # constants come in pairs (one alone and radiance would be read as kelvin)
+        ("{min: 10.5, center: 11.0, max: 11.5}", "{min: 0.78, center: 0.84, max: 0.90}", "bands.T1.type", "3.0 µm or beyond"),
+        ("scaling: {toa: {scale: 0.01, offset: 150}}", "scaling: {toa: {scale: 0.01, k1: 774.9}}",
+         "bands.T1.scaling.toa.k2", "go together"),
     ],
 )
 def test_bad_files_name_the_file_and_field(tmp_path: Path, old: str, new: str, field: str, message: str) -> None:
