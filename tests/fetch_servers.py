@@ -124,6 +124,25 @@ class _Handler(RangeRequestHandler):
             return
         super().do_HEAD()
 
+    def _cut_short(self, path: str, ranged: bool) -> None:
+        """Announce the whole body (of the range asked for, answered 206, when ``ranged``), send half
+        of it and close the connection: what a dropped connection looks like to the client."""
+        data = Path(self.translate_path(path)).read_bytes()
+        start, end = 0, len(data) - 1
+        if ranged and (m := re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")):
+            start, end = int(m[1]), min(int(m[2] or end), end)
+        body = data[start : end + 1]
+        self.send_response(206 if ranged else 200)
+        self.send_header("Content-Type", "image/tiff")
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
     def do_GET(self) -> None:
         self._record("GET")
         path = self.path.split("?")[0]
@@ -134,32 +153,8 @@ class _Handler(RangeRequestHandler):
         if fault is not None and fault.isdigit():
             self.send_error(int(fault))
             return
-        if fault == "range-drop":  # the range asked for, cut half-way (curl: "transfer closed")
-            data = Path(self.translate_path(path)).read_bytes()
-            start, end = 0, len(data) - 1
-            if m := re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or ""):
-                start, end = int(m[1]), min(int(m[2] or end), end)
-            body = data[start:end + 1]
-            self.send_response(206)
-            self.send_header("Content-Type", "image/tiff")
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if fault == "drop":
-            data = Path(self.translate_path(path)).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/tiff")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+        if fault in ("drop", "range-drop"):
+            self._cut_short(path, ranged=fault == "range-drop")
             return
         super().do_GET()
 
