@@ -24,10 +24,10 @@ Memory is bounded by a few blocks per worker thread; nothing scene-sized is ever
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -508,7 +508,8 @@ class WeightedGraph:
         return ChunkReader(self.source)
 
 
-#: Readers unpickled in this process (Dask workers), by identity; the latest few scenes'.
+#: Readers unpickled in this process (Dask workers), by the token of the reader they copy: the
+#: tasks of one run share one; the latest two are kept (two runs may share a cluster).
 _SHARED_READERS: dict[str, ChunkReader] = {}
 _SHARED_READERS_LOCK = threading.Lock()
 
@@ -567,6 +568,9 @@ class ChunkReader:
         self.files = list(files) if files is not None and len(files) == arr.shape[0] and one_band_chunks \
             and all(f is not None for f in files) else None
         self.retries = retries
+        # what a worker shares this reader's cache by: this reader, not its files (on a cluster
+        # that outlives a run, a file rewritten since must not be read from an old cache)
+        self._token = uuid.uuid4().hex
         # the graph is only run when chunks are not read from their files (optimising it cost
         # ~0.2 s for an 8192² scene)
         (opt,) = (arr,) if self.files is not None else dask.optimize(arr)
@@ -604,10 +608,7 @@ class ChunkReader:
         reader, so the chunks neighbouring windows share are decoded once there too (an LRU
         cache, as the worker does not know the order of the blocks it will get)."""
         state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
-        identity = hashlib.sha1(repr((self.files, self.dsk.keys() if self.dsk else None,
-                                      [o.tolist() for o in self.offsets], self.shape, str(self._dtype),
-                                      self.convert, self.retries)).encode()).hexdigest()
-        return _shared_reader, (identity, state)
+        return _shared_reader, (self._token, state)
 
     def _stored_affine(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Per band (scale, offset, nodata) when the chunks hold small integers that every band maps
