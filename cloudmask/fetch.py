@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from cloudmask.errors import FetchError, OutputError
+from cloudmask.errors import FetchError
 from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
 
 log = logging.getLogger("cloudmask.fetch")
@@ -433,8 +433,11 @@ def local_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> dict[st
     if clip_bbox is not None:
         w, s, e, n = (float(v) for v in clip_bbox)
         own = item.get("bbox")
-        if isinstance(own, list) and len(own) >= 4:
-            w, s, e, n = max(w, own[0]), max(s, own[1]), min(e, own[-2]), min(n, own[-1])
+        if isinstance(own, list) and len(own) in (4, 6) and all(isinstance(v, (int, float)) for v in own):
+            half = len(own) // 2  # [w, s, e, n] or [w, s, zmin, e, n, zmax]
+            ow, os_, oe, on = own[0], own[1], own[half], own[half + 1]
+            if ow <= oe:  # (an item across the antimeridian keeps the clip box as given)
+                w, s, e, n = max(w, ow), max(s, os_), min(e, oe), min(n, on)
         item["bbox"] = [w, s, e, n]
         item["geometry"] = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
         item.setdefault("properties", {})["cloudmask:clip_bbox"] = [float(v) for v in clip_bbox]
@@ -486,15 +489,17 @@ def fetch(
     from requests.adapters import HTTPAdapter
 
     retry = retry or Retry()
-    todo = [p for p in plans if not p.skipped and p.error is None]
-    for p in todo:
+    for p in plans:
+        if p.skipped or p.error is not None:
+            continue
         try:
             p.folder.mkdir(parents=True, exist_ok=True)
             if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
                 for old in [p.folder / ITEM_FILE, *p.stale]:
                     old.unlink(missing_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{p.folder}: cannot create folder ({exc.strerror or exc})") from None
+        except OSError as exc:  # e.g. a file where its folder goes: this item fails, the others go on
+            p.error = f"{p.folder}: cannot create folder ({_os_reason(exc)})"
+    todo = [p for p in plans if not p.skipped and p.error is None]
     tasks = [t for p in todo for t in p.files if not t.dest.is_file()]
     owner = {id(t): p for p in todo for t in p.files}
     session = requests.Session()
@@ -535,12 +540,20 @@ def fetch(
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
                 errors.append(FetchError(p.error))
-    failed = [p for p in plans if p.error is not None]
-    if failed:
-        first = next((str(e) for e in errors), failed[0].error)
-        more = f" ({len(failed)} of {len(plans)} items failed)" if len(failed) > 1 or len(plans) > 1 else ""
-        raise FetchError(f"{first}{more}")
+    summary = failure_summary(plans)
+    if summary:
+        raise FetchError(summary)
     return list(plans)
+
+
+def failure_summary(plans: Sequence[ItemPlan]) -> str | None:
+    """One line for the items that failed: the first one's reason (in plan order), and how many
+    failed; None when none did."""
+    failed = [p for p in plans if p.error is not None]
+    if not failed:
+        return None
+    more = f" ({len(failed)} of {len(plans)} items failed)" if len(plans) > 1 else ""
+    return f"{failed[0].error}{more}"
 
 
 def _os_reason(exc: OSError) -> str:

@@ -128,7 +128,13 @@ def load_geojson(path: str | Path) -> dict[str, Any]:
     if not geoms:
         raise UsageError(f"--geojson {p}: no geometry found (expected a Polygon, Feature or FeatureCollection)")
     for g in geoms:  # checked as --bbox is: a projected file or swapped axes finds nothing, silently
-        w, s_, e, n = geometry_bbox(g)
+        try:
+            if not isinstance(g, dict):
+                raise TypeError
+            w, s_, e, n = geometry_bbox(g)
+        except (TypeError, ValueError, IndexError, AttributeError):
+            raise UsageError(f"--geojson {p}: not a valid GeoJSON geometry (positions are [longitude, latitude] "
+                             "numbers)") from None
         if not (all(math.isfinite(v) for v in (w, s_, e, n)) and -180 <= w <= e <= 180 and -90 <= s_ <= n <= 90):
             raise UsageError(f"--geojson {p}: coordinates must be longitude, latitude in degrees (WGS 84); "
                              f"its extent is {w:g}, {s_:g}, {e:g}, {n:g}")
@@ -300,11 +306,25 @@ def _open_client(target: Target) -> Any:
 
 def _missing_collection(client: Any, target: Target) -> bool:
     """Whether the API says the collection does not exist (a search of it finds nothing, which
-    would read as "no items" for a typo in --collection). Unknown (an error asking): False."""
+    would read as "no items" for a typo in --collection): only an API that declares the
+    collections endpoint and answers 404 there says so; anything else is "unknown" (False).
+    (pystac-client's get_collection answers None, or another collection, on APIs without it.)"""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    from pystac_client.conformance import ConformanceClasses
+
     try:
-        return client.get_collection(target.collection) is None
-    except Exception as exc:  # noqa: BLE001 - pystac-client raises APIError (404) or returns None, by version
-        return getattr(exc, "status_code", None) == 404 or "404" in str(exc)[:200]
+        if not client.conforms_to(ConformanceClasses.COLLECTIONS):
+            return False
+        url = f"{target.url.rstrip('/')}/collections/{quote(target.collection, safe='')}"
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=30):
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
+    except Exception:  # noqa: BLE001 - unknown: the usual "no items" error follows
+        return False
 
 
 def _collections_hint(client: Any, most: int = 8) -> str:

@@ -86,7 +86,8 @@ class Command(TyperCommand):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return super().invoke(ctx)
-        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (BrokenPipeError, typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
+                click.ClickException):
             raise  # a command's own exit code, or click's usage errors (handled in parse_args)
         except Exception as exc:  # noqa: BLE001 - a bug too: a cron job reading stdout gets a document
             if self.json_errors and _json_on(ctx):

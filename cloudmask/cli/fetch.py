@@ -15,7 +15,7 @@ from rich.table import Table
 from cloudmask.cli.app import app
 from cloudmask.cli.common import (Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json,
                                   use_sensors_dirs)
-from cloudmask.errors import UsageError
+from cloudmask.errors import FetchError, UsageError
 
 
 class _RichLogHandler(logging.Handler):
@@ -84,10 +84,11 @@ def fetch_cmd(
         # a cron job reading --json gets one document with every item's state
         if json_out and not isinstance(exc, BrokenPipeError):
             print_json({"dry_run": dry_run, "items": [p.summary() for p in plans], "error": error_message(exc)})
-        elif plans and not dry_run:
-            _report(plans, False, quiet, dry_run=False)
+        elif plans:
+            if not dry_run:  # (a dry run printed its table already)
+                _report(plans, False, quiet, dry_run=False)
             failed = [p for p in plans if p.error]
-            for p in failed[1:]:  # the first is the error line itself
+            for p in failed[1:]:  # the first is the error line itself (fetch.failure_summary)
                 err_console.print(f"[red]failed:[/] {escape(p.error)}", highlight=False, soft_wrap=True)
         raise
     finally:
@@ -108,7 +109,11 @@ def _fetch_run(plans: list[Any], output: Path, box: Any, geometry: Any, when: An
     found = stac.search(targets, bbox=box, intersects=geometry, datetime=when, max_cloud=max_cloud, limit=limit)
     plans.extend(fetch_mod.plan(found, output, clip=clip, clip_bbox=clip_bbox))
     if dry_run:
-        _report(plans, json_out, quiet, dry_run=True)
+        failed = fetch_mod.failure_summary(plans)  # items that could not be fetched: said, exit 1
+        if not (failed and json_out):  # (with --json the error document lists the items)
+            _report(plans, json_out, quiet, dry_run=True)
+        if failed:
+            raise FetchError(failed)
         return
     retry = fetch_mod.Retry(attempts=retries + 1)
     if quiet or json_out:

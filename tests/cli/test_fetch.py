@@ -161,6 +161,24 @@ def test_one_item_that_cannot_be_fetched_does_not_stop_the_others(file_server, s
     assert (out / "S2A_MSIL2A_20240605" / "item.json").is_file()
     table = runner.invoke(app, _args(url, "-o", str(out)))
     assert table.exit_code == 1 and "1 already here, 1 failed" in table.stdout
+    # a dry run says so too (it listed the item as fetchable, exit 0)
+    dry = runner.invoke(app, _args(url, "--dry-run", "-o", str(tmp_path / "dry")))
+    assert dry.exit_code == 1 and "no asset matches" in dry.stderr and "would fetch 2" in dry.stdout
+    doc = json.loads(runner.invoke(app, _args(url, "--dry-run", "--json", "-o", str(tmp_path / "dry"))).stdout)
+    assert doc["dry_run"] and len(doc["items"]) == 2 and "no asset matches" in doc["error"]
+
+
+def test_a_folder_that_cannot_be_made_fails_its_item_only(api, tmp_path) -> None:
+    url, _ = api
+    out = tmp_path / "scenes"
+    out.mkdir()
+    (out / "S2B_MSIL2A_20240610").write_text("a stray file where the item's folder goes")
+    res = runner.invoke(app, _args(url, "--json", "-o", str(out)))
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    state = {i["id"]: (i["complete"], i["error"]) for i in doc["items"]}
+    assert state["S2A_MSIL2A_20240605"] == (True, None)
+    assert "cannot create folder" in state["S2B_MSIL2A_20240610"][1] and "1 of 2 items failed" in doc["error"]
 
 
 def test_ids_that_sanitise_alike_keep_their_own_folders_across_runs(file_server, stac_servers, tmp_path) -> None:
