@@ -103,6 +103,11 @@ class _MaskCommand(Command):
         print_json(_unfinished(_Reporter(enabled=False), [], error=message))
 
 
+def _mpx(megapixels: float) -> str:
+    """Megapixels for people: a chip of 256² is 0.066, not 0.1."""
+    return f"{megapixels:.1f}" if megapixels >= 1 else f"{megapixels:.3f}"
+
+
 def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     table = Table(title="cloudmask mask", show_lines=False)
     for col in ("scene", "status", "cloud %", "Mpx", "s", "output / message"):
@@ -113,14 +118,14 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
             escape(Path(r.source).name or r.source),
             f"[{style[r.status]}]{r.status}[/]",
             f"{r.cloud_cover:.1f}" if r.cloud_cover is not None else "-",
-            (f"{r.megapixels:.1f}" if r.megapixels >= 1 else f"{r.megapixels:.3f}") if r.megapixels else "-",
+            _mpx(r.megapixels) if r.megapixels else "-",
             f"{r.seconds:.1f}",
             escape(r.message if r.status == "failed" else (r.output or "")),
         )
     rate = summary["megapixels_per_second"]
     table.caption = (
         f"{summary['masked']} masked, {summary['skipped']} skipped, {summary['failed']} failed"
-        + (f" · {summary['megapixels']:.1f} Mpx at {rate:.2f} Mpx/s" if rate else "")
+        + (f" · {_mpx(summary['megapixels'])} Mpx at {rate:.2f} Mpx/s" if rate else "")
     )
     return table
 
