@@ -21,6 +21,9 @@ def test_the_item_footprint_is_wgs84_around_the_image(tmp_path, seed: int) -> No
     paths = write_scene(sim, tmp_path, f"sim_sentinel2_{seed}_0000", "sentinel2")
     item = json.loads(open(paths["json"]).read())
     pystac.Item.from_dict(item)  # parses as STAC
+    assert any("/eo/" in e for e in item["stac_extensions"]) and item["links"] == []
+    nir = item["assets"]["image"]["eo:bands"][3]  # B8A: named, and described for tools without cloudmask
+    assert (nir["name"], nir["common_name"], nir["center_wavelength"]) == ("B8A", "nir08", pytest.approx(0.865, abs=0.01))
     west, south, east, north = item["bbox"]
     assert -180 <= west < east <= 180 and -90 <= south < north <= 90
     with rasterio.open(paths["image"]) as ds:

@@ -117,6 +117,29 @@ def footprint(crs: CRS, transform: Any, width: int, height: int) -> tuple[list[f
     return [w, s, e, n], {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
+def _eo_bands(sensor_id: str, names: list[str]) -> list[dict[str, Any]]:
+    """``eo:bands`` of the image: name, and where the registry knows the band, its common name,
+    centre wavelength and FWHM (µm), so a STAC tool can tell the bands apart without cloudmask."""
+    from cloudmask.errors import CloudmaskError
+    from cloudmask.registry import get_sensor
+
+    try:
+        sensor = get_sensor(sensor_id)
+    except CloudmaskError:
+        return [{"name": b} for b in names]
+    out = []
+    for name in names:
+        band = next((b for b in sensor.bands if b.name == name), None)
+        entry: dict[str, Any] = {"name": name}
+        if band is not None:
+            if band.common_name:
+                entry["common_name"] = band.common_name
+            entry["center_wavelength"] = band.wavelength_center
+            entry["full_width_half_max"] = band.fwhm
+        out.append(entry)
+    return out
+
+
 def stac_item(sim: SimScene, stem: str, sensor_id: str, image: str, labels: str, crs: CRS, transform: Any) -> dict:
     """A STAC item describing one simulated scene (footprint in WGS84, datetime :data:`SIM_DATETIME`)."""
     m = sim.meta
@@ -125,9 +148,15 @@ def stac_item(sim: SimScene, stem: str, sensor_id: str, image: str, labels: str,
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
+        "stac_extensions": [  # the fields below are theirs (STAC tools validate them by these)
+            "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+        ],
         "id": stem,
         "bbox": bbox,
         "geometry": geometry,
+        "links": [],
         "properties": {
             "datetime": SIM_DATETIME,
             "cloudmask:sensor": sensor_id,
@@ -144,7 +173,7 @@ def stac_item(sim: SimScene, stem: str, sensor_id: str, image: str, labels: str,
         },
         "assets": {
             "image": {"href": image, "type": "image/tiff; application=geotiff", "roles": ["data"],
-                      "eo:bands": [{"name": b} for b in m["bands"]]},
+                      "eo:bands": _eo_bands(sensor_id, m["bands"])},
             "labels": {"href": labels, "type": "image/tiff; application=geotiff", "roles": ["labels"],
                        "classes": {str(k): v for k, v in {**LABEL_NAMES, NODATA: "nodata"}.items()}},
         },
