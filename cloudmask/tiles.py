@@ -1147,23 +1147,21 @@ class LocalRunner:
 
 
 @dataclass(frozen=True)
-class _BlockTask:
-    """One pass-1 block as ONE cluster task that runs the block's graph (reads, then the model)
-    inside it, so that a read error can be handled where it happens:
+class _ClusterTask:
+    """One pass-1 block as ONE cluster task (a block reader, or :func:`_run_graph` on the block's
+    small read-and-predict graph), so that a read error is handled where it happens:
 
     - GDAL's reason (which file, which block) is the ``__cause__`` of rasterio's "Read failed. See
       previous exception" and cannot travel back (rasterio's CPLE errors do not unpickle); it is
       raised again as the message of a plain :class:`RasterioIOError`;
-    - a band read over HTTP is read again (``retries``) after this worker has dropped what GDAL
-      cached of it (a response cut short stays there as if whole)."""
+    - ``retries``: a band read over HTTP is read again after this worker has dropped what GDAL
+      cached of it (a response cut short stays there as if whole). A block reader retries in its
+      ChunkReader instead (0 here)."""
 
-    dsk: dict[Any, Any]
-    key: Any
+    run: Callable[[], Any]
     retries: int = 0
 
-    def __call__(self) -> np.ndarray:
-        from dask.local import get_sync
-
+    def __call__(self) -> Any:
         for attempt in range(self.retries + 1):
             if attempt:
                 from cloudmask.scene import forget_remote_data
@@ -1171,25 +1169,16 @@ class _BlockTask:
                 forget_remote_data()
                 time.sleep(0.5 * 2 ** (attempt - 1))
             try:
-                return np.asarray(get_sync(self.dsk, self.key))
+                return self.run()
             except RasterioIOError as exc:
                 reason = first_line(exc)
         raise RasterioIOError(reason)  # outside the handler: no GDAL error chained to it
 
 
-@dataclass(frozen=True)
-class _ReaderTask:
-    """A block reader run as a cluster task, its read errors made able to travel back (as
-    :class:`_BlockTask` does: GDAL's reason becomes the message, no CPLE error chained)."""
+def _run_graph(dsk: dict[Any, Any], key: Any) -> np.ndarray:
+    from dask.local import get_sync
 
-    run: Callable[[], Any]
-
-    def __call__(self) -> Any:
-        try:
-            return self.run()
-        except RasterioIOError as exc:
-            reason = first_line(exc)
-        raise RasterioIOError(reason)
+    return np.asarray(get_sync(dsk, key))
 
 
 class DistributedRunner:
@@ -1222,9 +1211,9 @@ class DistributedRunner:
                     return
                 if hasattr(arr, "__dask_graph__"):
                     (out,) = flatten(arr.__dask_keys__())
-                    task: Any = _BlockTask(dict(arr.__dask_graph__()), out, self.retries)
+                    task = _ClusterTask(functools.partial(_run_graph, dict(arr.__dask_graph__()), out), self.retries)
                 else:  # a block reader (WeightedGraph.cluster_block): retries in its ChunkReader
-                    task = _ReaderTask(arr)
+                    task = _ClusterTask(arr)
                 fut = self.client.submit(task, pure=False)
                 keys[fut.key] = key
                 queue.add(fut)
