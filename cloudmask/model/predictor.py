@@ -8,11 +8,11 @@ is reported as a :class:`~cloudmask.errors.ModelError` instead of silently produ
 from __future__ import annotations
 
 import copy
-import threading
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cloudmask.errors import BandError, ModelError, UsageError
+from cloudmask.files import usual_permissions
 from cloudmask.model.network import CloudNet, ModelConfig, fold_batchnorm, stored_to_physical
 
 #: Where the bundled weights live (``<name>.safetensors`` + ``<name>.json``).
@@ -263,7 +264,7 @@ def save_weights(net: CloudNet, path: str | os.PathLike[str], version: str, extr
     try:
         save_file(state, tmp, metadata={"version": version, "architecture": json.dumps(arch)})
         digest = sha256_file(Path(tmp))
-        os.chmod(tmp, 0o644)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
