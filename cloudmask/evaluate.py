@@ -339,7 +339,8 @@ def list_masks(folder: Path) -> list[Path]:
 
 _IMAGE_TAIL = re.compile(r"[._\-](image|img)$", re.I)
 #: words that name a reference mask (not a prediction: ``_cloudmask``, ``_mask``, ``_pred`` may be either)
-_LABEL_TAIL = re.compile(r"[._\-](label|labels|truth|gt|reference|ref)$", re.I)
+LABEL_WORDS = ("label", "labels", "truth", "gt", "reference", "ref")
+_LABEL_TAIL = re.compile(rf"[._\-]({'|'.join(LABEL_WORDS)})$", re.I)
 
 
 def _name_kind(path: Path) -> str:

@@ -28,6 +28,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from cloudmask import cog
+from cloudmask.evaluate import LABEL_WORDS
 from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError, first_line
 from cloudmask.registry import Sensor
 from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
@@ -480,9 +481,10 @@ def _walk(root: Path, band_names: set[str]) -> list[str]:
     return found
 
 
-#: A label raster's name: the scene's stem, then one of these words (``x_labels.tif`` as
-#: ``cloudmask simulate`` writes it, ``x.label.tif`` as ``cloudmask sample`` and many datasets do).
-_TRUTH_NAME = re.compile(r"^(?P<stem>.+)[._\-](label|labels|truth|gt)(?P<ext>\.tiff?)$", re.I)
+#: A label raster's name: the scene's stem, then a word that names a reference mask, the same words
+#: ``cloudmask evaluate`` pairs by (``x_labels.tif`` as ``cloudmask simulate`` writes it,
+#: ``x.label.tif`` as ``cloudmask sample`` and many datasets do).
+_TRUTH_NAME = re.compile(rf"^(?P<stem>.+)[._\-]({'|'.join(LABEL_WORDS)})(?P<ext>\.tiff?)$", re.I)
 
 
 def _is_truth_labels(path: Path) -> bool:
