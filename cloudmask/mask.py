@@ -825,9 +825,32 @@ def mask_scene(
 ) -> MaskResult:
     """Mask one scene into ``output`` (a ``*_cloudmask.tif`` path). Raises CloudmaskError on failure.
 
-    Returns a "skipped" result when a complete output exists and ``overwrite`` is off.
+    Returns a "skipped" result when a complete output exists and ``overwrite`` is off. Without a
+    ``predictor`` the model is ``options.weights`` (default: the bundled one) on ``options.device``;
+    without a ``client``, ``options.scheduler`` (if set) is connected to for this scene.
     """
+    if isinstance(predictor, MaskOptions) and options is None:  # mask_scene(src, dst, MaskOptions(...))
+        predictor, options = None, predictor
     options = options or MaskOptions()
+    options.check()  # the values mask_many and the CLI refuse, refused before any file is touched
+    own = connect(options.scheduler) if options.scheduler and client is None else None
+    try:
+        return _mask_scene(source, output, predictor, options, client=client or own, on_event=on_event)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _mask_scene(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    predictor: Any,
+    options: MaskOptions,
+    *,
+    client: Any = None,
+    on_event: Callback | None = None,
+) -> MaskResult:
+    """mask_scene with its options checked (once per run: mask_many checks them before the scenes)."""
     t0 = time.perf_counter()
     source = str(source)
     paths = OutputPaths(Path(output))
@@ -859,7 +882,9 @@ def mask_scene(
         if _finished(paths, source, options):
             return skipped  # another run finished it between our first check and our lock
         if predictor is None:
-            predictor = load_predictor()
+            predictor = load_predictor(options.weights)
+            if hasattr(predictor, "to"):
+                predictor.to(options.device)
         if on_event:
             on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
         graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
@@ -940,10 +965,14 @@ def mask_scene(
             # The mask goes last: its presence (with the item) marks the scene as done. An old mask
             # (--overwrite) goes first, so a run killed between the renames never leaves the new
             # item beside the old mask looking done.
-            try:
-                paths.mask.unlink(missing_ok=True)
-            except OSError as exc:
-                raise cog.output_error(exc, paths.mask) from None
+            # A probability COG left by an earlier run (with --probabilities) would sit beside the
+            # new mask describing another run's output: it goes with the old mask.
+            stale = [paths.mask] if options.probabilities else [paths.mask, paths.proba]
+            for old in stale:
+                try:
+                    old.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise cog.output_error(exc, old) from None
             cog.commit([*commits, (item_tmp, paths.item), (mask_part, paths.mask)])
             parts.clear()
             item_tmp = None
@@ -992,7 +1021,7 @@ def check_output_folder(out: Path) -> None:
 
 
 def mask_many(
-    inputs: Sequence[str],
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     options: MaskOptions | None = None,
     predictor: Any = None,
@@ -1009,6 +1038,9 @@ def mask_many(
     A failing scene is recorded and the run goes on; the caller decides the exit status. The model
     is loaded only when some scene actually needs masking, so a finished archive reruns in seconds.
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one input, not a sequence of its characters
+        inputs = [inputs]
+    inputs = [os.fspath(i) for i in inputs]
     options = options or MaskOptions()
     options.check()
     if root is not None and out_dir is None:
@@ -1044,7 +1076,7 @@ def mask_many(
                 if dst.resolve() in seen:
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")
                 seen[dst.resolve()] = source
-                result = mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
+                result = _mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
             except CloudmaskError as exc:
                 result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
                                     seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)

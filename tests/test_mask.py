@@ -1131,3 +1131,52 @@ def test_a_user_sensor_from_python_as_a_sensor_object_or_through_the_environment
     registry._load_cached.cache_clear()
     with pytest.raises(UsageError, match="sensor must be a name"):
         MaskOptions(sensor=4).check()  # type: ignore[arg-type]
+
+
+def test_overwrite_without_probabilities_removes_an_earlier_runs_probability_cog(tmp_path, predictor):
+    """A `_cloudprob.tif` from a run with --probabilities stayed beside a mask made by --overwrite
+    without it: two files of one scene from two different runs."""
+    src = _s2(tmp_path / "S2A_p.tif")
+    dst = tmp_path / "out" / "p_cloudmask.tif"
+    mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, probabilities=True))
+    assert OutputPaths(dst).proba.is_file()
+    r = mask_scene(src, dst, predictor, MaskOptions(tiles=SMALL, overwrite=True, binary=True))
+    assert r.status == "masked" and r.probabilities is None
+    assert _files(dst.parent) == ["p_cloudmask.json", "p_cloudmask.tif"]
+
+
+def test_mask_many_takes_one_path_as_one_input_not_its_characters(tmp_path, predictor, monkeypatch):
+    """mask_many("scene.tif", out) walked "/" and "." (a string is a sequence of characters)."""
+    src = _s2(tmp_path / "in" / "S2A_MSIL2A_s.tif")
+    monkeypatch.chdir(tmp_path / "in")
+    for given in ("S2A_MSIL2A_s.tif", Path("S2A_MSIL2A_s.tif"), [Path("S2A_MSIL2A_s.tif")]):
+        out = tmp_path / f"out-{type(given).__name__}"
+        results = mask_many(given, out, MaskOptions(tiles=SMALL), predictor)
+        assert [(Path(r.source).resolve(), r.status) for r in results] == [(src.resolve(), "masked")]
+        assert _files(out) == ["S2A_MSIL2A_s_cloudmask.json", "S2A_MSIL2A_s_cloudmask.tif"]
+
+
+@pytest.mark.parametrize("bad", [dict(threshold=2.0), dict(dilate=-3), dict(resolution=-5.0), dict(sun_azimuth=500.0),
+                                 dict(device="tpu")])
+def test_mask_scene_refuses_what_mask_many_refuses_before_any_file(tmp_path, predictor, bad):
+    """mask_scene never checked its options: threshold 2 gave a mask without cloud, resolution -5 a
+    1×1 mask on a flipped grid."""
+    src = _s2(tmp_path / "S2A_b.tif")
+    with pytest.raises(UsageError):
+        mask_scene(src, tmp_path / "out" / "b_cloudmask.tif", predictor, MaskOptions(tiles=SMALL, **bad))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mask_scene_loads_options_weights_and_takes_options_in_the_third_place(tmp_path, predictor):
+    """Without a predictor, mask_scene used the bundled model whatever options.weights said; and
+    mask_scene(src, dst, MaskOptions(...)) failed deep inside on the options as a predictor."""
+    src = _s2(tmp_path / "S2A_w.tif")
+    weights = predictor.save(tmp_path / "mine.safetensors", version="9.9.9")
+    r = mask_scene(src, tmp_path / "out" / "w_cloudmask.tif", MaskOptions(tiles=SMALL, weights=str(weights)))
+    assert r.status == "masked"
+    item = json.loads(OutputPaths(tmp_path / "out" / "w_cloudmask.tif").item.read_text())
+    assert item["properties"]["cloudmask:model_version"] == "9.9.9"
+    from cloudmask.errors import ModelError
+
+    with pytest.raises(ModelError, match="not found"):
+        mask_scene(src, tmp_path / "out2" / "w_cloudmask.tif", options=MaskOptions(tiles=SMALL, weights=str(tmp_path / "no.safetensors")))
