@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cloudmask.errors import EvaluateError
+
 CLEAR, THICK, THIN, SHADOW, NODATA = 0, 1, 2, 3, 255
 N_CLASSES = 4
 CLASS_NAMES = ("clear", "thick", "thin", "shadow")
@@ -80,8 +82,9 @@ def _reduce(arr: np.ndarray, labelled: Labelled) -> np.ndarray:
 
 def confusion(truth: np.ndarray, pred: np.ndarray, labelled: Labelled = ALL) -> np.ndarray:
     """4×4 counts ``cm[true, predicted]`` over pixels valid in both; nodata (255, anything >3) is excluded."""
+    truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
-        raise ValueError(f"shape mismatch {truth.shape} vs {pred.shape}")
+        raise EvaluateError(f"truth and prediction differ in shape: {truth.shape} vs {pred.shape}")
     t, p = _reduce(truth, labelled), _reduce(pred, labelled)
     ok = (t < N_CLASSES) & (p < N_CLASSES)
     codes = t[ok].astype(np.int64) * N_CLASSES + p[ok]
@@ -182,8 +185,9 @@ def window_confusions(
     taken from the truth alone, so every model compared on the same truth gets the same windows in the
     same order (paired differences rely on that). Works strip by strip to keep memory at one strip.
     """
+    truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
-        raise ValueError(f"shape mismatch {truth.shape} vs {pred.shape}")
+        raise EvaluateError(f"truth and prediction differ in shape: {truth.shape} vs {pred.shape}")
     if size < 1:
         raise ValueError("window size must be positive")
     h, w = truth.shape

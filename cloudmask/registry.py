@@ -92,6 +92,15 @@ class Band:
     scaling: Mapping[str, Scaling] = field(default_factory=dict)  # per-product overrides
     srf: str | None = None  # band key in the sensor's pyrsr response table, if any
 
+    def __post_init__(self) -> None:
+        # the registry's YAML checker refuses these too; a Band built in Python must not slip by
+        # (an unknown kind would be described to the model as reflective)
+        if self.kind not in ("reflectance", "thermal"):
+            raise BandError(f"band {self.name!r}: kind must be 'reflectance' or 'thermal', got {self.kind!r}")
+        if not self.wavelength_min <= self.wavelength_center <= self.wavelength_max:
+            raise BandError(f"band {self.name!r}: wavelengths must satisfy min <= centre <= max, got "
+                            f"{self.wavelength_min}, {self.wavelength_center}, {self.wavelength_max}")
+
     @property
     def names(self) -> tuple[str, ...]:
         """Every name this band answers to (case-insensitive matching uses these)."""
@@ -202,6 +211,8 @@ class Registry(Mapping[str, Sensor]):
 
     def get_sensor(self, name: str) -> Sensor:
         """Resolve an id, alias or platform (e.g. ``sentinel-2b``), suggesting close names on failure."""
+        if not isinstance(name, str):
+            raise UnknownSensorError(f"a sensor is named by a string (id, alias or platform), got {name!r}")
         key = name.strip().lower()
         names = {n.lower(): s.id for s in self._sensors.values() for n in (s.id, *s.aliases, *s.platforms)}
         if key in names:
@@ -237,6 +248,8 @@ def sensor_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     dirs = [bundled_sensors_dir()]
     env = os.environ.get("CLOUDMASK_SENSORS", "")
     dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    if isinstance(extra, (str, os.PathLike)):  # one folder, not a sequence of its characters
+        extra = [extra]
     dirs += [Path(p) for p in extra]
     for d in dirs[1:]:
         if not d.is_dir():

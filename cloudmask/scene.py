@@ -235,6 +235,12 @@ def read_scene(
     chunks: int = CHUNK,
 ) -> Scene:
     """Open a scene lazily. ``sensor`` may be omitted when the input names it (STAC, file naming)."""
+    if resolution is not None and not resolution > 0:  # 0 was ignored, -5 gave a flipped 1×1 grid
+        raise UsageError(f"resolution must be positive (metres), got {resolution}")
+    if not (isinstance(chunks, int) and chunks > 0):
+        raise UsageError(f"chunks must be a positive number of pixels, got {chunks!r}")
+    if isinstance(bands, str):  # "blue,green,red,nir" as the CLI's --bands takes it
+        bands = [b.strip() for b in bands.split(",") if b.strip()]
     registry = registry or load_registry()
     src = str(source)
     if _is_url(src) and PurePosixPath(urlparse(src).path).suffix.lower() in _RASTER_SUFFIXES:

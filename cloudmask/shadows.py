@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 
+from cloudmask.errors import BandError
+
 #: Internal code for "clear, but shadow if inside the zone" between the passes (never written out).
 CANDIDATE = 4
 #: Internal codes DARK_BASE..254 between the passes: "clear, with this (log-quantised) NIR", so the
@@ -348,6 +350,14 @@ def match_shadows(proba: np.ndarray, cls: np.ndarray, options: ShadowOptions | N
                   nir: np.ndarray | None = None) -> np.ndarray:
     """Whole-array form: (4, h, w) probabilities and their classes (and the (h, w) NIR reflectance
     for the darkness test) → classes with matched shadows."""
+    proba, cls = np.asarray(proba), np.asarray(cls)
+    if proba.ndim != 3 or proba.shape[0] != 4 or cls.shape != proba.shape[1:]:
+        raise BandError(f"match_shadows takes (4, h, w) probabilities and (h, w) classes, got {proba.shape} "
+                        f"and {cls.shape}")
+    if cls.dtype != np.uint8:  # e.g. argmax's int64: the matcher works in uint8 arithmetic
+        if cls.dtype.kind not in "iu" or cls.size and (cls.min() < 0 or cls.max() > 255):
+            raise BandError(f"classes must be integers 0-3 (255 nodata), got dtype {cls.dtype}")
+        cls = cls.astype(np.uint8)
     m = ShadowMatcher(cls.shape[0], cls.shape[1], options)
     marked = m.observe(0, proba, cls, nir)
     m.resolve()

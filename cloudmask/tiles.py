@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError, RasterioIOError
 
-from cloudmask.errors import CloudmaskError, first_line
+from cloudmask.errors import BandError, CloudmaskError, first_line
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
 
@@ -857,6 +857,31 @@ class ChunkReader:
                 dst[...] = part
 
 
+def _band_yx(data: xr.DataArray | da.Array | np.ndarray, descriptors: np.ndarray) -> da.Array:
+    """``data`` as a (band, y, x) Dask array whose bands are the descriptors' rows.
+
+    A DataArray with a ``band`` dimension is put in that order whatever its dimension order (e.g.
+    (y, x, band)); anything else must already be (band, y, x). Checked here, not when computed,
+    where a mismatch showed as an error about descriptor shapes."""
+    if isinstance(data, xr.DataArray):
+        if data.ndim != 3:
+            raise BandError(f"expected a 3-D (band, y, x) scene, got dimensions {data.dims}")
+        if "band" in data.dims and data.dims[0] != "band":
+            data = data.transpose("band", ...)
+        arr = data.data
+    else:
+        arr = data
+    if not isinstance(arr, da.Array):
+        arr = da.from_array(np.asarray(arr))
+    if arr.ndim != 3:
+        raise BandError(f"expected a 3-D (band, y, x) scene, got shape {arr.shape}")
+    n = np.shape(descriptors)[0] if np.ndim(descriptors) == 2 else None
+    if n is not None and arr.shape[0] != n:
+        raise BandError(f"{n} band descriptors for a scene of {arr.shape[0]} bands along its first axis "
+                        f"(shape {arr.shape}; expected (band, y, x))")
+    return arr
+
+
 def weighted_graph(
     data: xr.DataArray | da.Array | np.ndarray,
     descriptors: np.ndarray,
@@ -870,10 +895,7 @@ def weighted_graph(
     ``data``; the streaming reader then caches those instead of float32 (same results).
     """
     options = options or TileOptions()
-    arr = data.data if isinstance(data, xr.DataArray) else data
-    if not isinstance(arr, da.Array):
-        arr = da.from_array(np.asarray(arr))
-    arr = arr.astype("float32")
+    arr = _band_yx(data, descriptors).astype("float32")
     plan = plan_tiles(options, int(getattr(predictor, "halo", 0)))
     d = plan.depth
     _, h, w = arr.shape
@@ -1014,9 +1036,7 @@ def mask_graph(
     binary: bool = False,
 ) -> tuple[da.Array, da.Array]:
     """Lazy (y, x) uint8 mask and (4, y, x) float32 probabilities for a scene."""
-    arr = data.data if isinstance(data, xr.DataArray) else data
-    if not isinstance(arr, da.Array):
-        arr = da.from_array(np.asarray(arr))
+    arr = _band_yx(data, descriptors)
     proba = predict_proba(arr, descriptors, predictor, options)
     valid = da.isfinite(arr.astype("float32")).all(axis=0).rechunk(proba.chunks[1:])
     cls = da.map_blocks(

@@ -169,3 +169,11 @@ def test_pooled_is_not_mean_of_ratios() -> None:
     small_p = np.zeros((1, 2), np.uint8)
     pooled = metrics.confusion(big_t, big_p) + metrics.confusion(small_t, small_p)
     assert metrics.cloud_scores(pooled)["recall"] == pytest.approx(100 / 102)
+
+
+def test_confusion_of_different_shapes_is_an_evaluate_error() -> None:
+    from cloudmask.errors import EvaluateError
+
+    with pytest.raises(EvaluateError, match="differ in shape"):
+        metrics.confusion(np.zeros((4, 4), "uint8"), np.zeros((3, 4), "uint8"))
+    assert metrics.confusion([[0, 1]], [[0, 1]]).sum() == 2  # lists work too

@@ -118,6 +118,28 @@ def test_descriptors_in_nanometres_or_implausible_are_refused(predictor: Predict
     assert predictor.predict_proba(x, d).shape == (4, 8, 8)  # micrometres still work
 
 
+def test_values_that_cannot_be_reflectance_are_refused(predictor: Predictor) -> None:
+    """DNs, percent or an unmarked -9999 fill gave a confident mask (all cloud, or shadow), no error."""
+    x, d = _scene(5, 40, 40)
+    for bad, words in ((np.round(x * 10000 + 1000), "look scaled"), (x * 100, "look scaled")):
+        with pytest.raises(BandError, match=words) as err:
+            predictor.predict_proba(bad, d)
+        assert "\n" not in str(err.value)
+    filled = x.copy()
+    filled[:, :4] = -9999.0
+    with pytest.raises(BandError, match="below -1.*Mark nodata as NaN"):
+        predictor.predict_proba(filled, d)
+    filled[:, :4] = np.nan  # the same pixels marked as nodata: fine
+    assert predictor.predict_proba(filled, d).shape == (4, 40, 40)
+    bright = np.full_like(x, 1.4)  # thick cloud under a low sun (TOA reflectance over 1): fine
+    bright[0, 0, 0] = -0.05  # slightly negative surface reflectance: fine
+    assert predictor.predict_proba(bright, d).shape == (4, 40, 40)
+    t = get_sensor("landsat8")
+    bands = [b for b in t.bands if b.kind == "thermal"][:1] + [b for b in t.bands if b.kind != "thermal"][:4]
+    xt = np.concatenate([np.full((1, 40, 40), 290.0, "float32"), x[:4]])  # kelvin in a thermal band: fine
+    assert predictor.predict_proba(xt, t.descriptors(bands)).shape == (4, 40, 40)
+
+
 def test_random_is_deterministic() -> None:
     x, d = _scene(5, 16, 16)
     a = Predictor.random(seed=1, **TINY).predict_proba(x, d)

@@ -567,3 +567,24 @@ def test_registry_cache_sees_new_files_after_clear(tmp_path: Path) -> None:
     assert "late" not in load_registry([d])  # cached per (dirs, env)
     reg._load_cached.cache_clear()
     assert "late" in load_registry([d])
+
+
+def test_library_calls_with_the_wrong_types_get_clear_errors(tmp_path) -> None:
+    """get_sensor(None) raised AttributeError ('strip'); get_sensor(x, "./dir") read the folder name
+    character by character ("sensor directory m does not exist"); Band(kind="lidar") was built and
+    described to the model as reflective."""
+    import pytest
+
+    from cloudmask.errors import BandError, RegistryError, UnknownSensorError
+    from cloudmask.registry import Band, get_sensor
+
+    for bad in (None, 5):
+        with pytest.raises(UnknownSensorError, match="named by a string"):
+            get_sensor(bad)
+    assert get_sensor("sentinel2", str(tmp_path)).id == "sentinel2"  # one folder as a str
+    with pytest.raises(RegistryError, match=f"sensor directory {tmp_path / 'nope'} does not exist"):
+        get_sensor("sentinel2", str(tmp_path / "nope"))
+    with pytest.raises(BandError, match="kind must be"):
+        Band("b1", "lidar", 0.4, 0.5, 0.6, 0.1, 10.0)
+    with pytest.raises(BandError, match="min <= centre <= max"):
+        Band("b1", "reflectance", 0.6, 0.5, 0.4, 0.1, 10.0)

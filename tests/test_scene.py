@@ -596,3 +596,19 @@ def test_gdal_names_a_url_by_its_scheme_for_dropping_its_cache():
     assert _gdal_vsi_path("s3://bucket/k/x.tif") == "/vsis3/bucket/k/x.tif"
     assert _gdal_vsi_path("gs://bucket/x.tif") == "/vsigs/bucket/x.tif"
     assert _gdal_vsi_path("/vsiaz/c/x.tif") == "/vsiaz/c/x.tif"
+
+
+def test_read_scene_refuses_impossible_resolution_and_chunks_and_takes_a_bands_string(tmp_path):
+    """resolution=-5 gave a flipped 1×1 grid and 0 was ignored; chunks=0 raised ZeroDivisionError;
+    bands="blue,green,red,nir" was read as 18 one-letter names."""
+    from cloudmask.errors import UsageError
+
+    dn = np.round(random_reflectance(4, 20, 24, seed=3) * 10000).astype("uint16")
+    src = write_raster(tmp_path / "four.tif", dn)
+    for res in (-5.0, 0.0):
+        with pytest.raises(UsageError, match="resolution must be positive"):
+            read_scene(src, sensor="sentinel2", bands=["blue", "green", "red", "nir"], resolution=res)
+    with pytest.raises(UsageError, match="chunks must be a positive"):
+        read_scene(src, sensor="sentinel2", bands=["blue", "green", "red", "nir"], chunks=0)
+    scene = read_scene(src, sensor="sentinel2", bands="blue, green,red,nir")
+    assert [b.common_name for b in scene.bands] == ["blue", "green", "red", "nir"]

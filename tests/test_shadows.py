@@ -393,3 +393,17 @@ def test_the_streamed_mask_runs_the_darkness_test_like_the_whole_scene(s2_desc):
     stream_mask(graph, LocalRunner(2), put, shadows=opt, scratch=_Scratch(cloud.shape), nir_band=i)
     np.testing.assert_array_equal(got, want)
     assert (got[quiet & valid] == 3).mean() > 0.85 and not (got[decoy & valid] == 3).any()
+
+
+def test_match_shadows_takes_argmax_classes_and_names_wrong_shapes():
+    """probs.argmax(0) (int64) raised numpy's UFuncTypeError; classes of another size a broadcast error."""
+    from cloudmask.errors import BandError
+
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(4), size=(48, 40)).transpose(2, 0, 1).astype("float32")
+    cls64 = proba.argmax(0)
+    np.testing.assert_array_equal(match_shadows(proba, cls64), match_shadows(proba, cls64.astype("uint8")))
+    with pytest.raises(BandError, match=r"\(4, h, w\) probabilities and \(h, w\) classes"):
+        match_shadows(proba, cls64[:10])
+    with pytest.raises(BandError, match="integers 0-3"):
+        match_shadows(proba, cls64.astype("float32"))

@@ -688,3 +688,32 @@ def test_a_file_reader_travels_without_its_cache_and_is_shared_once_unpickled(tm
     # rewritten since) gets a reader of its own, not the old cache
     again = ChunkReader(scene.raw.data, convert=scene.raw.convert, files=scene.raw.files)
     assert pickle.loads(pickle.dumps(again)) is not a
+
+
+def test_mask_graph_takes_a_dataarray_band_dimension_anywhere_and_refuses_wrong_shapes():
+    """A (y, x, band) DataArray built a lazy (64, 13) "mask" that failed only when computed, with an
+    error about descriptor shapes; 2-D and 4-D arrays failed with unpacking errors."""
+    import xarray as xr
+
+    from cloudmask.errors import BandError
+    from cloudmask.model import Predictor
+    from cloudmask.registry import get_sensor
+    from cloudmask.testing import random_reflectance
+    from cloudmask.tiles import mask_graph
+
+    p = Predictor.random(seed=0, dilations=(1,))
+    s2 = get_sensor("sentinel2")
+    d = s2.descriptors()
+    x = random_reflectance(len(d), 64, 48, seed=2)
+    opts = TileOptions(tile_size=32, threads=1)
+    want = mask_graph(xr.DataArray(x, dims=("band", "y", "x")), d, p, opts)[0].compute()
+    moved = xr.DataArray(np.moveaxis(x, 0, -1), dims=("y", "x", "band"))
+    got = mask_graph(moved, d, p, opts)[0]
+    assert got.shape == (64, 48)
+    np.testing.assert_array_equal(got.compute(), want)
+    with pytest.raises(BandError, match=r"expected \(band, y, x\)"):
+        mask_graph(np.moveaxis(x, 0, -1), d, p, opts)
+    with pytest.raises(BandError, match="3-D"):
+        mask_graph(x[0], d, p, opts)
+    with pytest.raises(BandError, match="3-D"):
+        mask_graph(xr.DataArray(x[None], dims=("time", "band", "y", "x")), d, p, opts)

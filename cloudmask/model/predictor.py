@@ -86,6 +86,32 @@ def _check_descriptors(d: np.ndarray) -> None:
         raise BandError(f"band descriptor thermal flags (column 5) must be 0 or 1, got {d[:, 4].tolist()}")
 
 
+def _check_reflectance(x: np.ndarray, d: np.ndarray) -> None:
+    """Refuse reflective bands whose values cannot be reflectance (0-1, clouds up to ~1.5).
+
+    Like descriptors in nanometres, digital numbers (0-10000) or percent give a confident mask of
+    all cloud, and a fill value such as -9999 not marked NaN gives "shadow", not an error. Checked
+    on a sample of at most ~4096 pixels per band, so it costs nothing beside the network."""
+    refl = np.flatnonzero(d[:, 4] == 0)
+    if refl.size == 0 or x.size == 0:
+        return
+    h, w = x.shape[-2:]
+    step = max(1, int(np.sqrt(h * w / 4096)))
+    sample = np.asarray(x[..., refl, ::step, ::step], dtype="float32")
+    with np.errstate(invalid="ignore"):
+        finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        return
+    low = float(np.mean(finite < -1.0))
+    if low > 0.001:
+        raise BandError(f"{low:.1%} of the reflective values are below -1 (smallest {float(finite.min()):g}): a fill "
+                        "value? Mark nodata as NaN")
+    median = float(np.median(finite))
+    if median > 5.0:
+        raise BandError(f"reflective band values look scaled (median {median:g}): pass reflectance 0-1, e.g. "
+                        "DN * scale + offset (Sentinel-2 L2A: DN / 10000 - 0.1); thermal bands in kelvin")
+
+
 #: Predictors unpickled in this process, by identity (see :meth:`Predictor.__reduce__`); a few.
 _SHARED: dict[str, Predictor] = {}
 _SHARED_LOCK = threading.Lock()
@@ -207,6 +233,10 @@ class Predictor:
         x = np.asarray(x)
         if x.ndim != 3:
             raise BandError(f"expected a (bands, y, x) array, got shape {x.shape}")
+        if stored is None:
+            d = np.asarray(descriptors, dtype="float32")
+            if d.ndim == 2 and d.shape == (x.shape[0], 5):
+                _check_reflectance(x, d)
         return self.predict_proba_batch(x[None], descriptors, region, finite, stored)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
