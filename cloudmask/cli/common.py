@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +17,25 @@ from rich.console import Console
 from typer.core import TyperCommand
 
 from cloudmask.errors import CloudmaskError
+
+@contextmanager
+def startup_imports() -> Iterator[None]:
+    """Import a command's numerical stack (torch, Dask, rasterio) with the cyclic collector off, then
+    freeze what was imported.
+
+    Why: importing torch creates ~250 000 objects and the collector traverses all of them again at
+    every 25 % of growth (~0.3 s of full collections per run), and again in the collections during
+    the run; frozen, they are skipped. Modules live as long as the process; the imports' own cyclic
+    leftovers (~100 objects) stay too, which is cheaper than the full collection that would find them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
 
 #: Human output goes to stdout; errors and progress bars to stderr so ``--json`` stays parseable.
 console = Console()

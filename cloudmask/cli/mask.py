@@ -11,7 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
-from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json, use_sensors_dirs
+from cloudmask.cli.common import (
+    Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json, startup_imports,
+    use_sensors_dirs,
+)
 from cloudmask.errors import UsageError
 from cloudmask.options import TileOptions
 
@@ -239,9 +242,11 @@ def mask_cmd(
 
     Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted.
     """
-    # imported here: the mask stack (Dask, xarray, rasterio) costs ~1 s that --help, sensors and
-    # fetch need not pay
-    from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
+    # imported here: the mask stack (Dask, xarray, rasterio, torch) costs ~1.5 s that --help,
+    # sensors and fetch need not pay
+    with startup_imports():
+        import cloudmask.model.predictor  # noqa: F401 - torch, which MaskOptions.check needs anyway
+        from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
 
     use_sensors_dirs(sensors_dir)
     items = list(inputs or []) + list(stac_item or [])

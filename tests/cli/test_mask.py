@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def random_model(monkeypatch):
     p = Predictor.random(seed=0, dilations=(1,))
     real = mask_mod.load_predictor  # --weights files still go through the real loader
     monkeypatch.setattr(mask_mod, "load_predictor", lambda path=None: p if path is None else real(path))
+    yield
+    gc.unfreeze()  # the command freezes what is alive after its imports; the test process goes on as usual
 
 
 def _s2(path: Path, seed: int = 1) -> Path:
@@ -388,3 +391,21 @@ def test_json_error_after_some_scenes_keeps_them_in_the_document(tmp_path, monke
     doc = json.loads(res.stdout)
     assert "cannot load the model" in doc["error"] and doc["not_done"] == [str(b)]
     assert [s["status"] for s in doc["scenes"]] == ["skipped"] and doc["summary"]["skipped"] == 1
+
+
+def test_the_collector_is_back_on_after_the_mask_commands_imports(tmp_path):
+    """The command imports torch & co. with the cyclic collector off (startup_imports); it must be
+    on again for the scenes, or an archive run's cyclic garbage would pile up."""
+    src = _s2(tmp_path / "S2A_MSIL2A_g.tif")
+    seen = []
+    real = mask_mod.mask_many
+
+    def spy(*args, **kw):
+        seen.append(gc.isenabled())
+        return real(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mask_mod, "mask_many", spy)
+        res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "-q", *FAST])
+    assert res.exit_code == 0, res.output
+    assert seen == [True] and gc.isenabled()
