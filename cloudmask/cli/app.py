@@ -12,17 +12,13 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from cloudmask import __version__
-from cloudmask.cli.common import err_console, error_message
+from cloudmask.cli.common import USAGE_ERRORS, err_console, error_message, fail, usage_failure
 from cloudmask.errors import CloudmaskError
 
 _state = {"debug": False}
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    # one line, whatever the message carries (e.g. a STAC item id with a newline in it)
-    message = message.replace("\r", "\\r").replace("\n", "\\n")
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+_fail = fail
 
 
 def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
@@ -42,6 +38,18 @@ def _warning_line(message: Any, category: type[Warning], filename: str, lineno: 
 class _ErrorMappingGroup(TyperGroup):
     """Turns library errors into one red line on stderr and the error's exit code (2 usage, 1 run),
     and warnings into one yellow line each."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except USAGE_ERRORS as exc:  # e.g. an option before the command that does not exist
+            raise usage_failure(exc) from None
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except USAGE_ERRORS as exc:  # "No such command 'maks'."
+            raise usage_failure(exc) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:

@@ -76,6 +76,42 @@ def error_message(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
+def _click_classes(name: str) -> tuple[type[Exception], ...]:
+    """click's exception class ``name``, and Typer's own copy of it where Typer vendors click
+    (0.2x+): which one a parse error is depends on the Typer version."""
+    classes = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+
+        classes.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(classes)
+
+
+#: click's usage errors (unknown option, bad value, missing argument), in either copy of click.
+USAGE_ERRORS = _click_classes("UsageError")
+CLICK_ERRORS = _click_classes("ClickException")
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``message`` as one red line on stderr; the Exit to raise with ``code``."""
+    from rich.markup import escape
+
+    # one line, whatever the message carries (e.g. a STAC item id with a newline in it)
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def usage_failure(exc: Any) -> typer.Exit:
+    """click's usage error (unknown option, value out of range) as one line, not its usage block:
+    the same form as every other error, and one line in a cron job's mail."""
+    ctx = exc.ctx
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return fail(exc.format_message() + hint, exc.exit_code)
+
+
 def _asks_json(args: list[str]) -> bool:
     """``--json`` among the options (not after ``--``, where it would be an input's name)."""
     return "--json" in args[: args.index("--") if "--" in args else None]
@@ -95,6 +131,8 @@ class Command(TyperCommand):
         except Exception as exc:
             if _asks_json(given) and hasattr(exc, "format_message"):  # click's usage errors, not --help's Exit
                 self.json_error(exc.format_message())
+            if isinstance(exc, USAGE_ERRORS):
+                raise usage_failure(exc) from None
             raise
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -109,7 +147,7 @@ class Command(TyperCommand):
                 warnings.simplefilter("ignore")
                 return super().invoke(ctx)
         except (BrokenPipeError, typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
-                click.ClickException):
+                *CLICK_ERRORS):
             raise  # a command's own exit code, or click's usage errors (handled in parse_args)
         except Exception as exc:  # noqa: BLE001 - a bug too: a cron job reading stdout gets a document
             if self.json_errors and _json_on(ctx):

@@ -172,3 +172,22 @@ def test_an_error_message_with_a_newline_stays_one_line(monkeypatch) -> None:
     monkeypatch.setattr(stac, "search", broken)
     res = CliRunner().invoke(app, ["fetch", "--bbox", "1,2,3,4", "--catalog", "http://127.0.0.1:9", "--collection", "c"])
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "item x\\ny: HTTP 404" in res.stderr, res.stderr
+
+
+def test_usage_errors_are_one_line_with_exit_2() -> None:
+    """click printed its usage block (four lines) for a bad option value, an unknown option or
+    command and a missing argument, where every other error is one line (also with --quiet)."""
+    cases = {
+        ("mask", "x.tif", "--sun-azimuth", "400", "-q"): "Invalid value for '--sun-azimuth'",
+        ("mask", "--dilate", "-1", "x.tif"): "Invalid value for '--dilate'",
+        ("mask", "--bogus", "x.tif"): "No such option: --bogus",
+        ("--bogus", "mask"): "No such option: --bogus",
+        ("maks",): "No such command 'maks'",
+        ("evaluate",): "Missing argument 'PRED'",
+    }
+    for args, words in cases.items():
+        out = subprocess.run([sys.executable, "-m", "cloudmask", *args], capture_output=True, text=True,
+                             env={**os.environ, "COLUMNS": "200"})
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stdout == "" and len(out.stderr.splitlines()) == 1, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and words in out.stderr and "--help" in out.stderr
