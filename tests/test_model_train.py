@@ -475,3 +475,27 @@ def test_experiment_tests_sentinel2_also_with_the_real_patches_four_bands() -> N
     np.testing.assert_allclose(d4[:, 1], [0.49, 0.56, 0.665, 0.842], atol=0.01)  # centres, µm
     np.testing.assert_array_equal(x4, x13[[1, 2, 3, 7]])
     np.testing.assert_array_equal(d4, d13[[1, 2, 3, 7]])
+
+
+def test_the_documented_config_path_works_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cloudmask train --config configs/train-default.yaml` (README, model card) failed after a
+    pip install: configs/ was in neither the wheel nor the sdist."""
+    from cloudmask.model.train import bundled_configs_dir
+
+    repo = Path(__file__).resolve().parent.parent
+    shipped = bundled_configs_dir()
+    assert shipped is not None and (shipped / "train-default.yaml").is_file()
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    want = load_config(shipped / "train-default.yaml")
+    assert want["train"]["max_minutes"] == 58  # the production config, not the defaults
+    for given in ("configs/train-default.yaml", "train-default.yaml", "train-default"):
+        assert load_config(given) == want
+    with pytest.raises(UsageError, match=r"config file not found: nope.yaml \(shipped configs: .*train-default"):
+        load_config("nope.yaml")
+    with pytest.raises(UsageError, match="config file not found"):
+        load_config("elsewhere/train-default.yaml")  # a folder of the user's own is not redirected
+    # the wheel and the sdist carry configs/ (as they carry sensors/)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    hatch = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
+    assert hatch["wheel"]["force-include"]["configs"] == "cloudmask/configs"
+    assert "configs" in hatch["sdist"]["include"]

@@ -142,13 +142,37 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+def bundled_configs_dir() -> Path | None:
+    """The shipped training configs: inside the wheel, or the repository's top-level ``configs/``."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _config_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a file; else a shipped config it names (``train-default``,
+    ``train-default.yaml`` or ``configs/train-default.yaml``), so the documented command for the
+    bundled weights runs outside a source checkout too."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = bundled_configs_dir()
+    if shipped is not None and str(p.parent) in (".", "configs"):
+        for name in (p.name, p.name + ".yaml"):
+            if (shipped / name).is_file():
+                return shipped / name
+    names = sorted(c.stem for c in shipped.glob("*.yaml")) if shipped is not None else []
+    hint = f" (shipped configs: {', '.join(names)})" if names else ""
+    raise UsageError(f"config file not found: {p}{hint}")
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Defaults <- YAML file <- ``key=value`` overrides, validated against the known keys."""
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"config file not found: {p}")
+        p = _config_file(path)
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
