@@ -8,6 +8,8 @@ reported without stopping the others.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import glob
 import json
 import os
@@ -993,6 +995,36 @@ def _mask_scene(
 # --------------------------------------------------------------------------- many scenes
 
 
+#: Seconds to wait for a Dask scheduler to connect and answer.
+SCHEDULER_TIMEOUT = 10.0
+#: What a timed-out wait raises (one class from Python 3.11, three before).
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+
+
+def _scheduler_identity(address: str, timeout: float) -> dict[str, Any]:
+    """Ask ``address`` who it is, within ``timeout`` seconds in all.
+
+    Why not just ``Client(address, timeout=...)``: a server that accepts the connection but does not
+    speak Dask's protocol (a web server on that port) made the client wait forever in its handshake.
+    Run on a thread of its own, so it works under a running event loop too (a notebook)."""
+    from distributed.comm import connect as comm_connect
+
+    async def ask() -> Any:
+        comm = await comm_connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(ask(), timeout)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(asyncio.run, bounded()).result()
+    return reply if isinstance(reply, dict) else {}
+
+
 def connect(address: str) -> Any:
     """A dask.distributed client for ``--scheduler``; a clear error when it cannot be reached."""
     try:
@@ -1002,7 +1034,19 @@ def connect(address: str) -> Any:
     if "://" not in address or address.split("://", 1)[0] not in ("tcp", "tls", "inproc", "ucx", "ws", "wss"):
         raise UsageError(f"--scheduler {address!r}: expected an address such as tcp://host:8786")
     try:
-        return Client(address, timeout=10, set_as_default=False)
+        identity = _scheduler_identity(address, SCHEDULER_TIMEOUT)
+    except _TIMEOUTS:
+        raise UsageError(f"no answer from a Dask scheduler at {address} within {SCHEDULER_TIMEOUT:g} s (is it one?)") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address} ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever else a non-Dask server's bytes make the protocol raise
+        raise UsageError(f"{address} does not answer as a Dask scheduler ({type(exc).__name__}: {first_line(exc)})") from None
+    if identity.get("type") != "Scheduler":
+        raise UsageError(f"{address} is not a Dask scheduler (it says it is {identity.get('type') or 'nothing known'})")
+    if not identity.get("workers"):
+        warnings.warn(f"the Dask scheduler at {address} has no workers yet: scenes wait until one joins", stacklevel=2)
+    try:
+        return Client(address, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address} ({first_line(exc)})") from None
 

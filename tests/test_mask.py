@@ -1180,3 +1180,47 @@ def test_mask_scene_loads_options_weights_and_takes_options_in_the_third_place(t
 
     with pytest.raises(ModelError, match="not found"):
         mask_scene(src, tmp_path / "out2" / "w_cloudmask.tif", options=MaskOptions(tiles=SMALL, weights=str(tmp_path / "no.safetensors")))
+
+
+@pytest.mark.parametrize("talks", [False, True])
+def test_a_scheduler_address_that_is_not_a_dask_scheduler_fails_in_seconds(tmp_path, predictor, monkeypatch, talks):
+    """A port that accepts the connection but is no Dask scheduler (a web server, a silent service)
+    made `--scheduler` wait forever in distributed's handshake."""
+    pytest.importorskip("distributed")
+    import threading
+
+    monkeypatch.setattr(mask_mod, "SCHEDULER_TIMEOUT", 1.5)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if talks:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(UsageError, match=f"{address}") as err:
+            mask_many([str(_s2(tmp_path / "S2A_n.tif"))], tmp_path / "o", MaskOptions(tiles=SMALL, scheduler=address),
+                      predictor)
+        assert "\n" not in str(err.value) and not (tmp_path / "o").exists()
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+
+
+def test_a_scheduler_without_workers_is_named_in_a_warning():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=None) as cluster:
+        with pytest.warns(UserWarning, match="has no workers yet"):
+            client = mask_mod.connect(cluster.scheduler_address)
+        client.close()
