@@ -46,6 +46,14 @@ class OutputError(CloudmaskError):
     """An output cannot be written (permissions, disk full, locked by another run)."""
 
 
+class ClusterError(CloudmaskError):
+    """The Dask cluster of ``--scheduler`` failed a scene (its workers died running a block)."""
+
+
+class SchedulerLostError(ClusterError):
+    """The Dask scheduler went away mid-run: no later scene can run either, so the run stops."""
+
+
 class FetchError(CloudmaskError):
     """A STAC search or download failed."""
 

@@ -31,7 +31,8 @@ from rasterio.errors import RasterioError
 
 from cloudmask import cog
 from cloudmask.evaluate import LABEL_WORDS
-from cloudmask.errors import CloudmaskError, ModelError, OutputError, SceneError, UsageError, first_line
+from cloudmask.errors import (ClusterError, CloudmaskError, ModelError, OutputError, SceneError, SchedulerLostError,
+                              UsageError, first_line)
 from cloudmask.registry import Sensor
 from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
                              stem_last_part)
@@ -816,6 +817,30 @@ def _finished(paths: OutputPaths, source: str, options: MaskOptions) -> bool:
     return True
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns those made, deepest first."""
+    made = []
+    d = folder
+    while not os.path.lexists(d) and d.parent != d:
+        made.append(d)
+        d = d.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cog.output_error(exc, folder) from None
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove what :func:`_make_folders` made, deepest first, while empty (another run may have
+    put something in one since: that one and its parents stay)."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def mask_scene(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -869,121 +894,129 @@ def _mask_scene(
     h, w = scene.shape
     if h == 0 or w == 0:
         raise SceneError(f"{source}: scene has no pixels")
+    made = _make_folders(paths.mask.parent)
     try:
-        paths.mask.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cog.output_error(exc, paths.mask.parent) from None
-    if not os.access(paths.mask.parent, os.W_OK):
-        raise OutputError(f"{paths.mask.parent}: output folder is not writable")
-    # rasterio.Env: GDAL's errors in this thread go to rasterio's logger (they also become the
-    # exceptions cloudmask reports in one line), not to stderr as "ERROR 1: …" beside that line
-    with OutputLock(paths.lock, paths.mask), rasterio.Env():
-        for dst in (paths.mask, paths.proba, paths.item):
-            for stale in cog.stale_temps(dst):
-                cog.remove_quietly(stale)
-        if _finished(paths, source, options):
-            return skipped  # another run finished it between our first check and our lock
-        if predictor is None:
-            predictor = load_predictor(options.weights)
-            if hasattr(predictor, "to"):
-                predictor.to(options.device)
-        if on_event:
-            on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
-        graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
-        grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
-        sinks: list[cog.RasterSink] = []
-        parts: list[Path] = []
-        item_tmp = None
-        try:  # from the first temporary on: an error or Ctrl-C anywhere leaves none behind
-            mask_sink = cog.RasterSink(
-                paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
-                descriptions=[cog.BINARY_MASK_DESCRIPTION if options.binary else cog.MASK_DESCRIPTION],
-                colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
-                tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
-                      "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},
-                **grid,
-            )
-            sinks.append(mask_sink)
-            shadows = options.shadow_options(scene)
-            scratch = None
-            if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
-                scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True,
-                                         **grid)
-                sinks.append(scratch)
-            write_proba = None
-            if options.probabilities:
-                prob_sink = cog.RasterSink(
-                    paths.proba, count=4, dtype="uint8", nodata=NODATA, tag="prob",
-                    descriptions=[f"P({name}) percent" for name in CLASSES.values()], scales=[0.01] * 4, **grid,
-                )
-                sinks.append(prob_sink)
-
-                def write_proba(y0: int, rows: np.ndarray) -> None:
-                    prob_sink[:, y0 : y0 + rows.shape[1], 0:w] = rows
-
-            def write_mask(y0: int, rows: np.ndarray) -> None:
-                mask_sink[y0 : y0 + rows.shape[0], 0:w] = rows
-
-            def on_block(done: int, total: int) -> None:
-                if on_event:
-                    on_event("blocks", {"done": done, "total": total})
-
-            remote = scene.raw is not None and scene.raw.remote
-            runner = (DistributedRunner(client, retries=REMOTE_RETRIES if remote else 0) if client is not None
-                      else LocalRunner(options.tiles.threads))
-            try:
-                matcher = stream_mask(
-                    graph, runner, write_mask, write_proba, threshold=options.threshold,
-                    dilate=options.dilate, binary=options.binary, on_block=on_block,
-                    shadows=shadows, scratch=scratch,
-                    nir_band=nir_band(scene.descriptors) if shadows is not None and shadows.darkness else None,
-                )
-            except CloudmaskError:
-                raise
-            except (RasterioError, OSError) as exc:
-                # The sinks raise OutputError for their own writes, so what lands here was a read,
-                # unless the system ran out of space on the way (e.g. GDAL's temporary files).
-                if cog.is_disk_full(exc, paths.mask):
-                    raise cog.output_error(exc, paths.mask) from None
-                raise SceneError(f"{source}: reading failed mid-scene ({first_line(exc)})") from None
-            except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"{source}: inference failed ({first_line(exc)})") from None
-            for s in sinks:
-                s.close()
-            commits: list[tuple[Path, Path]] = []
-            if options.probabilities:
-                part = cog.translate(prob_sink.path, paths.proba, "average")
-                parts.append(part)
-                commits.append((part, paths.proba))
-            mask_part = cog.translate(mask_sink.path, paths.mask, "nearest" if options.binary else "mode")
-            parts.append(mask_part)
-            seconds = time.perf_counter() - t0
-            item = stac_item_for_mask(scene, paths, mask_sink.counts, predictor, options, seconds, matcher)
-            item_tmp = paths.item.with_name(f".{paths.item.name}.cmtmp-{os.getpid()}")
-            try:
-                item_tmp.write_text(json.dumps(item, indent=1) + "\n", encoding="utf-8")
-            except OSError as exc:
-                raise cog.output_error(exc, paths.item) from None
-            # The mask goes last: its presence (with the item) marks the scene as done. An old mask
-            # (--overwrite) goes first, so a run killed between the renames never leaves the new
-            # item beside the old mask looking done.
-            # A probability COG left by an earlier run (with --probabilities) would sit beside the
-            # new mask describing another run's output: it goes with the old mask.
-            stale = [paths.mask] if options.probabilities else [paths.mask, paths.proba]
-            for old in stale:
-                try:
-                    old.unlink(missing_ok=True)
-                except OSError as exc:
-                    raise cog.output_error(exc, old) from None
-            cog.commit([*commits, (item_tmp, paths.item), (mask_part, paths.mask)])
-            parts.clear()
+        if not os.access(paths.mask.parent, os.W_OK):
+            raise OutputError(f"{paths.mask.parent}: output folder is not writable")
+        # rasterio.Env: GDAL's errors in this thread go to rasterio's logger (they also become the
+        # exceptions cloudmask reports in one line), not to stderr as "ERROR 1: …" beside that line
+        with OutputLock(paths.lock, paths.mask), rasterio.Env():
+            for dst in (paths.mask, paths.proba, paths.item):
+                for stale in cog.stale_temps(dst):
+                    cog.remove_quietly(stale)
+            if _finished(paths, source, options):
+                return skipped  # another run finished it between our first check and our lock
+            if predictor is None:
+                predictor = load_predictor(options.weights)
+                if hasattr(predictor, "to"):
+                    predictor.to(options.device)
+            if on_event:
+                on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
+            graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
+            grid = dict(width=w, height=h, crs=scene.crs, transform=scene.transform)
+            sinks: list[cog.RasterSink] = []
+            parts: list[Path] = []
             item_tmp = None
-        finally:
-            for s in sinks:
-                s.discard()
-            for p in parts:
-                cog.remove_quietly(p)
-            cog.remove_quietly(item_tmp)
+            try:  # from the first temporary on: an error or Ctrl-C anywhere leaves none behind
+                mask_sink = cog.RasterSink(
+                    paths.mask, count=1, dtype="uint8", nodata=NODATA, count_values=True, tag="mask",
+                    descriptions=[cog.BINARY_MASK_DESCRIPTION if options.binary else cog.MASK_DESCRIPTION],
+                    colormap=cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP,
+                    tags={"CLOUDMASK_MODEL_VERSION": str(getattr(predictor, "version", "unknown")),
+                          "CLOUDMASK_SENSOR": scene.sensor.id, "CLOUDMASK_SOURCE": source},
+                    **grid,
+                )
+                sinks.append(mask_sink)
+                shadows = options.shadow_options(scene)
+                scratch = None
+                if shadows is not None:  # pass-1 classes, re-read once the scene's shadow geometry is known
+                    scratch = cog.RasterSink(paths.mask, count=1, dtype="uint8", nodata=NODATA, tag="pass1", readable=True,
+                                             **grid)
+                    sinks.append(scratch)
+                write_proba = None
+                if options.probabilities:
+                    prob_sink = cog.RasterSink(
+                        paths.proba, count=4, dtype="uint8", nodata=NODATA, tag="prob",
+                        descriptions=[f"P({name}) percent" for name in CLASSES.values()], scales=[0.01] * 4, **grid,
+                    )
+                    sinks.append(prob_sink)
+
+                    def write_proba(y0: int, rows: np.ndarray) -> None:
+                        prob_sink[:, y0 : y0 + rows.shape[1], 0:w] = rows
+
+                def write_mask(y0: int, rows: np.ndarray) -> None:
+                    mask_sink[y0 : y0 + rows.shape[0], 0:w] = rows
+
+                def on_block(done: int, total: int) -> None:
+                    if on_event:
+                        on_event("blocks", {"done": done, "total": total})
+
+                remote = scene.raw is not None and scene.raw.remote
+                runner = (DistributedRunner(client, retries=REMOTE_RETRIES if remote else 0) if client is not None
+                          else LocalRunner(options.tiles.threads))
+                try:
+                    matcher = stream_mask(
+                        graph, runner, write_mask, write_proba, threshold=options.threshold,
+                        dilate=options.dilate, binary=options.binary, on_block=on_block,
+                        shadows=shadows, scratch=scratch,
+                        nir_band=nir_band(scene.descriptors) if shadows is not None and shadows.darkness else None,
+                    )
+                except ClusterError as exc:
+                    raise type(exc)(f"{source}: {exc}") from None
+                except CloudmaskError:
+                    raise
+                except (RasterioError, OSError) as exc:
+                    # The sinks raise OutputError for their own writes, so what lands here was a read,
+                    # unless the system ran out of space on the way (e.g. GDAL's temporary files).
+                    if cog.is_disk_full(exc, paths.mask):
+                        raise cog.output_error(exc, paths.mask) from None
+                    text = first_line(exc)
+                    if client is not None and ("No such file" in text or "does not exist" in text):
+                        # this machine opened it (the scene's size and bands were read here)
+                        raise SceneError(f"{source}: a cluster worker cannot open it ({text}); the workers must see "
+                                         "every input at the same path (a shared file system, or URLs)") from None
+                    raise SceneError(f"{source}: reading failed mid-scene ({text})") from None
+                except (RuntimeError, ValueError) as exc:
+                    raise ModelError(f"{source}: inference failed ({first_line(exc)})") from None
+                for s in sinks:
+                    s.close()
+                commits: list[tuple[Path, Path]] = []
+                if options.probabilities:
+                    part = cog.translate(prob_sink.path, paths.proba, "average")
+                    parts.append(part)
+                    commits.append((part, paths.proba))
+                mask_part = cog.translate(mask_sink.path, paths.mask, "nearest" if options.binary else "mode")
+                parts.append(mask_part)
+                seconds = time.perf_counter() - t0
+                item = stac_item_for_mask(scene, paths, mask_sink.counts, predictor, options, seconds, matcher)
+                item_tmp = paths.item.with_name(f".{paths.item.name}.cmtmp-{os.getpid()}")
+                try:
+                    item_tmp.write_text(json.dumps(item, indent=1) + "\n", encoding="utf-8")
+                except OSError as exc:
+                    raise cog.output_error(exc, paths.item) from None
+                # The mask goes last: its presence (with the item) marks the scene as done. An old mask
+                # (--overwrite) goes first, so a run killed between the renames never leaves the new
+                # item beside the old mask looking done.
+                # A probability COG left by an earlier run (with --probabilities) would sit beside the
+                # new mask describing another run's output: it goes with the old mask.
+                stale = [paths.mask] if options.probabilities else [paths.mask, paths.proba]
+                for old in stale:
+                    try:
+                        old.unlink(missing_ok=True)
+                    except OSError as exc:
+                        raise cog.output_error(exc, old) from None
+                cog.commit([*commits, (item_tmp, paths.item), (mask_part, paths.mask)])
+                parts.clear()
+                item_tmp = None
+            finally:
+                for s in sinks:
+                    s.discard()
+                for p in parts:
+                    cog.remove_quietly(p)
+                cog.remove_quietly(item_tmp)
+    except BaseException:  # a failed scene leaves no empty folder in the output tree
+        _remove_empty(made)
+        raise
     props = item["properties"]
     return MaskResult(
         source, str(paths.mask), "masked", seconds=time.perf_counter() - t0, megapixels=h * w / 1e6,
@@ -1121,6 +1154,11 @@ def mask_many(
                     raise UsageError(f"{source}: its output {dst} is already produced by {seen[dst.resolve()]}")
                 seen[dst.resolve()] = source
                 result = _mask_scene(source, dst, predictor, options, client=client, on_event=on_event)
+            except SchedulerLostError as exc:  # no later scene can run: this one failed, the run stops
+                if on_event:
+                    on_event("scene-end", {"result": MaskResult(source, str(dst), "failed", str(exc), exit_code=1,
+                                                                seconds=time.perf_counter() - t0, error=exc)})
+                raise
             except CloudmaskError as exc:
                 result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
                                     seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)

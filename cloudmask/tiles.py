@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError, RasterioIOError
 
-from cloudmask.errors import BandError, CloudmaskError, first_line
+from cloudmask.errors import BandError, CloudmaskError, ClusterError, SchedulerLostError, first_line
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
 
@@ -1243,15 +1243,30 @@ class DistributedRunner:
             for fut, value in queue:
                 key = keys.pop(fut.key)
                 fut.release()
+                if isinstance(value, BaseException):  # a cancelled block comes back as its error, as a value
+                    raise value
                 yield key, value
                 top_up()
-        except (CloudmaskError, RasterioError, OSError, RuntimeError, ValueError):
+        except CloudmaskError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a worker's error that could not travel as itself
-            text = str(exc) or type(exc).__name__
-            if "Rasterio" in text or "CPLE_" in text:  # e.g. Exception("RasterioIOError('Read failed…')")
-                raise RasterioIOError(f"on a cluster worker: {text.splitlines()[0][:300]}") from None
-            raise RuntimeError(f"on a cluster worker: {text.splitlines()[0][:300]}") from None
+        except Exception as exc:  # noqa: BLE001 - sorted below, into what the caller can say in one line
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a block's failure on the cluster means for the scene (or the run)."""
+        if getattr(self.client, "status", "running") != "running":
+            # the scheduler is gone (the client reconnects, then gives up and cancels every block):
+            # "cancelled" or "ConnectionPool closing" would hide that, and every later scene fails too
+            return SchedulerLostError(f"lost the Dask scheduler at {getattr(self.client, 'scheduler', None) and self.client.scheduler.address}")
+        if type(exc).__name__ == "KilledWorker":
+            return ClusterError("cluster workers died again and again running one of its blocks (out of memory? "
+                                "see the workers' logs)")
+        if isinstance(exc, (RasterioError, OSError, RuntimeError, ValueError)):
+            return exc
+        text = str(exc) or type(exc).__name__
+        if "Rasterio" in text or "CPLE_" in text:  # e.g. Exception("RasterioIOError('Read failed…')"): it could not travel as itself
+            return RasterioIOError(f"on a cluster worker: {text.splitlines()[0][:300]}")
+        return RuntimeError(f"on a cluster worker: {text.splitlines()[0][:300]}")
 
 
 class _RowDilator:

@@ -363,7 +363,7 @@ def test_ctrl_c_right_after_the_first_temporary_leaves_none(tmp_path, predictor,
     monkeypatch.setattr(MaskOptions, "shadow_options", interrupted)  # called between two sinks' creation
     with pytest.raises(KeyboardInterrupt):
         mask_scene(_s2(tmp_path / "S2A_k.tif"), tmp_path / "out" / "S2A_k_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # no temporaries, nor the folder made for them
 
 
 @pytest.mark.parametrize("step", ["_copy_to_cog", "cog_validate"])
@@ -380,7 +380,7 @@ def test_ctrl_c_while_the_cog_is_made_leaves_no_temporary(tmp_path, predictor, m
     with pytest.raises(KeyboardInterrupt):
         mask_scene(_s2(tmp_path / "S2A_k.tif"), tmp_path / "out" / "S2A_k_cloudmask.tif", predictor,
                    MaskOptions(tiles=SMALL, probabilities=True))
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # no temporaries, nor the folder made for them
 
 
 def test_an_overwrite_killed_mid_commit_is_redone_not_taken_for_done(tmp_path, predictor, monkeypatch):
@@ -1224,3 +1224,80 @@ def test_a_scheduler_without_workers_is_named_in_a_warning():
         with pytest.warns(UserWarning, match="has no workers yet"):
             client = mask_mod.connect(cluster.scheduler_address)
         client.close()
+
+
+def test_losing_the_scheduler_mid_run_stops_the_run_with_one_line(tmp_path, predictor, monkeypatch):
+    """The scheduler killed mid-scene: the cancelled blocks came back as values ("internal error
+    AttributeError: 'FutureCancelledError' object has no attribute 'shape'") and every later scene
+    failed with another misleading reason."""
+    distributed = pytest.importorskip("distributed")
+    from cloudmask.errors import SchedulerLostError
+
+    monkeypatch.setattr(mask_mod, "SCHEDULER_TIMEOUT", 2.0)  # the client gives up reconnecting after this
+    first = _s2(tmp_path / "in" / "S2A_a.tif", h=200, w=200)
+    _s2(tmp_path / "in" / "S2A_b.tif", h=96, w=96, seed=2)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                       dashboard_address=None)
+    ends = []
+
+    def on_event(kind, info):
+        if kind == "blocks" and info["done"] == 1:
+            cluster.close()  # the scheduler and its worker go away mid-scene
+        if kind == "scene-end":
+            ends.append(info["result"])
+
+    with pytest.raises(SchedulerLostError, match=r"S2A_a.tif: lost the Dask scheduler at tcp://") as err:
+        mask_many([str(tmp_path / "in")], tmp_path / "out",
+                  MaskOptions(tiles=TileOptions(tile_size=64, threads=1), scheduler=cluster.scheduler_address),
+                  predictor, on_event=on_event)
+    assert "\n" not in str(err.value)
+    assert [(Path(r.source).name, r.status) for r in ends] == [(first.name, "failed")]  # b.tif never started
+    assert not (tmp_path / "out").exists()  # no temporaries, no lock, no empty folder
+
+
+def test_a_cluster_worker_that_cannot_open_the_scene_is_told_apart(tmp_path, predictor):
+    """A worker without the input (another machine, another mount) read as "reading failed
+    mid-scene (…: No such file or directory)"; the scene was never read there at all."""
+    distributed = pytest.importorskip("distributed")
+    src = _s2(tmp_path / "S2A_gone.tif", h=96, w=96)
+
+    def on_event(kind, info):
+        if kind == "scene-start":  # opened here; the workers open it themselves, later
+            src.unlink()
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        (r,) = mask_many([str(src)], tmp_path / "out", MaskOptions(tiles=SMALL, scheduler=cluster.scheduler_address),
+                         predictor, on_event=on_event)
+    assert r.status == "failed" and "a cluster worker cannot open it" in r.message, r.message
+    assert "the workers must see every input at the same path" in r.message
+    assert not (tmp_path / "out").exists()  # a failed scene leaves no empty folder behind
+
+
+def test_workers_dying_on_a_block_are_named_as_such(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from cloudmask.errors import ClusterError
+    from cloudmask.tiles import DistributedRunner
+
+    class Running:
+        status = "running"
+
+    failure = DistributedRunner(Running())._failure(distributed.KilledWorker("task-1", None, 3))
+    assert isinstance(failure, ClusterError) and "out of memory?" in str(failure)
+
+
+def test_a_scene_failing_mid_run_leaves_no_empty_folders_in_the_mirror(tmp_path, predictor, monkeypatch):
+    import rasterio.errors
+
+    arc = tmp_path / "arc"
+    _s2(arc / "2024" / "05" / "S2A_x.tif")
+    (arc / "keep").mkdir()
+    (tmp_path / "out" / "keep").mkdir(parents=True)  # folders that were there stay
+
+    def read_fails(*a, **k):
+        raise rasterio.errors.RasterioIOError("Read failed (a cut-short tile)")
+
+    monkeypatch.setattr(mask_mod, "stream_mask", read_fails)
+    (r,) = mask_many([str(arc)], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
+    assert r.status == "failed" and "reading failed mid-scene" in r.message
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["keep"]

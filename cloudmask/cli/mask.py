@@ -249,6 +249,10 @@ def mask_cmd(
         from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
 
     use_sensors_dirs(sensors_dir)
+    if scheduler and quiet:  # distributed logs its own troubles (a lost scheduler) on stderr; ours is one line
+        import logging
+
+        logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
     items = list(inputs or []) + list(stac_item or [])
     reporter = _Reporter(enabled=not (quiet or as_json))
     try:
