@@ -1250,14 +1250,18 @@ class DistributedRunner:
         except CloudmaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below, into what the caller can say in one line
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            if failure is exc:
+                raise  # as it came: rasterio's "See previous exception" needs its cause (first_line)
+            raise failure from None
 
     def _failure(self, exc: Exception) -> Exception:
         """What a block's failure on the cluster means for the scene (or the run)."""
         if getattr(self.client, "status", "running") != "running":
             # the scheduler is gone (the client reconnects, then gives up and cancels every block):
             # "cancelled" or "ConnectionPool closing" would hide that, and every later scene fails too
-            return SchedulerLostError(f"lost the Dask scheduler at {getattr(self.client, 'scheduler', None) and self.client.scheduler.address}")
+            address = getattr(getattr(self.client, "scheduler", None), "address", None) or "its address"
+            return SchedulerLostError(f"lost the Dask scheduler at {address}")
         if type(exc).__name__ == "KilledWorker":
             return ClusterError("cluster workers died again and again running one of its blocks (out of memory? "
                                 "see the workers' logs)")
