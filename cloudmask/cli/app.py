@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import warnings
 from typing import Annotated, Any
@@ -60,6 +61,8 @@ class _ErrorMappingGroup(TyperGroup):
             if _state["debug"]:
                 raise
             raise _fail(str(exc), exc.exit_code) from None
+        except Terminated:
+            raise _fail("terminated", 143) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
         except BrokenPipeError:  # `cloudmask … | head`: click stops quietly (exit 1), as for its own output
@@ -106,8 +109,19 @@ def _register() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a scheduler's job limit, ``kill``), raised in the main thread like
+    Ctrl-C, so the scene in progress removes its temporaries and lock the same way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """Console-script entry point."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not if the caller installed its own
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except Exception as exc:  # last resort: an unexpected bug still gets one line, not a traceback

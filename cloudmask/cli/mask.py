@@ -240,7 +240,7 @@ def mask_cmd(
 
     Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
 
-    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted.
+    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted (143 on SIGTERM).
     """
     # imported here: the mask stack (Dask, xarray, rasterio, torch) costs ~1.5 s that --help,
     # sensors and fetch need not pay

@@ -409,3 +409,30 @@ def test_the_collector_is_back_on_after_the_mask_commands_imports(tmp_path):
         res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "-q", *FAST])
     assert res.exit_code == 0, res.output
     assert seen == [True] and gc.isenabled()
+
+
+def test_sigterm_mid_scene_exits_143_leaving_no_temporaries_or_lock(tmp_path):
+    """`timeout 1h cloudmask mask …` sends SIGTERM: the scene in progress left its temporaries and
+    lock behind (the next run cleaned up, but an archive's output tree held debris meanwhile)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dn = np.round(random_reflectance(13, 768, 768, seed=4) * 10000 + 1000).astype("uint16")
+    src = write_raster(tmp_path / "S2A_MSIL2A_t.tif", dn, nodata=0)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cloudmask", "mask", str(src), "-o", str(out), "--tile-size", "64",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".") for p in (out.iterdir() if out.is_dir() else [])):
+        assert proc.poll() is None and time.monotonic() < deadline, "the scene never started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the scene (768² in 64 px tiles: 144 blocks)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert [ln for ln in stderr.splitlines() if ln.strip()] == ["error: terminated"]
+    assert not out.exists() or list(out.iterdir()) == []
