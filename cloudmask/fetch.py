@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from cloudmask.errors import FetchError
+from cloudmask.errors import FetchError, UsageError
 from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
 
 log = logging.getLogger("cloudmask.fetch")
@@ -86,6 +86,7 @@ class ItemPlan:
     skipped: bool = False  # already complete on disk
     stale: list[Path] = field(default_factory=list)  # band files of another extent (full vs a clip box)
     error: str | None = None  # why this item cannot be, or was not, fetched (the others go on)
+    clip_bbox: tuple[float, ...] | None = None  # the extent planned for: fetch() cuts the files to it
 
     @property
     def complete(self) -> bool:
@@ -187,7 +188,8 @@ def _file_extent(path: Path) -> str | None:
         return None
 
 
-def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Sequence[float] | None = None) -> list[ItemPlan]:
+def plan(found: Sequence[Found], out: str | os.PathLike[str], clip: bool = False,
+         clip_bbox: Sequence[float] | None = None) -> list[ItemPlan]:
     """Decide folders and file names. An item that cannot be fetched (no asset of a band, a
     requester-pays href, its folder holding another item) gets its ``error`` and no files; the
     others are planned as usual (:func:`fetch` reports it with the run's failures).
@@ -195,6 +197,7 @@ def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Seque
     An item counts as complete only when its files hold the extent asked for: full assets, or the
     same ``clip_bbox`` (which implies ``clip``).
     """
+    out = Path(out)
     clip = clip or clip_bbox is not None
     want = _extent(clip_bbox) if clip_bbox is not None or not clip else None  # None: any clip box
     plans = []
@@ -210,7 +213,7 @@ def plan(found: Sequence[Found], out: Path, clip: bool = False, clip_bbox: Seque
             name = f"{name}_{_digest(f.target.collection + '/' + f.id)}"
         used.add(name)
         folder = out / name
-        p = ItemPlan(found=f, folder=folder)
+        p = ItemPlan(found=f, folder=folder, clip_bbox=tuple(float(v) for v in clip_bbox) if clip_bbox is not None else None)
         plans.append(p)
         try:
             _plan_files(p, clip, want)
@@ -484,11 +487,21 @@ def fetch(
     Files of other items keep downloading when one fails. Each failed item has its ``error`` set
     (planned ones included); once every other item is done, the first failure is raised, naming
     how many items failed.
+
+    ``clip_bbox`` defaults to each plan's own (:func:`plan`'s): given only to ``plan``, the box was
+    ignored here and whole assets were downloaded under a plan made for a clip.
     """
     import requests
     from requests.adapters import HTTPAdapter
 
     retry = retry or Retry()
+    if clip_bbox is not None:
+        box = tuple(float(v) for v in clip_bbox)
+        other = {p.clip_bbox for p in plans if p.clip_bbox is not None and p.clip_bbox != box}
+        if other:
+            raise UsageError(f"fetch(clip_bbox={list(box)}) for plans made for another box ({list(other.pop())}): "
+                             "give the same box to plan() and fetch(), or only to plan()")
+    boxes = {id(p): clip_bbox if clip_bbox is not None else p.clip_bbox for p in plans}
     for p in plans:
         if p.skipped or p.error is not None:
             continue
@@ -511,9 +524,10 @@ def fetch(
     lock = threading.Lock()
 
     def run(t: FileTask) -> FileTask:
+        box = boxes[id(owner[id(t)])]
         try:
-            if clip_bbox is not None:
-                clip_file(t, clip_bbox, retry)
+            if box is not None:
+                clip_file(t, box, retry)
             else:
                 download_file(session, t, retry, progress)
         except OSError as exc:  # e.g. the disk filled up: named with the file, this item fails
@@ -536,7 +550,7 @@ def fetch(
     for p in todo:
         if p.error is None and all(t.dest.is_file() for t in p.files):
             try:
-                _write_item(p, clip_bbox)
+                _write_item(p, boxes[id(p)])
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
                 errors.append(FetchError(p.error))

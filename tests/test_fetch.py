@@ -187,6 +187,27 @@ def test_clip_reads_only_the_window(file_server, tmp_path) -> None:
         fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path / "far", clip_bbox=far), clip_bbox=far, retry=FAST)
 
 
+def test_a_clip_box_given_to_plan_alone_is_the_one_fetch_cuts_to(file_server, tmp_path) -> None:
+    """fetch.plan(found, out, clip_bbox=box) then fetch.fetch(plans): whole assets were downloaded
+    under a plan made for the clip, and the next plan found them "stale"."""
+    from rasterio.warp import transform_bounds
+
+    from cloudmask.errors import UsageError
+
+    item = write_s2_item(file_server, "S2A_pc", bands=["B04"])
+    with rasterio.open(file_server.root / "S2A_pc" / "red.tif") as src:
+        left, top, full = src.transform.c, src.transform.f, (src.width, src.height)
+    box = transform_bounds("EPSG:32632", "EPSG:4326", left + 160, top - 320, left + 320, top - 160)
+    box = (box[0] + 1e-5, box[1] + 1e-5, box[2] - 1e-5, box[3] - 1e-5)
+    plans = fetch.plan(_found(file_server, [item]), str(tmp_path), clip_bbox=box)  # a str folder works too
+    with pytest.raises(UsageError, match="give the same box to plan"):
+        fetch.fetch(plans, clip_bbox=(20.0, 50.0, 20.1, 50.1), retry=FAST)
+    fetch.fetch(plans, retry=FAST)
+    with rasterio.open(tmp_path / "S2A_pc" / "B04.tif") as out:
+        assert out.width < full[0] and out.height < full[1]
+    assert fetch.plan(_found(file_server, [item]), tmp_path, clip_bbox=box)[0].skipped
+
+
 def test_hrefs_s3_and_requester_pays(file_server) -> None:
     item = write_s2_item(file_server, "S2A_s3", bands=["B04"])
     asset = item["assets"]["red"]
