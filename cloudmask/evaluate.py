@@ -11,6 +11,7 @@ whose raw value the encoding does not know are an error, not silently "clear": a
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -79,9 +80,9 @@ FORMATS: dict[str, Encoding] = {
 }
 
 
-def load_encoding(spec: str | None) -> Encoding:
+def load_encoding(spec: str | os.PathLike[str] | None) -> Encoding:
     """A named format or a YAML mapping file (``values: {raw: class}``, optional ``classes:``)."""
-    spec = spec or "cloudmask"
+    spec = os.fspath(spec) if spec else "cloudmask"
     if spec.lower() in FORMATS:
         return FORMATS[spec.lower()]
     path = Path(spec)
@@ -393,8 +394,9 @@ def _index(folder: Path, images: bool = False) -> dict[str, Path]:
     return out
 
 
-def pair(pred: Path, truth: Path) -> dict[str, tuple[Path, Path]]:
+def pair(pred: str | os.PathLike[str], truth: str | os.PathLike[str]) -> dict[str, tuple[Path, Path]]:
     """scene key → (prediction file, truth file). Directories are paired by file name."""
+    pred, truth = Path(pred), Path(truth)
     if not pred.exists():
         raise UsageError(f"{pred}: no such file or directory")
     if not truth.exists():
@@ -509,7 +511,7 @@ def model_names(preds: Sequence[Path], names: Sequence[str] | None) -> list[str]
 
 
 def evaluate(
-    preds: Sequence[str | Path],
+    preds: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     truth: str | Path,
     *,
     names: Sequence[str] | None = None,
@@ -524,9 +526,21 @@ def evaluate(
     preview_px: int = 800,
     on_scene: Callable[[str, int, int], None] | None = None,
 ) -> Evaluation:
-    """Score every prediction against the truth; several predictions are compared on the same scenes."""
+    """Score every prediction against the truth; several predictions are compared on the same scenes.
+
+    ``preds``: one prediction (file or folder) or several; ``names``: one name, or one per prediction."""
+    if isinstance(preds, (str, os.PathLike)):  # one prediction, not a sequence of its characters
+        preds = [preds]
+    if isinstance(names, str):
+        names = [names]
     if not preds:
         raise UsageError("give at least one prediction")
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool):
+        raise UsageError(f"--window must be a whole number of pixels, got {window!r}")
+    if not (isinstance(min_valid, (int, float)) and 0.0 < min_valid <= 1.0):
+        raise UsageError(f"min_valid must be a fraction above 0 and at most 1, got {min_valid!r}")
+    if preview_px < 16:
+        raise UsageError(f"preview_px must be at least 16, got {preview_px}")
     if window < 8:
         raise UsageError(f"--window {window} is too small; use at least 8 px")
     pred_paths = [Path(p) for p in preds]
@@ -587,6 +601,9 @@ def evaluate(
                 preview.image = images.get(key) if images else (image_path if len(common) == 1 else None)
             shown.append(preview)
 
+    if not len(wins[cols[0]].cover):
+        warnings.warn(f"no {window} px window holds at least {min_valid:.0%} valid truth, so the per-window "
+                      "analysis (cloud-cover bins) is empty; a smaller --window fits these masks", stacklevel=2)
     models = []
     for col, src in zip(cols, pred_paths):
         scenes = per_scene[col]

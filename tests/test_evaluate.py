@@ -370,3 +370,23 @@ def test_binary_cloudmask_prediction_is_scored_as_cloud_not_cloud(tmp_path: Path
     (tmp_path / "m.yaml").write_text("values: {0: clear, 1: thick, 2: thin, 3: shadow, 255: nodata}\n")
     rep = ev.evaluate([pred], tmp_path / "t.tif", window=16, pred_format=str(tmp_path / "m.yaml")).report
     assert rep["binary_masks"] == [] and rep["labelled"]["thin"]
+
+
+def test_evaluate_takes_one_path_as_one_prediction_and_says_when_no_window_fits(tmp_path: Path) -> None:
+    """evaluate("pred.tif", "truth.tif") looped over the characters ("e: no such file"), and masks
+    smaller than the window gave an empty per-window analysis without a word."""
+    t = _truth(64, 64)
+    pred = write_raster(tmp_path / "s0_cloudmask.tif", t, nodata=255)
+    truth = write_raster(tmp_path / "s0.label.tif", t, nodata=255)
+    with pytest.warns(UserWarning, match="no 128 px window holds at least 50% valid truth"):
+        res = ev.evaluate(str(pred), str(truth), names="mine")  # the default window, 128 px
+    (model,) = res.report["models"]
+    assert model["name"] == "mine" and model["pooled"]["cloud"]["f1"] == 1.0 and model["windows"]["count"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ev.evaluate(pred, truth, window=32).report["models"][0]["windows"]["count"] == 4
+    for bad in (dict(window=64.5), dict(min_valid=float("nan")), dict(min_valid=2), dict(preview_px=0)):
+        with pytest.raises(UsageError):
+            ev.evaluate(pred, truth, **bad)
+    assert ev.load_encoding(Path("cloudmask")) is ev.load_encoding("cloudmask")  # a Path works as a name or file
+    assert ev.pair(str(pred), str(truth)) == {"s0": (pred, truth)}
