@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
-from cloudmask.errors import OutputError, first_line
+from cloudmask.errors import OutputError, UsageError, first_line
 
 #: Internal tile edge of the COGs (and of the raw intermediate), in pixels.
 BLOCK = 512
@@ -145,6 +145,10 @@ class RasterSink:
             profile["crs"] = crs
         if transform is not None:
             profile["transform"] = transform
+        if len(descriptions) > count or (colormap and count != 1):
+            raise UsageError(f"{self.dst}: {len(descriptions)} band descriptions for {count} band(s)"
+                             if len(descriptions) > count else f"{self.dst}: a colour table needs one band, not {count}")
+        self.ds = None
         try:
             self.ds = rasterio.open(self.path, "w+" if readable else "w", **profile)
             for i, d in enumerate(descriptions, start=1):
@@ -156,9 +160,15 @@ class RasterSink:
                 self.ds.scales = tuple(scales)
             if tags:
                 self.ds.update_tags(**tags)
-        except (OSError, RasterioError) as exc:
+        except BaseException as exc:
+            if self.ds is not None:
+                self.ds.close()
             remove_quietly(self.path)
-            raise output_error(exc, self.dst) from None
+            if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, OSError):  # CRSError is a ValueError
+                raise UsageError(f"{self.dst}: cannot write this raster ({first_line(exc)})") from None
+            if isinstance(exc, (OSError, RasterioError)):
+                raise output_error(exc, self.dst) from None
+            raise
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
         ys, xs = key[-2], key[-1]
@@ -271,6 +281,11 @@ def commit(pairs: Iterable[tuple[Path, Path]]) -> None:
             raise output_error(exc, dst) from None
 
 
+#: numpy dtypes a GeoTIFF holds as they are.
+_GDAL_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32",
+                          "float64", "complex64", "complex128"})
+
+
 def write_cog(
     array: np.ndarray,
     dst: str | Path,
@@ -284,7 +299,14 @@ def write_cog(
 ) -> Path:
     """Write an in-memory (y, x) or (band, y, x) array as a COG, atomically. For small outputs and tests."""
     dst = Path(dst)
-    arr = array[None] if array.ndim == 2 else array
+    arr = np.asarray(array)
+    arr = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim != 3:
+        raise UsageError(f"{dst}: write_cog takes a (y, x) or (band, y, x) array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype("uint8")
+    if arr.dtype.name not in _GDAL_DTYPES:
+        raise UsageError(f"{dst}: GeoTIFF cannot hold {arr.dtype} values; use one of {', '.join(sorted(_GDAL_DTYPES))}")
     sink = RasterSink(
         dst, width=arr.shape[2], height=arr.shape[1], count=arr.shape[0], dtype=str(arr.dtype), crs=crs,
         transform=transform, nodata=nodata, descriptions=descriptions, colormap=colormap,

@@ -141,3 +141,26 @@ def test_a_gdal_error_numbered_like_eperm_is_not_called_a_permission_problem(tmp
     system = PermissionError(1, "Operation not permitted")
     assert "not writable" in str(output_error(system, tmp_path / "m.tif"))
     assert "not writable" in str(output_error(OSError(30, "Read-only file system"), tmp_path / "m.tif"))
+
+
+def test_bad_arguments_are_usage_errors_and_leave_no_temporary(tmp_path):
+    """A nodata value the dtype cannot hold, an unknown CRS, a colour table on two bands, more
+    descriptions than bands: raw rasterio/Python errors, and a hidden temporary left each time."""
+    from cloudmask.errors import UsageError
+    from cloudmask.testing import test_transform
+
+    m = np.zeros((16, 16), np.uint8)
+    cases = [
+        (m, dict(nodata=-1)),
+        (m, dict(crs="EPSG:99999", transform=test_transform(20.0))),
+        (np.stack([m, m]), dict(colormap=cog.MASK_COLORMAP)),
+        (m, dict(descriptions=["a", "b"])),
+        (m.astype("float16"), {}),
+        (m[0], {}),
+    ]
+    for i, (arr, kw) in enumerate(cases):
+        with pytest.raises(UsageError, match=f"c{i}.tif"):
+            cog.write_cog(arr, tmp_path / f"c{i}.tif", **kw)
+    assert list(tmp_path.iterdir()) == []
+    cog.write_cog(m.astype(bool), tmp_path / "b.tif")  # a boolean mask is written as uint8
+    assert cog.is_valid_cog(tmp_path / "b.tif")
