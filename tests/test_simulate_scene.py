@@ -110,3 +110,23 @@ def test_training_simulator_options_are_checked() -> None:
     assert x.shape == (4, 32, 32) and y.shape == (32, 32)
     with pytest.raises(UsageError, match="sim_options"):
         get_simulator("simulator", {"shadow_max_son": 0.5})
+
+
+def test_impossible_numeric_options_are_refused_and_a_sensor_is_its_bands() -> None:
+    """NaN cloud thickness gave a scene of NaN labelled clear, aerosol -1 reflectance in the tens of
+    thousands, 20 K air thermal bands at 60 K, all without an error; np.float32 pixel sizes were refused."""
+    import numpy as np
+    import pytest
+
+    from cloudmask.errors import UsageError
+    from cloudmask.registry import get_sensor
+    from cloudmask.simulate.scene import simulate_scene
+
+    l8 = get_sensor("landsat8")
+    for bad in (dict(cloud_tau_max=float("nan")), dict(aerosol_tau550=-1), dict(air_temperature=20),
+                dict(cloud_cover="0.5"), dict(noise=True), dict(second_layer_km=-2)):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            simulate_scene(l8.bands, 16, rng=1, **bad)
+    a = simulate_scene(l8, 16, rng=1, pixel_size=np.float32(30))
+    b = simulate_scene(l8.bands, 16, rng=1, pixel_size=30)
+    np.testing.assert_array_equal(a.data, b.data)

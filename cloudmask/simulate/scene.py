@@ -8,6 +8,7 @@ sensor effects (:mod:`.sensor`) → labels.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cloudmask.errors import BandError, UsageError
-from cloudmask.registry import Band
+from cloudmask.registry import Band, Sensor
 from cloudmask.simulate import atmosphere as atm
 from cloudmask.simulate.clouds import absorption_factor, cirrus_field, cloud_optics, conservative_reflectance, cumulus_field
 from cloudmask.simulate.layout import BIOMES, fractal_noise, make_layout, terrain_shading
@@ -148,7 +149,7 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     if p["pixel_size"] is None:
         res = [b.resolution for b in bands if b.kind == "reflectance"] or [b.resolution for b in bands]
         p["pixel_size"] = float(np.clip(np.median(res), 10, 500))
-    elif not (isinstance(p["pixel_size"], (int, float)) and np.isfinite(p["pixel_size"]) and p["pixel_size"] > 0):
+    elif not (isinstance(p["pixel_size"], numbers.Real) and np.isfinite(p["pixel_size"]) and p["pixel_size"] > 0):
         raise UsageError(f"pixel_size must be a number of metres above 0, got {p['pixel_size']!r}")
     if p["relief"] is None:
         hi = 0.8 if p["biome"] == "snow_ice" else 0.25
@@ -158,13 +159,33 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
     p["second_layer_km"] = second if p["second_layer_km"] is None else (p["second_layer_km"] or None)
     p["cirrus_height_km"] = cirrus_h
     for k in ("cloud_cover", "cirrus_cover"):
-        if not 0 <= p[k] <= 1:
-            raise UsageError(f"{k} must be within 0..1, got {p[k]}")
+        if isinstance(p[k], bool) or not isinstance(p[k], numbers.Real) or not 0 <= p[k] <= 1:
+            raise UsageError(f"{k} must be within 0..1, got {p[k]!r}")
     if p["level"] not in ("toa", "boa"):
         raise UsageError(f"level must be 'toa' or 'boa', got {p['level']!r}")
-    if not 1 <= p["sun_elevation"] <= 90:
-        raise UsageError(f"sun_elevation must be within 1..90 degrees, got {p['sun_elevation']}")
+    for k, (lo, hi, unit) in _RANGES.items():
+        v = p.get(k)
+        if v is None and k in ("second_layer_km", "shadow_ambiguous_sun"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not lo <= float(v) <= hi:
+            raise UsageError(f"{k} must be a number within {lo:g}..{hi:g}{unit}, got {v!r}")
+        p[k] = float(v)
     return p
+
+
+#: Physically possible values of the numeric options (NaN and out-of-range values gave scenes of
+#: NaN, reflectance in the thousands or thermal bands at 60 K, without an error).
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "pixel_size": (1e-3, 1e5, " m"), "sun_elevation": (1.0, 90.0, " degrees"), "sun_azimuth": (0.0, 360.0, " degrees"),
+    "cloud_cover": (0.0, 1.0, ""), "cirrus_cover": (0.0, 1.0, ""), "cloud_tau_max": (0.0, 1000.0, ""),
+    "cloud_height_km": (0.0, 20.0, " km"), "second_layer_km": (0.0, 20.0, " km"), "cirrus_tau_max": (0.0, 50.0, ""),
+    "haze_tau": (0.0, 100.0, ""), "relief": (0.0, 5.0, ""), "glint_prob": (0.0, 1.0, ""),
+    "aerosol_tau550": (0.0, 5.0, ""), "angstrom": (-1.0, 4.0, ""), "water_vapour_cm": (0.0, 10.0, " cm"),
+    "air_temperature": (180.0, 340.0, " K"), "noise": (0.0, 100.0, ""), "nodata_border_prob": (0.0, 1.0, ""),
+    "band_dropout": (0.0, 1.0, ""), "saturation_prob": (0.0, 1.0, ""), "thick_tau": (0.0, 1000.0, ""),
+    "thin_min_tau": (0.0, 1000.0, ""), "shadow_tau": (0.0, 1000.0, ""), "shadow_max_sun": (0.0, 1.0, ""),
+    "shadow_ambiguous_sun": (0.0, 1.0, ""),
+}
 
 
 def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
@@ -175,7 +196,7 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     bands), NaN where nodata. Options are listed in :data:`DEFAULTS`; anything left at None is drawn
     at random. Equal ``rng`` seeds give identical scenes.
     """
-    bands = tuple(bands)
+    bands = tuple(bands.bands if isinstance(bands, Sensor) else bands)  # a Sensor: all its bands
     if not bands:
         raise BandError("simulate_scene needs at least one band")
     unknown = sorted(set(options) - set(DEFAULTS))
