@@ -48,8 +48,11 @@ CLIENT_FILTER_SCAN_LIMIT = 5000
 # --------------------------------------------------------------------------- request parsing
 
 
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """``W,S,E,N`` in degrees → a validated tuple (a wrong order is the commonest typo)."""
+def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:
+    """``W,S,E,N`` in degrees (text, or four numbers) → a validated tuple (a wrong order is the
+    commonest typo)."""
+    if not isinstance(text, str) and isinstance(text, Sequence):
+        text = ",".join(str(v) for v in text)
     parts = [p.strip() for p in str(text).split(",")]
     try:
         w, s, e, n = (float(p) for p in parts)
@@ -218,6 +221,8 @@ def resolve_targets(
     registry: Registry | None = None,
 ) -> list[Target]:
     """Turn ``--sensor/--catalog/--collection/--product`` into concrete (collection, URL) pairs."""
+    if isinstance(sensors, str):  # one sensor, not a sequence of its characters
+        sensors = [sensors]
     registry = registry or load_registry()
     catalog = (catalog or DEFAULT_CATALOGUE).strip()
     is_url = "://" in catalog
@@ -389,6 +394,16 @@ def search(
     """Search every target; filter cloud cover on the server when it can, else (or as well) on the client."""
     from pystac_client.conformance import ConformanceClasses
 
+    if isinstance(targets, Target):
+        targets = [targets]
+    if not targets:
+        raise UsageError("nothing to search: no targets (see resolve_targets)")
+    if bbox is not None:
+        bbox = parse_bbox(bbox)  # text or numbers, checked as --bbox is
+    if datetime is not None:
+        datetime = parse_date(datetime)  # "June 2024" reached pystac-client, which raised a bare Exception
+    if max_cloud is not None and (isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float))):
+        raise UsageError(f"--max-cloud {max_cloud!r}: a number of percent, 0-100")
     if max_cloud is not None and not 0 <= max_cloud <= 100:
         raise UsageError(f"--max-cloud {max_cloud}: must be between 0 and 100 (percent)")
     if limit is not None and limit < 1:

@@ -194,6 +194,23 @@ def test_empty_search_is_a_clear_error(memory_api) -> None:
         stac.search(targets, bbox=BBOX, max_cloud=120)
 
 
+def test_search_checks_its_arguments_as_the_cli_does(memory_api) -> None:
+    """A library caller's datetime="June 2024" reached pystac-client (a bare Exception), a bbox
+    string broke on float("."), and resolve_targets("sentinel2") looked for sensor "s"."""
+    (target,) = stac.resolve_targets("sentinel2", catalog=memory_api, collection="sentinel-2-l2a")
+    with pytest.raises(UsageError, match="--date 'June 2024'"):
+        stac.search([target], bbox=BBOX, datetime="June 2024")
+    with pytest.raises(UsageError, match="west .* must be left of east"):
+        stac.search([target], bbox=(BBOX[2], BBOX[1], BBOX[0], BBOX[3]))
+    with pytest.raises(UsageError, match="max-cloud"):
+        stac.search([target], bbox=BBOX, max_cloud="50")
+    with pytest.raises(UsageError, match="no targets"):
+        stac.search([], bbox=BBOX)
+    text = ",".join(str(v) for v in BBOX)
+    # one Target, a bbox as text, a plain day: the same search as the CLI's
+    assert _ids(stac.search(target, bbox=text, datetime="2024-06-05")) == ["S2A_clear"]
+
+
 def test_unreachable_api_is_a_clear_error() -> None:
     (t,) = stac.resolve_targets(["sentinel2"], catalog="http://127.0.0.1:9/", collection="x")
     with pytest.raises(FetchError, match=r"^http://127.0.0.1:9/?: cannot reach the STAC API \(Connection refused\)$"):
