@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -320,8 +321,10 @@ _TAIL = re.compile(
 
 
 def scene_key(path: str | Path) -> str:
-    """The part of a file name that identifies a scene: ``patch00.label.tif`` → ``patch00``."""
-    name = Path(path).name
+    """The part of a file name that identifies a scene: ``patch00.label.tif`` → ``patch00``.
+    Unicode-normalised (NFC): macOS writes "ü" as "u" + a combining accent, Linux usually as one
+    character, and a prediction made on one must pair with a truth copied from the other."""
+    name = unicodedata.normalize("NFC", Path(path).name)
     for suffix in MASK_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]

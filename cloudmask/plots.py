@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,24 @@ _CLASS_MAP = ListedColormap(["#3b7d3b", "#f2f2f2", "#7fd7ee", "#5b2a86"])  # for
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    """A file-name part for a model or scene name (letters of any script kept: "模型" and "模式"
+    must not both become "model")."""
+    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", name)).strip("._") or "model"
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+        os.close(fd)
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
         usual_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write figure ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)
@@ -65,7 +71,7 @@ def _vals(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.nan if r[key] is None else r[key] for r in rows], float)
 
 
-def metric_vs_cover(report: dict[str, Any], path: Path) -> Path:
+def metric_vs_cover(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Accuracy and F1 (pooled per bin) against the windows' true cloud cover, one line per model."""
     models = report["models"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
@@ -91,7 +97,7 @@ def metric_vs_cover(report: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def difference_plot(comparison: dict[str, Any], window: int, path: Path) -> Path:
+def difference_plot(comparison: dict[str, Any], window: int, path: str | os.PathLike[str]) -> Path:
     """Per-bin ``model - reference`` for accuracy and F1, with the paired per-window mean ± 1 SE."""
     rows = comparison["bins"]
     x, labels = _bins_x(rows)
@@ -119,7 +125,7 @@ def difference_plot(comparison: dict[str, Any], window: int, path: Path) -> Path
     return _save(fig, path)
 
 
-def confusion_plot(result: dict[str, Any], name: str, path: Path) -> Path:
+def confusion_plot(result: dict[str, Any], name: str, path: str | os.PathLike[str]) -> Path:
     """Row-normalised confusion matrix (recall per true class) annotated with pixel counts."""
     cm = np.array(result["confusion"], float)
     names = result["class_names"]
@@ -153,7 +159,7 @@ def _overlay(mask: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def quicklook(preview: Preview, path: Path, rgb_bands: list[int] | None = None) -> Path:
+def quicklook(preview: Preview, path: str | os.PathLike[str], rgb_bands: list[int] | None = None) -> Path:
     """Image, truth and each prediction side by side (classes over the RGB when an image is given)."""
     rgb = read_rgb(preview.image, rgb_bands, preview.step) if preview.image is not None else None
     if rgb is not None and rgb.shape[:2] != preview.truth.shape:
@@ -197,11 +203,22 @@ def write_all(ev: Evaluation, folder: str | Path, rgb_bands: list[int] | None = 
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create plot folder ({exc.strerror or exc})") from None
     report = ev.report
-    out = [metric_vs_cover(report, folder / "metric_vs_cloud_cover.png")]
+    used: set[str] = set()
+
+    def name(stem: str) -> Path:
+        """``stem``.png, or ``stem``_2.png … when two names came out the same ("a b", "a_b")."""
+        unique, n = stem, 1
+        while unique in used:
+            n += 1
+            unique = f"{stem}_{n}"
+        used.add(unique)
+        return folder / f"{unique}.png"
+
+    out = [metric_vs_cover(report, name("metric_vs_cloud_cover"))]
     for c in report["comparisons"]:
-        out.append(difference_plot(c, report["window"], folder / f"difference_{_safe(c['model'])}_vs_{_safe(c['reference'])}.png"))
+        out.append(difference_plot(c, report["window"], name(f"difference_{_safe(c['model'])}_vs_{_safe(c['reference'])}")))
     for m in report["models"]:
-        out.append(confusion_plot(m["pooled"], m["name"], folder / f"confusion_{_safe(m['name'])}.png"))
+        out.append(confusion_plot(m["pooled"], m["name"], name(f"confusion_{_safe(m['name'])}")))
     for p in ev.previews:
-        out.append(quicklook(p, folder / f"quicklook_{_safe(p.scene)}.png", rgb_bands))
+        out.append(quicklook(p, name(f"quicklook_{_safe(p.scene)}"), rgb_bands))
     return out

@@ -165,6 +165,8 @@ def test_scene_key() -> None:
     assert ev.scene_key("LC08_X_fixedmask.TIF") == "lc08_x"
     assert ev.scene_key("s1_mask.tif") == "s1"
     assert ev.scene_key("label.tif") == "label"
+    # "ü" as one character (Linux) and as "u" + combining diaeresis (macOS) is one scene
+    assert ev.scene_key("Z\u00fcrich_cloudmask.tif") == ev.scene_key("Zu\u0308rich.label.tif") == "z\u00fcrich"
 
 
 def test_directory_pairing(tmp_path: Path) -> None:
@@ -390,3 +392,22 @@ def test_evaluate_takes_one_path_as_one_prediction_and_says_when_no_window_fits(
             ev.evaluate(pred, truth, **bad)
     assert ev.load_encoding(Path("cloudmask")) is ev.load_encoding("cloudmask")  # a Path works as a name or file
     assert ev.pair(str(pred), str(truth)) == {"s0": (pred, truth)}
+
+
+def test_plot_files_of_models_whose_names_look_alike_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    """Names of another script ("模型", "模式") both became "model", and "run 1" / "run_1" clashed:
+    write_all returned the same file twice, the second figure over the first."""
+    from cloudmask import plots
+
+    t = _truth(64, 64)
+    truth = write_raster(tmp_path / "s0.label.tif", t, nodata=255)
+    for i in range(4):
+        (tmp_path / f"p{i}").mkdir()
+    preds = [write_raster(tmp_path / f"p{i}" / "s0.tif", t, nodata=255) for i in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no 128 px window in 64 px masks; no CJK glyphs in the plot font
+        res = ev.evaluate(preds, truth, names=["模型", "模式", "run 1", "run_1"])
+        files = plots.write_all(res, tmp_path / "plots")
+    assert len(set(files)) == len(files) == 1 + 3 + 4
+    assert all(f.is_file() for f in files)
+    assert plots.confusion_plot(res.report["models"][2]["pooled"], "x", str(tmp_path / "c.png")).is_file()  # a str path
