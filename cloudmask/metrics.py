@@ -85,6 +85,11 @@ def confusion(truth: np.ndarray, pred: np.ndarray, labelled: Labelled = ALL) -> 
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
         raise EvaluateError(f"truth and prediction differ in shape: {truth.shape} vs {pred.shape}")
+    for what, arr in (("truth", truth), ("prediction", pred)):
+        # probabilities or reflectance given as classes were truncated to codes (1.7 → thick cloud)
+        if arr.dtype.kind == "f" and arr.size and not np.all(np.isnan(arr) | (arr == np.round(arr))):
+            raise EvaluateError(f"the {what} holds fractional values: give class codes (0 clear, 1 thick, 2 thin, "
+                                "3 shadow), e.g. classify(probabilities) or probabilities.argmax(0)")
     t, p = _reduce(truth, labelled), _reduce(pred, labelled)
     ok = (t < N_CLASSES) & (p < N_CLASSES)
     codes = t[ok].astype(np.int64) * N_CLASSES + p[ok]
@@ -297,6 +302,7 @@ def difference(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, float | 
 def spread(values: Iterable[float | None]) -> dict[str, Any]:
     """Mean, std, min, median, max of the defined values (``n`` says how many were defined)."""
     v = np.array([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]  # a NaN is undefined as None is: the summary never holds a NaN
     if v.size == 0:
         return {"n": 0, "mean": None, "std": None, "min": None, "median": None, "max": None}
     return {

@@ -177,3 +177,13 @@ def test_confusion_of_different_shapes_is_an_evaluate_error() -> None:
     with pytest.raises(EvaluateError, match="differ in shape"):
         metrics.confusion(np.zeros((4, 4), "uint8"), np.zeros((3, 4), "uint8"))
     assert metrics.confusion([[0, 1]], [[0, 1]]).sum() == 2  # lists work too
+
+
+def test_fractional_classes_are_refused_and_nan_is_undefined_in_a_spread() -> None:
+    from cloudmask.errors import EvaluateError
+
+    with pytest.raises(EvaluateError, match="fractional values"):
+        metrics.confusion(np.array([[1.7, 0.0]]), np.array([[1.0, 0.0]]))  # probabilities given as classes
+    assert metrics.confusion(np.array([[1.0, np.nan]]), np.array([[1.0, 0.0]])).sum() == 1  # whole floats: codes
+    s = metrics.spread([float("nan"), 1.0, 2.0, None])
+    assert s["n"] == 2 and s["mean"] == 1.5
