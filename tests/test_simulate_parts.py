@@ -120,6 +120,12 @@ def test_write_scene(tmp_path: Path) -> None:
     assert item["properties"]["sim:meta"]["seed"] == sim.meta["seed"]
     crs, transform = fake_georeference(9, 30.0)
     assert crs.is_projected and transform.a == 30.0
+    # names in other scripts stay apart (both were "my_scene"); a Sensor is tagged by its id
+    assert safe_stem("my scene \u00fc") != safe_stem("my scene \u00e9")
+    assert safe_stem("../evil/\u00fc id") == "evil_\u00fc_id"
+    tagged = write_scene(sim, tmp_path / "out", "s2", get_sensor("landsat8"))
+    with rasterio.open(tagged["image"]) as src:
+        assert src.tags()["CLOUDMASK_SENSOR"] == "landsat8"
 
 
 def test_virtual_bands_simulate() -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import rasterio
 from rasterio.crs import CRS
 from affine import Affine
 
-from cloudmask.errors import OutputError
+from cloudmask.errors import OutputError, UsageError
 from cloudmask.files import usual_permissions
+from cloudmask.registry import Sensor
 from cloudmask.simulate.scene import LABEL_NAMES, NODATA, SimScene
 
 
@@ -47,12 +49,19 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def safe_stem(text: str) -> str:
-    """File-name-safe version of an id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "scene"
+    """File-name-safe version of an id: letters of any script are kept ("my scene ü" and "my scene é"
+    both became "my_scene", the second overwriting the first)."""
+    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._") or "scene"
 
 
-def write_scene(sim: SimScene, out_dir: Path, stem: str, sensor_id: str) -> dict[str, str]:
+def write_scene(sim: SimScene, out_dir: str | os.PathLike[str], stem: str, sensor_id: str | Sensor) -> dict[str, str]:
     """Write ``<stem>_image.tif``, ``<stem>_labels.tif`` and ``<stem>.json``; return their paths."""
+    if isinstance(sensor_id, Sensor):  # its repr (several KB) went into the files' sensor tag
+        sensor_id = sensor_id.id
+    if not isinstance(sensor_id, str) or not sensor_id.strip():
+        raise UsageError(f"sensor_id must be a sensor's id, got {sensor_id!r}")
+    if "seed" not in sim.meta or "pixel_size" not in sim.meta:
+        raise UsageError("write_scene needs a scene from simulate_scene (its meta has no seed or pixel_size)")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
