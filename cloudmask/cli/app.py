@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import signal
 import sys
 import warnings
 from typing import Annotated, Any
@@ -13,7 +12,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from cloudmask import __version__
-from cloudmask.cli.common import USAGE_ERRORS, err_console, error_message, fail, usage_failure
+from cloudmask.cli.common import (
+    USAGE_ERRORS, Terminated, err_console, error_message, fail, is_help_request, terminate_like_ctrl_c, usage_failure,
+)
 from cloudmask.errors import CloudmaskError
 
 _state = {"debug": False}
@@ -44,6 +45,8 @@ class _ErrorMappingGroup(TyperGroup):
         try:
             return super().parse_args(ctx, args)
         except USAGE_ERRORS as exc:  # e.g. an option before the command that does not exist
+            if is_help_request(exc):  # `cloudmask` alone: its help, as click prints it
+                raise
             raise usage_failure(exc) from None
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
@@ -54,7 +57,7 @@ class _ErrorMappingGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), terminate_like_ctrl_c():
                 warnings.showwarning = _warning_line
                 return super().invoke(ctx)
         except CloudmaskError as exc:
@@ -109,19 +112,8 @@ def _register() -> None:
 _register()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, a scheduler's job limit, ``kill``), raised in the main thread like
-    Ctrl-C, so the scene in progress removes its temporaries and lock the same way."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def main() -> None:
     """Console-script entry point."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not if the caller installed its own
-        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except Exception as exc:  # last resort: an unexpected bug still gets one line, not a traceback

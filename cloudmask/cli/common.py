@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,44 @@ from rich.console import Console
 from typer.core import TyperCommand
 
 from cloudmask.errors import CloudmaskError
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch scheduler's limit, ``kill``) while a command runs, raised in the
+    main thread like Ctrl-C, so the scene in progress removes its temporaries and lock the same way."""
+
+
+_SIGTERM = {"seen": False}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM["seen"] = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextmanager
+def terminate_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the block runs (in the main thread, and only where
+    nobody installed a handler of their own). A Python signal handler's exception can be swallowed
+    (raised inside a finalizer or a weakref callback: "Exception ignored in …"); the signal is also
+    remembered, so the block still ends as terminated (see :func:`check_terminated`)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    _SIGTERM["seen"] = False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+        check_terminated()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM arrived whose exception was swallowed on the way."""
+    if _SIGTERM["seen"]:
+        raise Terminated
+
 
 @contextmanager
 def startup_imports() -> Iterator[None]:
@@ -104,6 +144,11 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def is_help_request(exc: BaseException) -> bool:
+    """click's "no arguments: show the help" (``cloudmask`` alone), which it raises as a usage error."""
+    return type(exc).__name__ == "NoArgsIsHelpError"
+
+
 def usage_failure(exc: Any) -> typer.Exit:
     """click's usage error (unknown option, value out of range) as one line, not its usage block:
     the same form as every other error, and one line in a cron job's mail."""
@@ -131,7 +176,7 @@ class Command(TyperCommand):
         except Exception as exc:
             if _asks_json(given) and hasattr(exc, "format_message"):  # click's usage errors, not --help's Exit
                 self.json_error(exc.format_message())
-            if isinstance(exc, USAGE_ERRORS):
+            if isinstance(exc, USAGE_ERRORS) and not is_help_request(exc):
                 raise usage_failure(exc) from None
             raise
 

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from cloudmask.cli.app import app
 from cloudmask.cli.common import (
-    Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json, startup_imports,
+    Command, JsonOpt, QuietOpt, SensorsDirOpt, check_terminated, console, err_console, error_message, print_json,
+    startup_imports,
     use_sensors_dirs,
 )
 from cloudmask.errors import UsageError
@@ -58,6 +59,7 @@ class _Reporter:
             self.progress.__exit__(None, None, None)
 
     def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        check_terminated()  # a SIGTERM whose exception was swallowed still stops the run here
         if kind == "run-start":
             self.sources = list(payload.get("sources") or [])
         elif kind == "scene-end":

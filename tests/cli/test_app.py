@@ -191,3 +191,7 @@ def test_usage_errors_are_one_line_with_exit_2() -> None:
         assert out.returncode == 2, (args, out.stderr)
         assert out.stdout == "" and len(out.stderr.splitlines()) == 1, (args, out.stderr)
         assert out.stderr.startswith("error: ") and words in out.stderr and "--help" in out.stderr
+    # `cloudmask` alone is click's "no arguments: show the help" (raised as a usage error): the help
+    bare = subprocess.run([sys.executable, "-m", "cloudmask"], capture_output=True, text=True)
+    assert not bare.stderr.startswith("error:") and "Commands:" in bare.stderr + bare.stdout
+    assert len((bare.stderr + bare.stdout).splitlines()) > 5

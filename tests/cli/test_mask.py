@@ -436,3 +436,34 @@ def test_sigterm_mid_scene_exits_143_leaving_no_temporaries_or_lock(tmp_path):
     assert proc.returncode == 143, stderr
     assert [ln for ln in stderr.splitlines() if ln.strip()] == ["error: terminated"]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_sigterm_whose_exception_was_swallowed_still_ends_the_run_as_terminated(tmp_path, monkeypatch):
+    """A Python signal handler's exception raised inside a finalizer or weakref callback is only
+    printed ("Exception ignored in …"): the run went on to the end and exited 0."""
+    import signal
+
+    from cloudmask.cli import common
+
+    sources = [str(_s2(tmp_path / "in" / f"S2A_{i}.tif", seed=i)) for i in range(2)]
+    real, calls = mask_mod.stream_mask, []
+
+    def stream_mask(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the signal would end pytest itself
+                raise AssertionError("no SIGTERM handler while the command runs")
+            try:
+                signal.raise_signal(signal.SIGTERM)  # the handler raises here…
+            except common.Terminated:
+                pass  # …and something swallows it, as a finalizer's caller does
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mask_mod, "stream_mask", stream_mask)
+    res = runner.invoke(app, ["mask", *sources, "-o", str(tmp_path / "out"), "--json", *FAST])
+    assert res.exit_code == 143, res.output
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()] == ["error: terminated"]
+    doc = json.loads(res.stdout)
+    assert doc["interrupted"] is True and doc["not_done"] == sources  # stopped at its next progress event
+    assert not (tmp_path / "out").exists()  # the scene in progress left no temporaries, lock or folder
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command put the default back
