@@ -11,6 +11,7 @@ whose raw value the encoding does not know are an error, not silently "clear": a
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import unicodedata
@@ -540,12 +541,13 @@ def evaluate(
         raise UsageError("give at least one prediction")
     if not isinstance(window, (int, np.integer)) or isinstance(window, bool):
         raise UsageError(f"--window must be a whole number of pixels, got {window!r}")
-    if not (isinstance(min_valid, (int, float)) and 0.0 < min_valid <= 1.0):
+    if not (isinstance(min_valid, numbers.Real) and 0.0 < min_valid <= 1.0):
         raise UsageError(f"min_valid must be a fraction above 0 and at most 1, got {min_valid!r}")
     if preview_px < 16:
         raise UsageError(f"preview_px must be at least 16, got {preview_px}")
     if window < 8:
         raise UsageError(f"--window {window} is too small; use at least 8 px")
+    window, min_valid = int(window), float(min_valid)  # plain numbers in the report (JSON)
     pred_paths = [Path(p) for p in preds]
     truth_path = Path(truth)
     t_enc, p_enc = load_encoding(truth_format), load_encoding(pred_format)

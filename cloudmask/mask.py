@@ -896,6 +896,8 @@ def _mask_scene(
         raise SceneError(f"{source}: scene has no pixels")
     made = _make_folders(paths.mask.parent)
     try:
+        if not paths.mask.parent.is_dir():  # a concurrent run's failed scene removed it, empty, just now
+            made = _make_folders(paths.mask.parent)
         if not os.access(paths.mask.parent, os.W_OK):
             raise OutputError(f"{paths.mask.parent}: output folder is not writable")
         # rasterio.Env: GDAL's errors in this thread go to rasterio's logger (they also become the
@@ -1041,9 +1043,12 @@ def _scheduler_identity(address: str, timeout: float) -> dict[str, Any]:
     speak Dask's protocol (a web server on that port) made the client wait forever in its handshake.
     Run on a thread of its own, so it works under a running event loop too (a notebook)."""
     from distributed.comm import connect as comm_connect
+    from distributed.security import Security
+
+    tls = Security().get_connection_args("client")  # dask config's TLS settings, as Client uses them
 
     async def ask() -> Any:
-        comm = await comm_connect(address, timeout=timeout)
+        comm = await comm_connect(address, timeout=timeout, **tls)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()

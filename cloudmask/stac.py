@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,10 @@ CLIENT_FILTER_SCAN_LIMIT = 5000
 
 
 # --------------------------------------------------------------------------- request parsing
+
+
+#: A year or month (or a range of them, either end open) as pystac-client takes them in a search.
+_YEAR_OR_MONTH = re.compile(r"(\d{4}(-\d{2})?|\.\.)?(/(\d{4}(-\d{2})?|\.\.)?)?")
 
 
 def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:
@@ -400,9 +405,13 @@ def search(
         raise UsageError("nothing to search: no targets (see resolve_targets)")
     if bbox is not None:
         bbox = parse_bbox(bbox)  # text or numbers, checked as --bbox is
-    if datetime is not None:
-        datetime = parse_date(datetime)  # "June 2024" reached pystac-client, which raised a bare Exception
-    if max_cloud is not None and (isinstance(max_cloud, bool) or not isinstance(max_cloud, (int, float))):
+    if isinstance(datetime, str):  # "June 2024" reached pystac-client, which raised a bare Exception
+        try:
+            datetime = parse_date(datetime)
+        except UsageError:
+            if not datetime.strip() or not _YEAR_OR_MONTH.fullmatch(datetime.strip()):  # 2024, 2024-06: pystac-client expands them
+                raise
+    if max_cloud is not None and (isinstance(max_cloud, bool) or not isinstance(max_cloud, numbers.Real)):
         raise UsageError(f"--max-cloud {max_cloud!r}: a number of percent, 0-100")
     if max_cloud is not None and not 0 <= max_cloud <= 100:
         raise UsageError(f"--max-cloud {max_cloud}: must be between 0 and 100 (percent)")

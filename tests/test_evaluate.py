@@ -390,6 +390,7 @@ def test_evaluate_takes_one_path_as_one_prediction_and_says_when_no_window_fits(
     for bad in (dict(window=64.5), dict(min_valid=float("nan")), dict(min_valid=2), dict(preview_px=0)):
         with pytest.raises(UsageError):
             ev.evaluate(pred, truth, **bad)
+    assert ev.evaluate(pred, truth, window=np.int64(32), min_valid=np.float32(0.5)).report["window"] == 32
     assert ev.load_encoding(Path("cloudmask")) is ev.load_encoding("cloudmask")  # a Path works as a name or file
     assert ev.pair(str(pred), str(truth)) == {"s0": (pred, truth)}
 

@@ -209,6 +209,10 @@ def test_search_checks_its_arguments_as_the_cli_does(memory_api) -> None:
     text = ",".join(str(v) for v in BBOX)
     # one Target, a bbox as text, a plain day: the same search as the CLI's
     assert _ids(stac.search(target, bbox=text, datetime="2024-06-05")) == ["S2A_clear"]
+    # what pystac-client takes itself stays accepted: a month, numpy numbers
+    import numpy as np
+
+    assert _ids(stac.search(target, bbox=BBOX, datetime="2024-06", max_cloud=np.int64(50))) == ["S2A_clear", "S2A_half"]
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
