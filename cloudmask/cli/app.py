@@ -117,7 +117,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:  # last resort: an unexpected bug still gets one line, not a traceback
-        if _state["debug"]:
+        if _state["debug"] or "--debug" in sys.argv[1:]:  # (a crash before the options were read, too)
             raise
         err_console.print(
             f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
