@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from pathlib import Path
 
 
@@ -20,3 +22,9 @@ def usual_permissions(path: str | Path) -> None:
     is renamed into place: ``tempfile.mkstemp`` makes 0600 files, which colleagues sharing an
     output folder could not read."""
     os.chmod(path, 0o666 & ~_UMASK)
+
+
+def safe_name(text: str, default: str) -> str:
+    """A file-name part made from a name (a model's, a scene's): runs of anything but letters of any
+    script, digits, ``.``, ``-`` and ``_`` become ``_`` (so "模型" and "模式" stay apart), NFC first."""
+    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._") or default

@@ -7,9 +7,7 @@ file in the destination folder and renamed, so a half-written PNG never sits und
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cloudmask import metrics  # noqa: E402
 from cloudmask.errors import OutputError  # noqa: E402
-from cloudmask.files import usual_permissions  # noqa: E402
+from cloudmask.files import safe_name, usual_permissions  # noqa: E402
 from cloudmask.evaluate import Evaluation, Preview, read_rgb  # noqa: E402
 
 #: RGBA per class code for overlays: thick white-yellow, thin cyan, shadow purple; clear transparent.
@@ -39,9 +37,7 @@ _CLASS_MAP = ListedColormap(["#3b7d3b", "#f2f2f2", "#7fd7ee", "#5b2a86"])  # for
 
 
 def _safe(name: str) -> str:
-    """A file-name part for a model or scene name (letters of any script kept: "模型" and "模式"
-    must not both become "model")."""
-    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", name)).strip("._") or "model"
+    return safe_name(name, "model")
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from rasterio.crs import CRS
 from affine import Affine
 
 from cloudmask.errors import OutputError, UsageError
-from cloudmask.files import usual_permissions
+from cloudmask.files import safe_name, usual_permissions
 from cloudmask.registry import Sensor
 from cloudmask.simulate.scene import LABEL_NAMES, NODATA, SimScene
 
@@ -49,9 +47,9 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def safe_stem(text: str) -> str:
-    """File-name-safe version of an id: letters of any script are kept ("my scene ü" and "my scene é"
+    """File-name-safe version of an id (letters of any script kept: "my scene ü" and "my scene é"
     both became "my_scene", the second overwriting the first)."""
-    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._") or "scene"
+    return safe_name(text, "scene")
 
 
 def write_scene(sim: SimScene, out_dir: str | os.PathLike[str], stem: str, sensor_id: str | Sensor) -> dict[str, str]:
