@@ -686,6 +686,15 @@ def load_predictor(path: str | os.PathLike[str] | None = None) -> Any:
     return load_model(path)
 
 
+def _model_for(options: MaskOptions) -> Any:
+    """``options.weights`` (default: the bundled model) on ``options.device``: local inference runs
+    there; Dask cluster workers get a CPU copy."""
+    predictor = load_predictor(options.weights)
+    if hasattr(predictor, "to"):
+        predictor.to(options.device)
+    return predictor
+
+
 def _bounds_wgs84(scene: Scene) -> list[float] | None:
     if scene.crs is None:
         return None
@@ -909,9 +918,7 @@ def _mask_scene(
             if _finished(paths, source, options):
                 return skipped  # another run finished it between our first check and our lock
             if predictor is None:
-                predictor = load_predictor(options.weights)
-                if hasattr(predictor, "to"):
-                    predictor.to(options.device)
+                predictor = _model_for(options)
             if on_event:
                 on_event("scene-start", {"source": source, "shape": [h, w], "sensor": scene.sensor.id})
             graph = weighted_graph(scene.data, scene.descriptors, predictor, options.tiles, raw=scene.raw)
@@ -1149,9 +1156,7 @@ def mask_many(
             outside = root is not None and top is not None and not _below(source, top)
             dst = output_for(source, top, out)
             if not outside and predictor is None and (options.overwrite or not OutputPaths(dst).complete(options.probabilities)):
-                predictor = load_predictor(options.weights)  # a broken model stops the run
-                if hasattr(predictor, "to"):  # local inference there; Dask cluster workers get a CPU copy
-                    predictor.to(options.device)
+                predictor = _model_for(options)  # a broken model stops the run
             try:
                 if outside:
                     raise UsageError(f"{source}: not below --root {top}")

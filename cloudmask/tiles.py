@@ -42,7 +42,6 @@ from cloudmask.errors import BandError, CloudmaskError, ClusterError, SchedulerL
 from cloudmask.options import TileOptions
 from cloudmask.shadows import ShadowMatcher, ShadowOptions
 
-
 #: Number of classes the model predicts (0 clear, 1 thick cloud, 2 thin cloud, 3 shadow).
 N_CLASSES = 4
 #: Mask value for pixels without data.
@@ -1262,7 +1261,9 @@ class DistributedRunner:
             # "cancelled" or "ConnectionPool closing" would hide that, and every later scene fails too
             address = getattr(getattr(self.client, "scheduler", None), "address", None) or "its address"
             return SchedulerLostError(f"lost the Dask scheduler at {address}")
-        if type(exc).__name__ == "KilledWorker":
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
             return ClusterError("cluster workers died again and again running one of its blocks (out of memory? "
                                 "see the workers' logs)")
         if isinstance(exc, (RasterioError, OSError, RuntimeError, ValueError)):

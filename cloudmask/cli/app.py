@@ -20,8 +20,6 @@ from cloudmask.errors import CloudmaskError
 _state = {"debug": False}
 
 
-_fail = fail
-
 
 def _warning_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
                   line: str | None = None, _default: Any = warnings.showwarning) -> None:
@@ -63,17 +61,17 @@ class _ErrorMappingGroup(TyperGroup):
         except CloudmaskError as exc:
             if _state["debug"]:
                 raise
-            raise _fail(str(exc), exc.exit_code) from None
+            raise fail(str(exc), exc.exit_code) from None
         except Terminated:
-            raise _fail("terminated", 143) from None
+            raise fail("terminated", 143) from None
         except KeyboardInterrupt:
-            raise _fail("interrupted", 130) from None
+            raise fail("interrupted", 130) from None
         except BrokenPipeError:  # `cloudmask … | head`: click stops quietly (exit 1), as for its own output
             raise
         except OSError as exc:  # disk full, permissions, broken pipes outside the library's own checks
             if _state["debug"]:
                 raise
-            raise _fail(error_message(exc), 1) from None
+            raise fail(error_message(exc), 1) from None
 
 
 app = typer.Typer(
