@@ -431,8 +431,10 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
 def local_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> dict[str, Any]:
     """The item as saved: band hrefs point at the local files, other hrefs made absolute, product
     recorded; clipped, its bbox and geometry are the clip's (within the item's own bbox), so what
-    reads it (e.g. the STAC item of its mask) does not claim the whole scene."""
+    reads it (e.g. the STAC item of its mask) does not claim the whole scene. ``clip_bbox``
+    defaults to the plan's."""
     item = json.loads(json.dumps(p.found.item))
+    clip_bbox = clip_bbox if clip_bbox is not None else p.clip_bbox
     if clip_bbox is not None:
         w, s, e, n = (float(v) for v in clip_bbox)
         own = item.get("bbox")
@@ -462,11 +464,11 @@ def local_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> dict[st
     return item
 
 
-def _write_item(p: ItemPlan, clip_bbox: Sequence[float] | None = None) -> None:
+def _write_item(p: ItemPlan) -> None:
     dest = p.folder / ITEM_FILE
     tmp = dest.with_name(dest.name + ".part")
     try:
-        tmp.write_text(json.dumps(local_item(p, clip_bbox), indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps(local_item(p), indent=1), encoding="utf-8")
         os.replace(tmp, dest)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -501,7 +503,8 @@ def fetch(
         if other:
             raise UsageError(f"fetch(clip_bbox={list(box)}) for plans made for another box ({list(other.pop())}): "
                              "give the same box to plan() and fetch(), or only to plan()")
-    boxes = {id(p): clip_bbox if clip_bbox is not None else p.clip_bbox for p in plans}
+        for p in plans:
+            p.clip_bbox = box  # what each item is cut to, and what its item.json records
     for p in plans:
         if p.skipped or p.error is not None:
             continue
@@ -524,7 +527,7 @@ def fetch(
     lock = threading.Lock()
 
     def run(t: FileTask) -> FileTask:
-        box = boxes[id(owner[id(t)])]
+        box = owner[id(t)].clip_bbox
         try:
             if box is not None:
                 clip_file(t, box, retry)
@@ -550,7 +553,7 @@ def fetch(
     for p in todo:
         if p.error is None and all(t.dest.is_file() for t in p.files):
             try:
-                _write_item(p, boxes[id(p)])
+                _write_item(p)
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
                 errors.append(FetchError(p.error))
