@@ -86,18 +86,22 @@ def _check_descriptors(d: np.ndarray) -> None:
         raise BandError(f"band descriptor thermal flags (column 5) must be 0 or 1, got {d[:, 4].tolist()}")
 
 
-def _check_reflectance(x: np.ndarray, d: np.ndarray) -> None:
+def _check_reflectance(x: np.ndarray, d: np.ndarray, stored: StoredAffine | None = None) -> None:
     """Refuse reflective bands whose values cannot be reflectance (0-1, clouds up to ~1.5).
 
     Like descriptors in nanometres, digital numbers (0-10000) or percent give a confident mask of
     all cloud, and a fill value such as -9999 not marked NaN gives "shadow", not an error. Checked
-    on a sample of at most ~4096 pixels per band, so it costs nothing beside the network."""
+    on a sample of at most ~4096 pixels per band, so it costs nothing beside the network; ``x`` is
+    (..., bands, h, w), and with ``stored`` it holds stored integers (converted for the check)."""
     refl = np.flatnonzero(d[:, 4] == 0)
     if refl.size == 0 or x.size == 0:
         return
     h, w = x.shape[-2:]
-    step = max(1, int(np.sqrt(h * w / 4096)))
+    step = max(1, int(np.sqrt(x.size / x.shape[-3] / 4096)))
     sample = np.asarray(x[..., refl, ::step, ::step], dtype="float32")
+    if stored is not None:  # physical = stored * scale + offset; a band's nodata value is no value
+        scale, offset, nodata = (np.asarray(v, dtype="float32").reshape(-1)[refl][:, None, None] for v in stored)
+        sample = np.where(sample == nodata, np.float32(np.nan), sample * scale + offset)
     with np.errstate(invalid="ignore"):
         finite = sample[np.isfinite(sample)]
     if finite.size == 0:
@@ -105,11 +109,12 @@ def _check_reflectance(x: np.ndarray, d: np.ndarray) -> None:
     low = float(np.mean(finite < -1.0))
     if low > 0.001:
         raise BandError(f"{low:.1%} of the reflective values are below -1 (smallest {float(finite.min()):g}): a fill "
-                        "value? Mark nodata as NaN")
+                        "value? Mark it as nodata (the file's nodata value; NaN in an array)")
     median = float(np.median(finite))
     if median > 5.0:
-        raise BandError(f"reflective band values look scaled (median {median:g}): pass reflectance 0-1, e.g. "
-                        "DN * scale + offset (Sentinel-2 L2A: DN / 10000 - 0.1); thermal bands in kelvin")
+        raise BandError(f"reflective band values look scaled (median {median:g}): the model takes reflectance 0-1 "
+                        "(a file's DNs: its product's scale/offset, --product; an array: DN * scale + offset, e.g. "
+                        "Sentinel-2 L2A DN / 10000 - 0.1); thermal bands in kelvin")
 
 
 #: Predictors unpickled in this process, by identity (see :meth:`Predictor.__reduce__`); a few.
@@ -233,10 +238,6 @@ class Predictor:
         x = np.asarray(x)
         if x.ndim != 3:
             raise BandError(f"expected a (bands, y, x) array, got shape {x.shape}")
-        if stored is None:
-            d = np.asarray(descriptors, dtype="float32")
-            if d.ndim == 2 and d.shape == (x.shape[0], 5):
-                _check_reflectance(x, d)
         return self.predict_proba_batch(x[None], descriptors, region, finite, stored)[0]
 
     def predict_proba_batch(self, x: np.ndarray, descriptors: np.ndarray, region: tuple[int, int, int, int] | None = None,
@@ -253,6 +254,9 @@ class Predictor:
             st = tuple(torch.as_tensor(np.asarray(v, dtype="float32").reshape(-1)) for v in stored)
             if any(t.shape != (xt.shape[1],) for t in st):
                 raise BandError(f"stored-value scaling needs one scale, offset and nodata per band ({xt.shape[1]})")
+        # every window of `cloudmask mask` comes through here: DNs or percent in a file whose product
+        # says reflectance are refused there too, not masked as all cloud
+        _check_reflectance(xt.numpy(), dt.numpy(), stored)
         return self._run(xt, dt, region, finite, st)
 
     def _run(self, xt: torch.Tensor, dt: torch.Tensor, region: tuple[int, int, int, int] | None, finite: bool,

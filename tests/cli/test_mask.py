@@ -467,3 +467,23 @@ def test_a_sigterm_whose_exception_was_swallowed_still_ends_the_run_as_terminate
     assert doc["interrupted"] is True and doc["not_done"] == sources  # stopped at its next progress event
     assert not (tmp_path / "out").exists()  # the scene in progress left no temporaries, lock or folder
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command put the default back
+
+
+def test_values_that_cannot_be_reflectance_fail_the_scene(tmp_path):
+    """DNs in a float file, or an int16 fill value the file does not mark as nodata, gave a confident
+    all-cloud or shadow mask with exit 0: the model's check ran for Python calls only, and every
+    window of `cloudmask mask` (stored integers included) goes round it."""
+    refl = random_reflectance(13, 64, 72, seed=5)
+    dn_float = write_raster(tmp_path / "S2A_MSIL2A_dn.tif", (refl * 10000 + 1000).astype("float32"))
+    filled = np.round(refl * 10000 + 1000).astype("int16")
+    filled[:, :20] = -9999  # fill, with no nodata in the file
+    fill_int = write_raster(tmp_path / "S2A_MSIL2A_fill.tif", filled)
+    for src, words in ((dn_float, "look scaled"), (fill_int, "below -1")):
+        out = tmp_path / ("out_" + src.stem)
+        res = runner.invoke(app, ["mask", str(src), "-o", str(out), "--sensor", "sentinel2", "--product", "l2a", *FAST])
+        assert res.exit_code == 2, res.output
+        assert words in res.stderr and "Traceback" not in res.output
+        assert not out.exists() or not any(out.iterdir())  # nothing written, no temporaries left
+    ok = write_raster(tmp_path / "S2A_MSIL2A_ok.tif", np.round(refl * 10000 + 1000).astype("int16"))
+    res = runner.invoke(app, ["mask", str(ok), "-o", str(tmp_path / "out_ok"), "--sensor", "sentinel2", "--product", "l2a", *FAST])
+    assert res.exit_code == 0, res.output
