@@ -97,6 +97,9 @@ class Band:
         # (an unknown kind would be described to the model as reflective)
         if self.kind not in ("reflectance", "thermal"):
             raise BandError(f"band {self.name!r}: kind must be 'reflectance' or 'thermal', got {self.kind!r}")
+        if not 0 < self.wavelength_center < 100:  # 100 µm is far infrared: no imaging sensor's band
+            unit = " (looks like nanometres: wavelengths are in micrometres)" if self.wavelength_center >= 100 else ""
+            raise BandError(f"band {self.name!r}: centre wavelength {self.wavelength_center} µm is out of range{unit}")
         if not self.wavelength_min <= self.wavelength_center <= self.wavelength_max:
             raise BandError(f"band {self.name!r}: wavelengths must satisfy min <= centre <= max, got "
                             f"{self.wavelength_min}, {self.wavelength_center}, {self.wavelength_max}")
@@ -302,7 +305,7 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, msg: str) -> RegistryError:
-        return RegistryError(f"{self.path.name}: {where}: {msg}")
+        return RegistryError(f"{self.path}: {where}: {msg}")  # the whole path: a user folder may hold it
 
     def mapping(self, obj: Any, where: str) -> Mapping[str, Any]:
         if not isinstance(obj, Mapping):
@@ -387,9 +390,11 @@ def load_sensor_file(path: Path) -> Sensor:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
-        raise RegistryError(f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise RegistryError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{path}: cannot read ({exc})") from None
+    if raw is None:
+        raise c.fail("top level", "the file is empty")
     raw = c.mapping(raw, "top level")
     c.keys(raw, "top level", _SENSOR_KEYS)
 

@@ -72,12 +72,13 @@ def sensors_cmd(
         print_json(_sensor_json(s))
         return
     table = Table(title=f"{s.name} ({s.id}) — default product {s.default_product}, {s.default_resolution:g} m grid")
-    for col, just in (("band", "left"), ("common", "left"), ("type", "left"), ("min µm", "right"),
+    # in the registry's order: the order of a file's layers when it carries no band names
+    for col, just in (("#", "right"), ("band", "left"), ("common", "left"), ("type", "left"), ("min µm", "right"),
                       ("centre µm", "right"), ("max µm", "right"), ("FWHM µm", "right"), ("res m", "right"), ("assets", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for b in sorted(s.bands, key=lambda b: b.wavelength_center):
+    for i, b in enumerate(s.bands, start=1):
         table.add_row(
-            b.name, b.common_name or "", b.kind, f"{_um(b.wavelength_min):g}", f"{_um(b.wavelength_center):g}",
+            str(i), b.name, b.common_name or "", b.kind, f"{_um(b.wavelength_min):g}", f"{_um(b.wavelength_center):g}",
             f"{_um(b.wavelength_max):g}", f"{_um(b.fwhm):g}", f"{b.resolution:g}",
             ", ".join(f"{k}={v}" for k, v in b.assets.items()),
         )

@@ -65,8 +65,9 @@ def test_one_sensor_table_has_its_bands_and_source() -> None:
         assert name in out
     assert "10.9" in out  # B10 centre in µm
     assert "source:" in out and "Ball_BA_RSR" in out
-    # bands are listed by wavelength: coastal before cirrus before the thermal bands
-    assert out.index("coastal") < out.index("cirrus") < out.index("lwir11") < out.index("lwir12")
+    # bands are listed in the registry's order, the order of an unnamed file's layers: pan (B8,
+    # 0.59 µm) between swir22 (B7) and cirrus (B9), not where its wavelength would put it
+    assert out.index("coastal") < out.index("swir22") < out.index(" pan ") < out.index("cirrus") < out.index("lwir12")
 
 
 def test_alias_and_platform_lookup() -> None:
@@ -179,7 +180,7 @@ def test_derived_fwhm_is_rounded_in_json_and_table(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "0.0899999" not in result.stdout
     result = runner.invoke(app, ["sensors", "dove4", "--sensors-dir", str(d)], env=WIDE)
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("N "))
+    row = next(line for line in result.stdout.splitlines() if "│ N " in line)  # after the layer number
     assert "0.09 " in row and "0.0899" not in row, row
     # the shipped files' facts are shown as written (no digits cut off by the table format)
     result = runner.invoke(app, ["sensors", "landsat5"], env=WIDE)
