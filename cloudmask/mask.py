@@ -745,6 +745,10 @@ def stac_item_for_mask(
         "cloudmask:source": scene.source,
         "cloudmask:sensor": scene.sensor.id,
         "cloudmask:bands": [b.name for b in scene.bands],
+        # what the model was told about each band (min, centre, max, FWHM in µm, thermal flag) and how
+        # DNs were scaled: a user's sensor YAML edited later cannot make an old mask ambiguous
+        "cloudmask:band_descriptors": [[round(float(v), 6) for v in row] for row in scene.descriptors],
+        "cloudmask:product": scene.product,
         "cloudmask:model_version": getattr(predictor, "version", "unknown"),
         "cloudmask:model_sha256": getattr(predictor, "sha256", None),
         "cloudmask:class_fractions": {k: (round(v, 6) if v is not None else None) for k, v in fractions.items()},

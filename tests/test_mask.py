@@ -24,6 +24,7 @@ from cloudmask import mask as mask_mod
 from cloudmask.errors import OutputError, SceneError, UsageError
 from cloudmask.mask import MaskOptions, OutputPaths, expand_inputs, mask_many, mask_scene, output_for
 from cloudmask.model import Predictor
+from cloudmask.registry import get_sensor
 from cloudmask.testing import random_reflectance, stac_item, write_item, write_raster, write_safe
 from cloudmask.testing import test_transform as grid_transform
 from cloudmask.tiles import TileOptions
@@ -69,6 +70,11 @@ def test_one_scene_gives_valid_cog_on_the_input_grid_and_a_stac_item(tmp_path, p
     pystac.Item.from_dict(item)  # parses as STAC
     props = item["properties"]
     assert props["cloudmask:sensor"] == "sentinel2" and props["cloudmask:model_version"] == "random-0"
+    # what the model was told: one descriptor per band used, and the product that scaled the DNs
+    b2 = next(b for b in get_sensor("sentinel2").bands if b.name == "B02")
+    desc = dict(zip(props["cloudmask:bands"], props["cloudmask:band_descriptors"]))
+    assert len(desc) == len(props["cloudmask:band_descriptors"]) and desc["B02"] == pytest.approx(b2.descriptor().tolist())
+    assert props["cloudmask:product"] in get_sensor("sentinel2").products
     fr = props["cloudmask:class_fractions"]
     assert sum(fr[k] for k in ("clear", "thick_cloud", "thin_cloud", "cloud_shadow")) == pytest.approx(1.0, abs=1e-5)
     assert fr["nodata"] == pytest.approx(4 / 80, abs=1e-5)
