@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloudmask.cli.app import app
+from cloudmask.errors import UsageError
 from cloudmask.cli.common import Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, print_json, use_sensors_dirs
 
 
@@ -31,6 +32,7 @@ def train_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="YAML training config (defaults apply for missing keys).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder (overrides the config's `out`).", file_okay=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from last.pt in the run folder (its saved config.yaml unless -c is given).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run folder that holds an earlier run (its files are removed first).")] = False,
     sensors_dir: SensorsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -39,6 +41,8 @@ def train_cmd(
 
     Shows loss and validation metrics (cloud F1 / shadow F1 per validation set) while it runs.
     """
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite starts it over: give one of them")
     use_sensors_dirs(sensors_dir)
     from cloudmask.model.train import load_config, train
 
@@ -62,7 +66,7 @@ def train_cmd(
         def report(done: int, total: int, info: dict[str, Any]) -> None:
             progress.update(task, completed=done, loss=f"{info['loss']:.3f}", val=_val_text(info.get("val") or {}))
 
-        summary = train(cfg, resume=resume, progress=report)
+        summary = train(cfg, resume=resume, progress=report, overwrite=overwrite)
     if as_json:
         print_json(summary)
         return

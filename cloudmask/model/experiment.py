@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             "train.warmup=50", "val.sensors=[sentinel2]", "val.scenes=3", "val.size=128",
         ])
         t0 = time.time()
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)  # a variant run again is trained again
         wall = time.time() - t0
         p = load_model(run / "best.safetensors")  # best == last here (one validation at the end)
         scored = score(p, tests)

@@ -412,9 +412,18 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return rng.bit_generator.state
 
 
-def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+#: What a run writes into its folder (a fresh run refuses a folder holding any of them).
+RUN_FILES = ("config.yaml", "log.jsonl", "last.pt", "best.safetensors", "best.json")
+
+
+def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run training as configured; returns a summary (best metrics, paths). Writes into cfg['out']:
-    ``config.yaml``, ``log.jsonl``, ``last.pt`` (resumable checkpoint), ``best.safetensors`` (+ .json)."""
+    ``config.yaml``, ``log.jsonl``, ``last.pt`` (resumable checkpoint), ``best.safetensors`` (+ .json).
+
+    A fresh run (no ``resume``) refuses a folder that holds another run's files unless ``overwrite``
+    (which removes them first): replacing them one by one as the new run reached them wiped the old
+    run silently, and a new run stopped early left its config beside the old run's checkpoint."""
     _check_values(cfg)  # a config built in Python gets the same checks as one read by load_config
     tcfg, dcfg, rcfg = cfg["train"], cfg["data"], cfg["real"]
     out = Path(cfg["out"])
@@ -424,8 +433,20 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     get_simulator(dcfg["simulator"], dcfg.get("sim_options"))
     if resume:
         if not (out / "last.pt").is_file():
-            raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'}")
+            raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'}"
+                             + ("" if not out.is_dir() else " (a run stopped before its first checkpoint: start it "
+                                "again with --overwrite)"))
         _check_resumable(out, cfg)
+    else:
+        held = [n for n in RUN_FILES if (out / n).exists()]
+        if held and not overwrite:
+            raise UsageError(f"{out} already holds a training run ({', '.join(held)}): continue it with --resume, "
+                             "or start over with --overwrite, or choose another --out")
+        for n in held:
+            try:
+                (out / n).unlink()
+            except OSError as exc:
+                raise OutputError(f"{out / n}: cannot remove the earlier run's file ({exc.strerror or exc})") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -515,6 +536,9 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
             # torch's own message for a file it will not load ends in advice to load it unsafely
             why = "not a plain tensor file" if "weights_only" in str(exc) else first_line(exc)
             raise UsageError(f"--resume: {ckpt} is not a readable checkpoint of this run ({why})") from None
+        if start > steps:  # (at steps exactly: a finished run, nothing to do)
+            raise UsageError(f"--resume: the run is already at step {start}, past train.steps={steps} "
+                             "(raise train.steps to train on)")
     else:
         sim_consumed = 0
     if int(dcfg.get("workers") or 0) > 0:
@@ -523,6 +547,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         sim_src = ReusingSource(sim_src, int(dcfg["reuse"]), rng_aug)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
+    if resume:  # steps after the checkpoint were logged by the run that stopped: they are done again
+        _trim_log(out / "log.jsonl", start)
     log = open(out / "log.jsonl", "a" if resume else "w", encoding="utf-8")  # a fresh run starts a fresh log
     loss_avg = None
     last_metrics: dict[str, Any] = {}
@@ -599,6 +625,23 @@ def _flatten(d: dict[str, Any], where: str = "") -> dict[str, Any]:
         else:
             out[f"{where}{k}"] = v
     return out
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the records of steps after ``step`` from a run's log (atomically)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut off when the run was killed
+        if not isinstance(rec, dict) or int(rec.get("step", 0)) <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _check_resumable(out: Path, cfg: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from cloudmask.cli.app import app
@@ -49,12 +50,31 @@ def test_train_writes_weights_and_resumes(tmp_path: Path) -> None:
     assert "weights_only" not in res.stderr  # not torch's advice to load it unsafely
     (out / "last.pt").write_bytes(saved)
     # an emptied config.yaml: resuming on the defaults would be another run than the checkpoint's
+    saved_config = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text("")
     res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", *TINY])
     assert res.exit_code == 2 and "holds no config" in res.stderr, res.output
-    # a fresh run into the same folder starts a fresh log
+    (out / "config.yaml").write_text(yaml.safe_dump(saved_config, sort_keys=False))
+    # steps logged after the checkpoint by a run that was stopped are not logged twice on resuming
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 1.0}\n{"step": 5, "lo')  # killed mid-line
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=4", "train.val_every=10", *TINY])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # fewer steps than the run has done: an error, and its config is left as it was
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q", "train.steps=2", *TINY])
+    assert res.exit_code == 2 and "already at step 4" in res.stderr, res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == 4
+    # a fresh run into a run's folder: refused (it wiped the run silently), unless --overwrite
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     res = runner.invoke(app, ["train", "--out", str(out), "-q", "train.steps=1", "train.val_every=1", *TINY])
+    assert res.exit_code == 2 and "already holds a training run" in res.stderr and "--resume" in res.stderr, res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    res = runner.invoke(app, ["train", "--out", str(out), "-q", "--overwrite", "train.steps=1", "train.val_every=1", *TINY])
     assert res.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == 1
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--overwrite", *TINY])
+    assert res.exit_code == 2 and "give one of them" in res.stderr
 
 
 def test_train_config_file_and_bad_keys(tmp_path: Path) -> None:
