@@ -461,6 +461,8 @@ def read_rgb(path: str | Path, bands: Sequence[int] | None = None, step: int = 1
                         bands = [1, 2, 3]
                     else:
                         bands = [1, 1, 1]
+                if max(bands) > ds.count or min(bands) < 1:
+                    raise UsageError(f"--rgb {','.join(map(str, bands))}: {path.name} has bands 1-{ds.count}")
                 out_shape = (3, -(-ds.height // step), -(-ds.width // step))
                 data = ds.read(list(bands), out_shape=out_shape, resampling=Resampling.nearest, masked=True)
     except RasterioIOError as exc:

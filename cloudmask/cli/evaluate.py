@@ -122,6 +122,21 @@ def _print_tables(report: dict[str, Any]) -> None:
         )
 
 
+def _check_rgb_bands(image: Path, bands: list[int]) -> None:
+    """Every image --plots would read has the bands --rgb names (an image file, or a folder's rasters)."""
+    import rasterio
+
+    files = [image] if image.is_file() else sorted(p for p in image.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    for f in files:
+        try:
+            with rasterio.open(f) as ds:
+                count = ds.count
+        except (rasterio.errors.RasterioError, OSError):
+            continue  # an unreadable image is said where it is read, as before
+        if max(bands) > count:
+            raise UsageError(f"--rgb {','.join(map(str, bands))}: {f.name} has bands 1-{count}")
+
+
 @app.command("evaluate", cls=Command, help=_HELP, short_help="Score predicted masks against reference masks.")
 def evaluate_cmd(
     preds: Annotated[list[Path], typer.Argument(help="Predicted mask file(s) or folder(s) of masks.", show_default=False, metavar="PRED")],
@@ -167,6 +182,8 @@ def evaluate_cmd(
             rgb_bands = []
         if len(rgb_bands) != 3 or min(rgb_bands) < 1:
             raise UsageError(f"--rgb {rgb!r}: give three 1-based band numbers, e.g. --rgb 3,2,1")
+        if image is not None and plots is not None:
+            _check_rgb_bands(image, rgb_bands)  # before any work or figure, not at the quick-looks
     show_progress = not (quiet or as_json)
     with Progress(
         TextColumn("[bold]evaluate[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -177,6 +177,15 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no such file" in res.stderr
     res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--rgb", "1,2"])
     assert res.exit_code == 2 and "--rgb" in res.stderr
+    # a band the image lacks: one line before any work (it was an internal IndexError after the
+    # first figures were written), for an image file and for a folder of images
+    (tmp_path / "img").mkdir()
+    write_raster(tmp_path / "img" / "t.tif", np.zeros((3, 32, 32), np.uint16))
+    for image in (tmp_path / "img" / "t.tif", tmp_path / "img"):
+        res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--plots",
+                                  str(tmp_path / "plots"), "--image", str(image), "--rgb", "99,2,1"])
+        assert res.exit_code == 2 and "t.tif has bands 1-3" in res.stderr and "internal" not in res.stderr, res.output
+        assert not (tmp_path / "plots").exists()
     res = runner.invoke(app, ["evaluate", str(tmp_path / "t.tif"), "--truth", str(tmp_path / "t.tif"), "--classes", "fog"])
     assert res.exit_code == 2 and "fog" in res.stderr
 
