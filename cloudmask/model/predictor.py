@@ -349,7 +349,9 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Predictor:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"model weights {weights} cannot be read ({exc})") from None
+        hint = ("; that is a training checkpoint: the run's weights are best.safetensors beside it"
+                if weights.suffix == ".pt" else "")
+        raise ModelError(f"model weights {weights} cannot be read ({exc}){hint}") from None
     arch = sidecar.get("architecture")
     if arch is None and "architecture" in meta:
         try:

@@ -431,6 +431,9 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     for s in [*dcfg["sensors"], *cfg["val"]["sensors"]]:
         sensor_bands(s)
     get_simulator(dcfg["simulator"], dcfg.get("sim_options"))
+    for key in ("init", "teacher"):
+        if tcfg.get(key) and not Path(str(tcfg[key])).is_file():
+            raise UsageError(f"train.{key}: no such weights file: {tcfg[key]}")
     if resume:
         if not (out / "last.pt").is_file():
             raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'}"

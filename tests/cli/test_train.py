@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from cloudmask.cli.app import app
+from cloudmask.errors import ModelError
 from cloudmask.model import load_model
 
 TINY = [
@@ -91,3 +93,14 @@ def test_train_config_file_and_bad_keys(tmp_path: Path) -> None:
         assert res.exit_code == 2 and says in res.output and not (tmp_path / "r4").exists(), res.output
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r3"), "model.encoder=banana", *TINY])
     assert res.exit_code != 0
+
+
+def test_missing_init_weights_and_a_checkpoint_given_as_weights(tmp_path: Path) -> None:
+    """A train.init that does not exist is a usage error (exit 2, was 1 after the run folder was made);
+    a run's last.pt given as weights says which file holds them."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "-q", f"train.init={tmp_path / 'nope.safetensors'}", *TINY])
+    assert res.exit_code == 2 and "train.init: no such weights file" in res.stderr and not (tmp_path / "run").exists()
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not weights")
+    with pytest.raises(ModelError, match="training checkpoint.*best.safetensors"):
+        load_model(tmp_path / "last.pt")
