@@ -63,8 +63,16 @@ def train_cmd(
     with progress:
         task = progress.add_task("train", total=int(cfg["train"]["steps"]), loss="-", val="")
 
+        plain = show and not err_console.is_terminal  # cron, a pipe, a batch log: the bar draws nothing there
+        seen: dict[str, Any] = {"val": None}
+
         def report(done: int, total: int, info: dict[str, Any]) -> None:
-            progress.update(task, completed=done, loss=f"{info['loss']:.3f}", val=_val_text(info.get("val") or {}))
+            val = info.get("val") or {}
+            progress.update(task, completed=done, loss=f"{info['loss']:.3f}", val=_val_text(val))
+            if plain and val and val is not seen["val"]:  # a line per validation, so a log shows the run live
+                seen["val"] = val
+                err_console.print(f"step {done}/{total} loss {info['loss']:.3f} {_val_text(val)}", highlight=False,
+                                  soft_wrap=True)
 
         summary = train(cfg, resume=resume, progress=report, overwrite=overwrite)
     if as_json:

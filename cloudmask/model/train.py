@@ -212,7 +212,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("train.max_minutes", lambda v: v is None or v > 0, "above 0 (or null)"),
     ("train.schedule", lambda v: v in ("steps", "time"), "'steps' or 'time'"),
     ("train.class_weights", lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          and x >= 0 for x in v), "four numbers >= 0"),
+                                                          and x >= 0 for x in v) and any(x > 0 for x in v),
+     "four numbers >= 0, not all 0"),
     ("val.scenes", lambda v: v >= 0, ">= 0"),
     ("val.size", lambda v: v >= 16 and v % 8 == 0, "a multiple of 8, at least 16"),
 ]
@@ -431,6 +432,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
     for s in [*dcfg["sensors"], *cfg["val"]["sensors"]]:
         sensor_bands(s)
     get_simulator(dcfg["simulator"], dcfg.get("sim_options"))
+    if int(cfg["val"]["scenes"]) == 0 and not (rcfg.get("root") and rcfg.get("val")):
+        raise UsageError("nothing to validate on: val.scenes=0 and no real validation tiles (real.root, real.val)")
     for key in ("init", "teacher"):
         if tcfg.get(key) and not Path(str(tcfg[key])).is_file():
             raise UsageError(f"train.{key}: no such weights file: {tcfg[key]}")
@@ -516,6 +519,8 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         val_sets.update(real_val_sets(val_tiles))
     if cfg["val"].get("four_bands"):
         val_sets = with_four_band_sets(val_sets)
+    if not any(val_sets.values()):  # a "best" checkpoint chosen on nothing
+        raise UsageError("nothing to validate on: val.scenes=0 and no real validation tiles (real.root, real.val)")
 
     start, best, best_metrics = 0, -1.0, {}
     ckpt = out / "last.pt"

@@ -104,3 +104,20 @@ def test_missing_init_weights_and_a_checkpoint_given_as_weights(tmp_path: Path) 
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not weights")
     with pytest.raises(ModelError, match="training checkpoint.*best.safetensors"):
         load_model(tmp_path / "last.pt")
+
+
+def test_settings_that_cannot_train_are_refused(tmp_path: Path) -> None:
+    """All-zero class weights trained on a loss of 0; no validation scenes chose a "best" on nothing."""
+    runner = CliRunner()
+    for bad, words in (("train.class_weights=[0,0,0,0]", "not all 0"), ("val.scenes=0", "nothing to validate on")):
+        res = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "-q", *TINY, bad])
+        assert res.exit_code == 2 and words in res.stderr, res.output
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_line_per_validation_when_stderr_is_no_terminal(tmp_path: Path) -> None:
+    """In cron or a pipe the bar draws only at the end: each validation prints a plain line instead."""
+    res = CliRunner().invoke(app, ["train", "-o", str(tmp_path / "run"), "train.steps=4", "train.val_every=2", *TINY])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["2/4", "4/4"] and all("loss " in ln and "s:sentinel2" in ln for ln in lines)
