@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,11 @@ def quicklook(preview: Preview, path: str | os.PathLike[str], rgb_bands: list[in
     """Image, truth and each prediction side by side (classes over the RGB when an image is given)."""
     rgb = read_rgb(preview.image, rgb_bands, preview.step) if preview.image is not None else None
     if rgb is not None and rgb.shape[:2] != preview.truth.shape:
-        rgb = None  # image on another grid: fall back to plain class maps rather than mislead
+        # image on another grid: fall back to plain class maps rather than mislead, and say so
+        warnings.warn(f"{preview.scene}: --image {Path(str(preview.image)).name} is not on the truth's grid "
+                      f"({rgb.shape[0]}×{rgb.shape[1]} against {preview.truth.shape[0]}×{preview.truth.shape[1]} "
+                      "preview px); its quick-look shows the classes alone", stacklevel=2)
+        rgb = None
     panels = [("truth", preview.truth)] + list(preview.preds.items())
     n = len(panels) + (rgb is not None)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 4.0), squeeze=False)
@@ -175,6 +180,7 @@ def quicklook(preview: Preview, path: str | os.PathLike[str], rgb_bands: list[in
             ax.imshow(_overlay(mask), interpolation="nearest")
         else:
             shown = np.ma.masked_equal(mask, metrics.NODATA)
+            ax.set_facecolor((0.5, 0.5, 0.5))  # masked nodata shows the axes: grey as in the legend, not white
             ax.imshow(shown, cmap=_CLASS_MAP, vmin=-0.5, vmax=3.5, interpolation="nearest")
         ax.set_title(title)
     for ax in axes:

@@ -412,3 +412,18 @@ def test_plot_files_of_models_whose_names_look_alike_do_not_overwrite_each_other
     assert len(set(files)) == len(files) == 1 + 3 + 4
     assert all(f.is_file() for f in files)
     assert plots.confusion_plot(res.report["models"][2]["pooled"], "x", str(tmp_path / "c.png")).is_file()  # a str path
+
+
+def test_quicklook_draws_nodata_grey_as_its_legend_says(tmp_path: Path) -> None:
+    """Without an image, nodata (masked) showed the white figure behind it, next to white-ish thick cloud."""
+    import matplotlib.image as mpimg
+
+    from cloudmask.evaluate import Preview
+    from cloudmask.plots import quicklook
+
+    truth = np.zeros((64, 64), np.uint8)
+    truth[:, :32] = 255
+    png = quicklook(Preview("s", truth, {"m": truth.copy()}), tmp_path / "q.png")
+    rgb = mpimg.imread(png)[..., :3]
+    grey = np.all(np.abs(rgb - 0.5) < 0.02, axis=-1)
+    assert grey.sum() > 1000  # the two nodata halves (the legend's patch alone is far smaller)

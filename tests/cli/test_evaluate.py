@@ -220,3 +220,13 @@ def test_binary_mask_scored_as_cloud_and_said_so(tmp_path: Path) -> None:
     res = runner.invoke(app, [*args, "--json"])
     rep = json.loads(res.stdout)
     assert rep["models"][0]["pooled"]["overall_accuracy"] == 1.0 and rep["labelled"]["thin"] is False
+
+
+def test_an_image_on_another_grid_is_said_not_silently_dropped(dataset: Path, tmp_path: Path) -> None:
+    img = tmp_path / "small.tif"
+    write_raster(img, np.full((3, 48, 48), 0.1, "float32"), descriptions=["red", "green", "blue"])
+    res = runner.invoke(app, ["evaluate", str(dataset / "good" / "scene1_mask.tif"), "--truth", str(dataset / "truth"),
+                              "--plots", str(tmp_path / "plots"), "--image", str(img)], env=WIDE)
+    assert res.exit_code == 0, res.output
+    assert "small.tif is not on the truth's grid" in res.stderr and "classes alone" in res.stderr
+    assert (tmp_path / "plots" / "quicklook_scene1.png").is_file()
