@@ -14,8 +14,6 @@ import glob
 import json
 import os
 import re
-import secrets
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +28,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from cloudmask import cog
+from cloudmask.files import OutputLock, _locks_set_aside
 from cloudmask.evaluate import LABEL_WORDS
 from cloudmask.errors import (ClusterError, CloudmaskError, ModelError, OutputError, SceneError, SchedulerLostError,
                               UsageError, first_line)
@@ -231,16 +230,6 @@ class OutputPaths:
 # --------------------------------------------------------------------------- locks
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _tidy(paths: OutputPaths) -> None:
     """Remove a killed run's temporaries (and its stale lock) beside a finished output; skipped
     quietly when another run holds the lock or the folder is read-only."""
@@ -254,124 +243,6 @@ def _tidy(paths: OutputPaths) -> None:
     except (OutputError, OSError):
         pass
 
-
-#: The contents of the lock files this process holds now. Why: a lock naming our own pid is live
-#: only when we hold it; in a container with a fixed hostname where cloudmask runs as pid 1 every
-#: time, a killed run's lock names the next run's pid too.
-_HELD_LOCKS: set[str] = set()
-
-
-def _locks_set_aside(lock: Path) -> list[Path]:
-    """Locks renamed aside by :meth:`OutputLock._break_stale` (``.lock.stale-PID``); a run killed
-    between the rename and the removal leaves one."""
-    return sorted(lock.parent.glob(glob.escape(lock.name) + ".stale-*")) if lock.parent.is_dir() else []
-
-
-def _lock_file_stale(path: Path) -> bool:
-    """A lock file left by a process gone from this host, or naming this process without being one
-    it holds (a missing file counts as stale; an unreadable or half-written one only when older
-    than a minute: its writer may be mid-write)."""
-    try:
-        text = path.read_text()
-        pid_s, host = text.split()[:2]
-        pid = int(pid_s)
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        try:
-            return time.time() - path.stat().st_mtime > 60
-        except OSError:
-            return True
-    if host != socket.gethostname():
-        return False
-    return text not in _HELD_LOCKS if pid == os.getpid() else not _pid_alive(pid)
-
-
-class OutputLock:
-    """An exclusive lock file beside an output (``O_CREAT | O_EXCL``; works on NFS v3+ too).
-
-    A lock left by a dead process on this host is taken over; a live one (or one from another host)
-    makes this run report the output as locked.
-    """
-
-    def __init__(self, path: Path, target: Path) -> None:
-        self.path = path
-        self.target = target
-        self.held = False
-
-    def __enter__(self) -> OutputLock:
-        # pid and host, then a token of this lock alone (older runs read the first two fields)
-        me = f"{os.getpid()} {socket.gethostname()} {secrets.token_hex(8)}\n"
-        _HELD_LOCKS.add(me)  # before the file names us: another thread here must not judge it stale
-        try:
-            for _ in range(2):
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    if self._stale() and self._break_stale():
-                        continue
-                    raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
-                except OSError as exc:
-                    raise cog.output_error(exc, self.target) from None
-                try:
-                    os.write(fd, me.encode())
-                finally:
-                    os.close(fd)
-                self.held, self._me = True, me
-                for aside in _locks_set_aside(self.path):
-                    # a killed takeover's leftover; removed once the lock it holds is stale, as its
-                    # taker would have done (one holding a live run's lock waits for that run's end)
-                    if _lock_file_stale(aside):
-                        cog.remove_quietly(aside)
-                return self
-            raise OutputError(f"{self.target}: cannot take the lock {self.path}")
-        except BaseException:
-            _HELD_LOCKS.discard(me)
-            raise
-
-    def _owner(self) -> str:
-        try:
-            pid, host = self.path.read_text().split()[:2]
-            return f"pid {pid} on {host}"
-        except (OSError, ValueError):
-            return "unknown owner"
-
-    def _stale(self) -> bool:
-        return _lock_file_stale(self.path)
-
-    def _break_stale(self) -> bool:
-        """Remove the stale lock so that of several runs doing so at once only one succeeds: the lock
-        is first renamed to a name of this process's own (one rename wins), then judged again; a lock
-        that turned out live (another run's, made between our check and the rename) is put back.
-        True: try to create ours now."""
-        grabbed = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-        try:
-            os.replace(self.path, grabbed)
-        except FileNotFoundError:
-            return True  # someone removed it: try to create ours
-        except OSError:
-            return False
-        stale = _lock_file_stale(grabbed)
-        if not stale:
-            try:
-                os.link(grabbed, self.path)  # back in place, unless a new lock is already there
-            except OSError:
-                pass
-        try:
-            grabbed.unlink()
-        except OSError:
-            pass
-        return stale
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held:
-            try:  # only our own lock: never a file another run put there
-                if self.path.read_text() == self._me:
-                    self.path.unlink()
-            except OSError:
-                pass
-            _HELD_LOCKS.discard(self._me)
-            self.held = False
 
 
 # --------------------------------------------------------------------------- inputs → outputs
