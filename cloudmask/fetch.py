@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from cloudmask.errors import FetchError, UsageError
+from cloudmask.errors import FetchError, OutputError, UsageError, first_line
+from cloudmask.files import FETCH_LOCK, FETCH_MARKER, OutputLock
 from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
 
 log = logging.getLogger("cloudmask.fetch")
@@ -286,27 +287,73 @@ def _multihash_check(path: Path, checksum: str, what: str) -> None:
     log.info("%s: file:checksum %s uses an unsupported hash; only the size was checked", what, checksum[:8])
 
 
+class Stopped(Exception):
+    """The run was interrupted: a download stops between two chunks, keeping its ``.part``."""
+
+
+def _validators(resp: Any) -> dict[str, Any]:
+    """What identifies the version of a remote file: its strong ETag, Last-Modified and size."""
+    etag = resp.headers.get("ETag")
+    return {"etag": etag if etag and not etag.startswith("W/") else None,
+            "last_modified": resp.headers.get("Last-Modified"), "size": _expected_total(resp, 0)}
+
+
+def _read_validators(path: Path) -> dict[str, Any] | None:
+    try:
+        v = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return v if isinstance(v, dict) else None
+
+
+def _same_version(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The bytes on disk and the server's come from one version of the file (what both sides say)."""
+    return all(saved.get(k) is None or now.get(k) is None or saved[k] == now[k] for k in ("etag", "last_modified", "size"))
+
+
+def _discard(part: Path, meta: Path) -> None:
+    """Remove a part file and the record of its version."""
+    part.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+
+
 def download_file(
     session: Any,
     task: FileTask,
     retry: Retry,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
-    """Stream ``task.href`` to ``task.dest`` via ``.part`` with resume, retries and size/checksum checks."""
+    """Stream ``task.href`` to ``task.dest`` via ``.part`` with resume, retries and size/checksum checks.
+
+    Beside the ``.part``, ``.part.json`` keeps the server's ETag / Last-Modified / size of the
+    version being fetched: a resume asks for the rest of *that* version (``If-Range``) and starts
+    over when the server's file has changed, instead of stitching two versions together (sizes
+    alone match when a file is re-published). ``stop`` set: :class:`Stopped` between two chunks."""
     import requests
 
     part = task.dest.with_name(task.dest.name + ".part")
+    meta = part.with_name(part.name + ".json")
     what = f"item {task.found.id} band {task.band} ({task.href})"
     last = ""
     for attempt in range(retry.attempts):
         have = part.stat().st_size if part.exists() else 0
+        saved = _read_validators(meta) if have else None
+        if have and saved is None:  # a part of unknown version (no record, or an older run's): start over
+            _discard(part, meta)
+            have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
+        if saved is not None and (saved.get("etag") or saved.get("last_modified")):
+            headers["If-Range"] = saved.get("etag") or saved["last_modified"]
         try:
             with session.get(task.href, headers=headers, stream=True, timeout=retry.timeout) as resp:
                 if resp.status_code == 416 and have:
                     # The server says our part file already covers the resource (or is bigger): start over.
-                    part.unlink(missing_ok=True)
+                    _discard(part, meta)
                     raise _Transient("HTTP 416 on resume; restarting the file")
+                if resp.status_code == 206 and saved is not None and not _same_version(saved, _validators(resp)):
+                    _discard(part, meta)  # a server that ignores If-Range sent the new version's rest
+                    raise _Transient("the file changed on the server since its part was fetched; starting over")
                 if resp.status_code >= 500 or resp.status_code == 429:
                     raise _Transient(f"HTTP {resp.status_code}")
                 if resp.status_code == 403 and _is_signed(task.href):
@@ -317,6 +364,8 @@ def download_file(
                     raise FetchError(f"{what}: HTTP {resp.status_code} {resp.reason}")
                 total = _expected_total(resp, have)
                 mode = "ab" if resp.status_code == 206 else "wb"
+                if mode == "wb":  # the version this part is of, for the next resume
+                    meta.write_text(json.dumps(_validators(resp)), encoding="utf-8")
                 if mode == "wb" and have:
                     log.info("%s: server ignored Range; downloading from the start", what)
                     if progress:
@@ -331,6 +380,8 @@ def download_file(
                         fh.write(chunk)
                         if progress:
                             progress(task.key, len(chunk), total)
+                        if stop is not None and stop.is_set():
+                            raise Stopped(what)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             last = type(exc).__name__
         except _Transient as exc:
@@ -343,17 +394,20 @@ def download_file(
             if expected is not None and got < expected:
                 last = f"short read ({got} of {expected} bytes)"
             elif expected is not None and got > expected:
-                part.unlink(missing_ok=True)
+                _discard(part, meta)
                 last = f"file grew past its size ({got} > {expected} bytes)"
             else:
                 if task.checksum:
                     try:
                         _multihash_check(part, task.checksum, what)
                     except FetchError:
-                        part.unlink(missing_ok=True)
+                        _discard(part, meta)
                         raise
                 os.replace(part, task.dest)
+                meta.unlink(missing_ok=True)
                 return task.dest
+        if stop is not None and stop.is_set():
+            raise Stopped(what)
         if attempt + 1 < retry.attempts:
             log.info("%s: %s; retrying (%d/%d)", what, last, attempt + 1, retry.attempts - 1)
             retry.sleep(attempt)
@@ -493,9 +547,6 @@ def fetch(
     ``clip_bbox`` defaults to each plan's own (:func:`plan`'s): given only to ``plan``, the box was
     ignored here and whole assets were downloaded under a plan made for a clip.
     """
-    import requests
-    from requests.adapters import HTTPAdapter
-
     retry = retry or Retry()
     if clip_bbox is not None:
         box = tuple(float(v) for v in clip_bbox)
@@ -505,16 +556,45 @@ def fetch(
                              "give the same box to plan() and fetch(), or only to plan()")
         for p in plans:
             p.clip_bbox = box  # what each item is cut to, and what its item.json records
-    for p in plans:
-        if p.skipped or p.error is not None:
-            continue
-        try:
-            p.folder.mkdir(parents=True, exist_ok=True)
-            if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
-                for old in [p.folder / ITEM_FILE, *p.stale]:
-                    old.unlink(missing_ok=True)
-        except OSError as exc:  # e.g. a file where its folder goes: this item fails, the others go on
-            p.error = f"{p.folder}: cannot create folder ({_os_reason(exc)})"
+    locks: list[OutputLock] = []
+    try:
+        for p in plans:
+            if p.skipped or p.error is not None:
+                continue
+            try:
+                p.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. a file where its folder goes: this item fails, the others go on
+                p.error = f"{p.folder}: cannot create folder ({_os_reason(exc)})"
+                continue
+            # one run per item folder: two renaming each other's .part files failed both and could
+            # leave a corrupt band in a folder marked complete
+            lock = OutputLock(p.folder / FETCH_LOCK, p.folder)
+            try:
+                lock.__enter__()
+            except (OutputError, OSError) as exc:
+                busy = isinstance(exc, OutputError) and "another run" in str(exc)
+                p.error = f"{p.folder}: another run is fetching this item ({lock._owner()})" if busy else first_line(exc)
+                continue
+            locks.append(lock)
+            try:
+                (p.folder / FETCH_MARKER).touch()  # "not complete" for readers, until item.json is in
+                if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
+                    for old in [p.folder / ITEM_FILE, *p.stale]:
+                        old.unlink(missing_ok=True)
+            except OSError as exc:
+                p.error = f"{p.folder}: cannot write in the folder ({_os_reason(exc)})"
+        return _fetch_locked(plans, retry, workers, progress, on_file_done)
+    finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
+
+
+def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progress: ProgressFn | None,
+                  on_file_done: Callable[[FileTask], None] | None) -> list[ItemPlan]:
+    """:func:`fetch` once the item folders are made and locked."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
     todo = [p for p in plans if not p.skipped and p.error is None]
     tasks = [t for p in todo for t in p.files if not t.dest.is_file()]
     owner = {id(t): p for p in todo for t in p.files}
@@ -525,35 +605,48 @@ def fetch(
     session.mount("https://", adapter)
     errors: list[FetchError] = []
     lock = threading.Lock()
+    stop = threading.Event()
 
     def run(t: FileTask) -> FileTask:
         box = owner[id(t)].clip_bbox
+        if stop.is_set():
+            raise Stopped(t.key)
         try:
             if box is not None:
                 clip_file(t, box, retry)
             else:
-                download_file(session, t, retry, progress)
+                download_file(session, t, retry, progress, stop)
         except OSError as exc:  # e.g. the disk filled up: named with the file, this item fails
             raise FetchError(f"{t.dest}: {_os_reason(exc)}") from None
         return t
 
-    with session, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(run, t): t for t in tasks}
-        for fut in as_completed(futures):
-            try:
-                t = fut.result()
-            except FetchError as exc:
-                with lock:
-                    errors.append(exc)
-                    p = owner[id(futures[fut])]
-                    p.error = p.error or str(exc)
-                continue
-            if on_file_done:
-                on_file_done(t)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        with session:
+            futures = {pool.submit(run, t): t for t in tasks}
+            for fut in as_completed(futures):
+                try:
+                    t = fut.result()
+                except FetchError as exc:
+                    with lock:
+                        errors.append(exc)
+                        p = owner[id(futures[fut])]
+                        p.error = p.error or str(exc)
+                    continue
+                if on_file_done:
+                    on_file_done(t)
+    except BaseException:
+        # Ctrl-C, SIGTERM: the queued files are dropped and the running ones stop at their next
+        # chunk, keeping their .part for the next run (the pool's own exit waited for every file)
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     for p in todo:
         if p.error is None and all(t.dest.is_file() for t in p.files):
             try:
                 _write_item(p)
+                (p.folder / FETCH_MARKER).unlink(missing_ok=True)
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
                 errors.append(FetchError(p.error))

@@ -14,6 +14,12 @@ from pathlib import Path
 from cloudmask.errors import OutputError
 
 
+#: In an item folder of ``cloudmask fetch``: the run fetching it (lock), and "not complete yet" (a
+#: marker kept until its item.json is written, so readers refuse a half-fetched folder).
+FETCH_LOCK = ".cloudmask-fetch.lock"
+FETCH_MARKER = ".cloudmask-fetching"
+
+
 def _read_umask() -> int:
     current = os.umask(0)  # the only way to read it is to set it: done once, at import, not while
     os.umask(current)  # other threads may be creating files

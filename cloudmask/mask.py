@@ -272,6 +272,8 @@ def _scene_stem(source: str) -> str:
             name = path.parent.name  # outputs of a URL are not mirrored: "item" would name them all
     else:
         name = Path(source).name
+        if name.lower() == "item.json":  # `cloudmask fetch`'s <id>/item.json: "item" named them all
+            name = Path(source).resolve().parent.name or name
     for suffix in (".json", *_SCENE_FILES):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]

@@ -44,6 +44,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.vrt import WarpedVRT
 
 from cloudmask.errors import BandError, SceneError, UnknownSensorError, UsageError, first_line
+from cloudmask.files import FETCH_MARKER
 from cloudmask.registry import Band, Registry, Scaling, Sensor, load_registry
 
 #: The item property naming the registry sensor (``cloudmask fetch`` and ``cloudmask simulate`` write it).
@@ -909,6 +910,10 @@ def _read_archive(path: Path, sensor, bands, product, resolution, registry, chun
 
 def _read_band_folder(path: Path, sensor, bands, product, resolution, registry, chunks) -> Scene:
     entries = sorted(p for p in path.iterdir() if p.is_file())
+    unfinished = [p.name for p in entries if p.name == FETCH_MARKER or p.name.endswith(".part")]
+    if unfinished:  # masked with the bands it has, a half-fetched scene was then skipped as done for good
+        raise SceneError(f"{path}: its download is not complete ({unfinished[0]}): run cloudmask fetch again "
+                         "(a run stopped, failed, or still at work)")
     files = [p for p in entries if p.suffix.lower() in _RASTER_SUFFIXES]
     item_json, item = _stac_item_in(path)
     if not files:

@@ -156,7 +156,27 @@ class _Handler(RangeRequestHandler):
         if fault in ("drop", "range-drop"):
             self._cut_short(path, ranged=fault == "range-drop")
             return
+        if fault == "slow":
+            self._trickle(path)
+            return
         super().do_GET()
+
+    def _trickle(self, path: str) -> None:
+        """The whole file (200), 256 bytes every 20 ms: a download that takes a while."""
+        file = Path(self.translate_path(path))
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/tiff")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Last-Modified", self.date_time_string(int(file.stat().st_mtime)))
+        self.end_headers()
+        try:
+            for i in range(0, len(data), 256):
+                self.wfile.write(data[i : i + 256])
+                self.wfile.flush()
+                time.sleep(0.02)
+        except OSError:
+            pass  # the client went away
 
 
 def serve_files(root: str, control: str) -> None:

@@ -13,6 +13,7 @@ from fetch_servers import S2_SIZE, write_s2_item
 
 from cloudmask import fetch, stac
 from cloudmask.errors import FetchError
+from cloudmask.files import FETCH_MARKER
 from cloudmask.scene import read_scene
 
 FAST = fetch.Retry(attempts=4, backoff=0.01, timeout=10)
@@ -130,7 +131,8 @@ def test_404_is_a_clear_error_without_files(file_server, tmp_path) -> None:
     (file_server.root / "S2A_gone" / "red.tif").unlink()
     with pytest.raises(FetchError, match=r"item S2A_gone band B04 .*HTTP 404"):
         fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
-    assert list((tmp_path / "S2A_gone").iterdir()) == []
+    # no band, no lock: only the marker saying the item is not complete (for `cloudmask mask`)
+    assert [p.name for p in (tmp_path / "S2A_gone").iterdir()] == [FETCH_MARKER]
     assert len(file_server.gets("/S2A_gone/red.tif")) == 1  # not retried
 
 
@@ -152,7 +154,8 @@ def test_size_and_checksum_are_checked(file_server, tmp_path) -> None:
     with pytest.raises(FetchError, match="band B03 .*checksum mismatch"):
         fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
     folder = tmp_path / "S2A_sum"
-    assert sorted(p.name for p in folder.iterdir()) == ["B04.tif"]  # verified one kept, bad one removed
+    # verified one kept, bad one removed (and its version record); the item marked not complete
+    assert sorted(p.name for p in folder.iterdir()) == [FETCH_MARKER, "B04.tif"]
 
 
 def test_clip_reads_only_the_window(file_server, tmp_path) -> None:
@@ -284,3 +287,54 @@ def test_an_asset_holding_several_bands_is_fetched_once_and_read_layer_by_layer(
     want = (dn.astype("float32") - 1000) * 1e-4
     for i, b in enumerate(names):
         np.testing.assert_allclose(scene.data.sel(band=b).values, want[i], atol=1e-6)
+
+
+def test_a_part_of_another_version_is_not_resumed(file_server, tmp_path) -> None:
+    """A resume asked only for the bytes after the .part: a file re-published at the same URL (or a
+    stray .part) was stitched from two versions and saved as complete when the sizes matched."""
+    item = write_s2_item(file_server, "S2A_ver", bands=["B04"], size=256)
+    src = file_server.root / "S2A_ver" / "red.tif"
+    folder = tmp_path / "S2A_ver"
+    folder.mkdir()
+    part = folder / "B04.tif.part"
+    # a part of unknown version (no record beside it): fetched again from the start
+    part.write_bytes(b"\xff" * 2000)
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert (folder / "B04.tif").read_bytes() == src.read_bytes()
+    assert file_server.gets("/S2A_ver/red.tif")[-1] is None and not list(folder.glob("*.part*"))
+    # a part recorded for a version the server no longer has (another Last-Modified): started over
+    (folder / "B04.tif").unlink()
+    (folder / "item.json").unlink()
+    part.write_bytes(b"\xff" * 2000)
+    (folder / "B04.tif.part.json").write_text(json.dumps(
+        {"etag": None, "last_modified": "Mon, 01 Jan 2001 00:00:00 GMT", "size": src.stat().st_size}))
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert (folder / "B04.tif").read_bytes() == src.read_bytes()
+    ranges = file_server.gets("/S2A_ver/red.tif")[-2:]
+    assert ranges[0] == "bytes=2000-" and ranges[1] is None  # asked for the rest, saw another version, restarted
+    # the same version: resumed (what the record is for)
+    data = src.read_bytes()
+    (folder / "B04.tif").unlink()
+    (folder / "item.json").unlink()
+    file_server.faults["/S2A_ver/red.tif"] = ["drop"]
+    with pytest.raises(FetchError):
+        fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=fetch.Retry(attempts=1, backoff=0.01))
+    assert part.exists() and (folder / "B04.tif.part.json").exists()
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert (folder / "B04.tif").read_bytes() == data and file_server.gets("/S2A_ver/red.tif")[-1].startswith("bytes=")
+
+
+def test_two_runs_on_one_item_folder(file_server, tmp_path) -> None:
+    """Two runs fetching the same item renamed each other's .part files (both failed, and a band could
+    end up corrupt in a folder marked complete): the second one now says another run has it."""
+    from cloudmask.files import FETCH_LOCK, OutputLock
+
+    item = write_s2_item(file_server, "S2A_two", bands=["B04"])
+    folder = tmp_path / "S2A_two"
+    folder.mkdir()
+    with OutputLock(folder / FETCH_LOCK, folder):  # another run of this process holds the item
+        with pytest.raises(FetchError, match="another run is fetching this item"):
+            fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert file_server.gets("/S2A_two/red.tif") == []
+    fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
+    assert sorted(p.name for p in folder.iterdir()) == ["B04.tif", "item.json"]

@@ -1307,3 +1307,13 @@ def test_a_scene_failing_mid_run_leaves_no_empty_folders_in_the_mirror(tmp_path,
     (r,) = mask_many([str(arc)], tmp_path / "out", MaskOptions(tiles=SMALL), predictor)
     assert r.status == "failed" and "reading failed mid-scene" in r.message
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["keep"]
+
+
+def test_a_local_item_json_is_named_after_its_folder(tmp_path):
+    """`cloudmask mask scenes/<id>/item.json -o masks/`, one scene per command: every output was
+    item_cloudmask.tif, so the second scene was skipped as done."""
+    for name in ("S2A_one", "S2B_two"):
+        folder = tmp_path / "scenes" / name
+        folder.mkdir(parents=True)
+        write_item(folder / "item.json", stac_item(name, {"B04": "B04.tif"}))
+        assert output_for(str(folder / "item.json"), folder, tmp_path / "masks") == tmp_path / "masks" / f"{name}_cloudmask.tif"

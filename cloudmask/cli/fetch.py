@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cloudmask.cli.app import app
 from cloudmask.cli.common import (Command, JsonOpt, QuietOpt, SensorsDirOpt, console, err_console, error_message, print_json,
-                                  use_sensors_dirs)
+                                  Terminated, use_sensors_dirs)
 from cloudmask.errors import FetchError, UsageError
 
 
@@ -79,11 +79,14 @@ def fetch_cmd(
         when = stac.parse_date(date) if date else None
         _fetch_run(plans, output, box, geometry, when, sensor, catalog, collection, product, max_cloud, limit, clip,
                    dry_run, workers, retries, json_out, quiet)
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         # what was fetched, what was already here and what failed, then the error line (exit 1):
-        # a cron job reading --json gets one document with every item's state
+        # a cron job reading --json gets one document with every item's state (Ctrl-C and SIGTERM too)
         if json_out and not isinstance(exc, BrokenPipeError):
-            print_json({"dry_run": dry_run, "items": [p.summary() for p in plans], "error": error_message(exc)})
+            stopped = isinstance(exc, KeyboardInterrupt)
+            why = ("terminated" if isinstance(exc, Terminated) else "interrupted") if stopped else error_message(exc)
+            print_json({"dry_run": dry_run, "items": [p.summary() for p in plans], "error": why,
+                        **({"interrupted": True} if stopped else {})})
         elif plans:
             if not dry_run:  # (a dry run printed its table already)
                 _report(plans, False, quiet, dry_run=False)

@@ -208,10 +208,10 @@ def test_a_full_disk_names_the_file_and_keeps_what_finished(api, tmp_path, monke
 
     real = fetch_mod.download_file
 
-    def fill_up(session, task, retry, progress=None):
+    def fill_up(session, task, retry, progress=None, stop=None):
         if task.found.id == "S2B_MSIL2A_20240610":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(session, task, retry, progress)
+        return real(session, task, retry, progress, stop)
 
     monkeypatch.setattr(fetch_mod, "download_file", fill_up)
     url, _ = api
@@ -221,3 +221,44 @@ def test_a_full_disk_names_the_file_and_keeps_what_finished(api, tmp_path, monke
     assert "S2B_MSIL2A_20240610/B04.tif: disk full while writing (no space left on device)" in res.stderr
     assert (out / "S2A_MSIL2A_20240605" / "item.json").is_file()  # the finished item is saved
     assert not (out / "S2B_MSIL2A_20240610" / "item.json").exists()
+
+
+def test_sigterm_stops_a_fetch_at_once_and_the_next_run_resumes(file_server, stac_servers, tmp_path) -> None:
+    """`timeout`/a scheduler's SIGTERM (and Ctrl-C) waited for every queued download to finish; now
+    the queued ones are dropped, the running ones stop at their next chunk and keep their .part."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    item = write_s2_item(file_server, "S2A_MSIL2A_slow", bands=["B02", "B03", "B04", "B08"], size=96)
+    url = stac_servers.serve([item])
+    for href in {a["href"] for a in item["assets"].values() if a["href"].endswith(".tif")}:
+        file_server.faults[href.split(file_server.url, 1)[-1]] = ["slow"]
+    out = tmp_path / "scenes"
+    proc = subprocess.Popen([sys.executable, "-m", "cloudmask", *_args(url, "--json", "--workers", "2", "-o", str(out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    folder = out / "S2A_MSIL2A_slow"
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.part")) if folder.is_dir() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert time.monotonic() - sent < 5, "it went on downloading"
+    doc = json.loads(stdout)
+    assert doc["interrupted"] is True and doc["error"] == "terminated"
+    assert not (folder / "item.json").exists() and (folder / ".cloudmask-fetching").exists()
+    assert len(list(folder.glob("*.tif"))) < 4 and list(folder.glob("*.tif.part.json"))
+    assert not (folder / ".cloudmask-fetch.lock").exists()
+    # mask refuses the half-fetched folder rather than mask it with the bands it has
+    res = runner.invoke(app, ["mask", str(folder), "-o", str(tmp_path / "masks")])
+    assert res.exit_code != 0 and "fetch" in res.stderr, res.output
+    res = runner.invoke(app, _args(url, "--quiet", "-o", str(out)))
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in folder.iterdir()) == ["B02.tif", "B03.tif", "B04.tif", "B08.tif", "item.json"]
+    for band, key in (("B02", "blue"), ("B08", "nir")):
+        assert (folder / f"{band}.tif").read_bytes() == (file_server.root / "S2A_MSIL2A_slow" / f"{key}.tif").read_bytes()
