@@ -14,6 +14,7 @@ means adding a YAML file, not code. Two things catalogues get wrong are handled 
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import math
@@ -78,6 +79,24 @@ def _parse_instant(text: str, end: bool) -> datetime:
     """A day (any ISO 8601 date form: 2024-06-02, 20240602) is the whole UTC day; a date-time with
     an offset is converted to UTC, one without is taken as UTC. Naive UTC out."""
     text = text.strip()
+    # coarser ISO 8601 dates are their whole span: a year, a month, a week (fromisoformat took a
+    # week for its Monday alone; a year or a month was refused though `search` passes them on)
+    span = None
+    if m := re.fullmatch(r"(\d{4})", text):
+        span = (date(int(m[1]), 1, 1), date(int(m[1]), 12, 31))
+    elif m := re.fullmatch(r"(\d{4})-(\d{2})", text):
+        year, month = int(m[1]), int(m[2])
+        if not 1 <= month <= 12:
+            raise UsageError(f"--date {text!r}: no such month")
+        span = (date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1]))
+    elif m := re.fullmatch(r"(\d{4})-?W(\d{2})", text, re.I):
+        try:
+            span = (date.fromisocalendar(int(m[1]), int(m[2]), 1), date.fromisocalendar(int(m[1]), int(m[2]), 7))
+        except ValueError as exc:
+            raise UsageError(f"--date {text!r}: no such week ({exc})") from None
+    if span is not None:
+        d = span[1] if end else span[0]
+        return datetime(d.year, d.month, d.day, 23, 59, 59, 999999) if end else datetime(d.year, d.month, d.day)
     try:
         try:
             d = date.fromisoformat(text)
@@ -93,7 +112,8 @@ def _parse_instant(text: str, end: bool) -> datetime:
 
 
 def parse_date(text: str) -> str:
-    """``2024-06-01`` or ``2024-06-01/2024-06-30`` (either end may be ``..``) → a STAC datetime interval."""
+    """``2024-06-01`` or ``2024-06-01/2024-06-30`` (either end may be ``..``; a year ``2024``, a month
+    ``2024-06`` or an ISO week ``2024-W24`` is its whole span) → a STAC datetime interval."""
     text = str(text).strip()
     pieces = text.split("/")
     if len(pieces) > 2 or not text:

@@ -37,7 +37,12 @@ def test_parse_date_forms() -> None:
     # offsets are converted to UTC, not dropped; a date-time without one is UTC
     assert stac.parse_date("2024-06-02T00:00:00+02:00/2024-06-02T05:00:00+02:00") == "2024-06-01T22:00:00Z/2024-06-02T03:00:00Z"
     assert stac.parse_date("2024-06-02T10:30:00/2024-06-02T11:00Z") == "2024-06-02T10:30:00Z/2024-06-02T11:00:00Z"
-    for bad, word in [("2024-13-01", "no such day"), ("2024-06-xx", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
+    # a year, a month or an ISO week is its whole span (a week was its Monday alone; "2024-06" refused)
+    assert stac.parse_date("2024") == "2024-01-01T00:00:00Z/2024-12-31T23:59:59.999999Z"
+    assert stac.parse_date("2024-02") == "2024-02-01T00:00:00Z/2024-02-29T23:59:59.999999Z"
+    assert stac.parse_date("2024-W24") == "2024-06-10T00:00:00Z/2024-06-16T23:59:59.999999Z"
+    assert stac.parse_date("2024-05/2024-06") == "2024-05-01T00:00:00Z/2024-06-30T23:59:59.999999Z"
+    for bad, word in [("2024-13", "no such month"), ("2024-W60", "no such week"), ("2024-13-01", "no such day"), ("2024-06-xx", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
                       ("../..", "at least one")]:
         with pytest.raises(UsageError, match=word):
             stac.parse_date(bad)

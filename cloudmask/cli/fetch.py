@@ -40,7 +40,7 @@ def fetch_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write one sub-folder per item into.")] = Path("scenes"),
     bbox: Annotated[str | None, typer.Option("--bbox", metavar="W,S,E,N", help="Area as W,S,E,N in degrees.")] = None,
     geojson: Annotated[Path | None, typer.Option("--geojson", metavar="FILE", help="Area as a GeoJSON file (instead of --bbox).")] = None,
-    date: Annotated[str | None, typer.Option("--date", metavar="DATE[/DATE]", help="Day or range: 2024-06-01 or 2024-06-01/2024-06-30.")] = None,
+    date: Annotated[str | None, typer.Option("--date", metavar="DATE[/DATE]", help="Day or range: 2024-06-01 or 2024-06-01/2024-06-30 (a year 2024, month 2024-06 or week 2024-W24: all of it).")] = None,
     sensor: Annotated[list[str] | None, typer.Option("--sensor", "-s", metavar="SENSOR", help="Sensor id (repeatable); default sentinel2.")] = None,
     catalog: Annotated[str, typer.Option("--catalog", metavar="NAME|URL", help="earth-search, planetary-computer or a STAC API URL.")] = "earth-search",
     collection: Annotated[str | None, typer.Option("--collection", metavar="ID", help="Collection id (needed with a --catalog URL).")] = None,
