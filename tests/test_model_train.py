@@ -499,3 +499,22 @@ def test_the_documented_config_path_works_outside_a_checkout(tmp_path: Path, mon
     hatch = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]
     assert hatch["wheel"]["force-include"]["configs"] == "cloudmask/configs"
     assert "configs" in hatch["sdist"]["include"]
+
+
+def test_experiment_script_says_bad_requests_in_one_line(tmp_path: Path, capsys) -> None:
+    """Unknown variants, a missing run folder under --with, a bad real root: tracebacks (KeyError,
+    FileNotFoundError, a UsageError's) with exit 1; --report on nothing printed an empty table."""
+    from cloudmask.model.experiment import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps({"landsat-only": {"test": {}}}))
+    for argv, words in (
+        (["--out", str(tmp_path / "x"), "--variants", "foo"], "unknown 'foo'"),
+        (["--out", str(tmp_path / "x"), "--steps", "0"], "at least 1"),
+        (["--out", str(tmp_path / "none"), "--report"], "no results.json"),
+        (["--out", str(tmp_path / "a"), "--with", str(tmp_path / "missing"), "--report"], "missing: no results.json"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "none").exists()  # a report makes no folder

@@ -67,9 +67,12 @@ def test_labels_follow_cloud_cover(s2_bands: list[Band]) -> None:
 
 
 def test_nodata_border_and_dropout(s2_bands: list[Band]) -> None:
+    border = simulate_scene(s2_bands[:3], 64, rng=4, nodata_border_prob=1.0)
+    assert (border.labels == 255).any() and (border.labels != 255).any()
+    assert np.array_equal(border.labels == 255, np.isnan(border.data).all(axis=0))
     sim = simulate_scene(s2_bands[:3], 64, rng=4, nodata_border_prob=1.0, band_dropout=1.0)
-    assert (sim.labels == 255).any() and (sim.labels != 255).any()
     assert np.isnan(sim.data).all()
+    assert (sim.labels == 255).all()  # no band left, no class (the labels still said 0-3)
     assert sim.meta["dropped_bands"] == [b.name for b in s2_bands[:3]]
 
 
@@ -82,6 +85,14 @@ def test_bad_input(s2_bands: list[Band]) -> None:
         simulate_scene(s2_bands, 4)
     with pytest.raises(UsageError, match="biome"):
         simulate_scene(s2_bands, 32, biome="moon")
+    # label thresholds that lose a class or call everything cloud; a non-boolean switch; band names
+    for opts, words in (({"thick_tau": 0.1, "thin_min_tau": 2.0}, "thin_min_tau <= thick_tau"),
+                        ({"thick_tau": 0.0}, "thin_min_tau <= thick_tau"), ({"quantise": "yes"}, "true or false")):
+        with pytest.raises(UsageError, match=words):
+            simulate_scene(s2_bands, 32, rng=0, **opts)
+    for bad in (["B02", "B03", "B04"], "sentinel2", None):
+        with pytest.raises(UsageError, match="takes a Sensor"):
+            simulate_scene(bad, 32)
     with pytest.raises(UsageError, match="cloud_cover"):
         simulate_scene(s2_bands, 32, cloud_cover=2)
     with pytest.raises(UsageError, match="seed must be a whole number >= 0"):

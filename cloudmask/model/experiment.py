@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cloudmask.errors import CloudmaskError, UsageError, first_line
 from cloudmask.metrics import Windows, binned, window_confusions
 from cloudmask.model.data import get_simulator, load_real_tiles, sensor_bands
 from cloudmask.model.network import CloudNet, ModelConfig
@@ -190,20 +192,50 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score the bundled model on the same tests (not comparable one to one: it trained longer, on more)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (test scenes stay fixed)")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except CloudmaskError as exc:  # one line, as from the cloudmask command, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+
+
+def _read_results(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{folder}: no results.json (not an experiment run, or it has not finished a variant)") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable ({first_line(exc)})") from None
+    if not isinstance(results, dict):
+        raise UsageError(f"{path}: not an experiment's results")
+    return results
+
+
+def _run(args: argparse.Namespace) -> int:
+    unknown = [v for v in filter(None, args.variants.split(",")) if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"--variants: unknown {', '.join(map(repr, unknown))}; the variants are {', '.join(VARIANTS)}")
+    if args.steps < 1 or args.test_scenes < 1 or args.threads < 1:
+        raise UsageError("--steps, --test-scenes and --threads must be at least 1")
+    if args.report:  # reads only: no folder made, every folder named must hold results
+        runs = [_read_results(Path(args.out)), *(_read_results(Path(d)) for d in args.more)]
+        if not any(isinstance(v, dict) and "test" in v for r in runs for v in r.values()):
+            raise UsageError(f"{args.out}: its results hold no trained variant yet")
+        print(report(runs if args.more else runs[0]))
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    if args.report:
-        more = [json.loads((Path(d) / "results.json").read_text()) for d in args.more]
-        print(report([results, *more] if more else results))
-        return 0
+    results: dict[str, Any] = _read_results(out) if results_path.is_file() else {}
     tests = test_sets(args.real, args.test_scenes, args.test_size)
     if args.bundled:
         p = load_model()
         results[f"bundled {p.version}"] = score(p, tests)
         results_path.write_text(json.dumps(results, indent=2))
+        print(f"bundled {p.version}", json.dumps({k: round(m["cloud_f1"], 1) for k, m in results[f"bundled {p.version}"]["test"].items()}),
+              flush=True)
     for name in filter(None, args.variants.split(",")):
         v = VARIANTS[name]
         run = out / name.replace(" ", "-").replace("+", "_")

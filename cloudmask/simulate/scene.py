@@ -170,6 +170,11 @@ def _draw(opts: dict[str, Any], rng: np.random.Generator, bands: Sequence[Band])
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not lo <= float(v) <= hi:
             raise UsageError(f"{k} must be a number within {lo:g}..{hi:g}{unit}, got {v!r}")
         p[k] = float(v)
+    if not isinstance(p["quantise"], (bool, np.bool_)):
+        raise UsageError(f"quantise must be true or false, got {p['quantise']!r}")
+    if not 0 < p["thin_min_tau"] <= p["thick_tau"]:  # else the thin class vanishes, or every pixel is cloud
+        raise UsageError(f"label thresholds need 0 < thin_min_tau <= thick_tau, got {p['thin_min_tau']:g} and "
+                         f"{p['thick_tau']:g}")
     return p
 
 
@@ -196,7 +201,12 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     bands), NaN where nodata. Options are listed in :data:`DEFAULTS`; anything left at None is drawn
     at random. Equal ``rng`` seeds give identical scenes.
     """
+    if isinstance(bands, (str, bytes)) or bands is None:
+        raise UsageError(f"simulate_scene takes a Sensor (get_sensor('sentinel2')) or its Band objects, got {bands!r}")
     bands = tuple(bands.bands if isinstance(bands, Sensor) else bands)  # a Sensor: all its bands
+    if not all(isinstance(b, Band) for b in bands):
+        odd = next(b for b in bands if not isinstance(b, Band))
+        raise UsageError(f"simulate_scene takes a Sensor or Band objects (sensor.band(name)), got {odd!r}")
     if not bands:
         raise BandError("simulate_scene needs at least one band")
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -364,6 +374,8 @@ def simulate_scene(bands: Sequence[Band], size: int | tuple[int, int] = 256,
     for i, b in enumerate(bands):
         if b.name in dropped:
             data[i] = np.nan
+    if dropped:  # a pixel with no band left has no class either (every band dropped: the whole scene)
+        labels[np.isnan(data).all(axis=0)] = NODATA
 
     valid = labels != NODATA
     n_valid = max(int(valid.sum()), 1)
