@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -19,6 +20,27 @@ from cloudmask.registry import get_sensor
 def scene_seed(base: int, index: int) -> int:
     """Independent, reproducible per-scene seed: scene i of ``--seed S`` is the same whatever ``--n``."""
     return int(np.random.SeedSequence([base, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+#: What makes two simulated scenes of one name (sensor, seed, index) different scenes.
+_SCENE_KEYS = ("seed", "size", "bands", "pixel_size", "level", "cloud_cover_target")
+
+
+def _check_same_scene(sidecar: Path, meta: dict[str, Any]) -> None:
+    """Refuse to replace a scene of the same name simulated otherwise (other --bands, --size,
+    --pixel-size, --cloud-cover or --level with the same seed): names carry sensor, seed and index
+    only, and a rerun silently replaced the earlier scene with a different one."""
+    if not sidecar.is_file():
+        return
+    try:
+        old = json.loads(sidecar.read_text(encoding="utf-8"))["properties"]["sim:meta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not one of ours, or damaged: replaced as before
+    new = json.loads(json.dumps({k: meta.get(k) for k in _SCENE_KEYS}, default=float))
+    diff = [k for k in _SCENE_KEYS if old.get(k) != new[k]]
+    if diff:
+        raise UsageError(f"{sidecar.with_suffix('')}: the folder holds a scene of this name simulated otherwise "
+                         f"(it differs in {', '.join(diff)}); choose another -o (or --seed), or remove it")
 
 
 @app.command("simulate", cls=Command, short_help="Simulate labelled scenes (image, labels, JSON).")
@@ -61,7 +83,9 @@ def simulate_cmd(
         task = progress.add_task("simulate", total=n)
         for i in range(n):
             sim = simulate_scene(chosen, size, rng=scene_seed(base, i), **options)
-            paths = write_scene(sim, output, f"sim_{s.id}_{base}_{i:04d}", s.id)
+            name = f"sim_{s.id}_{base}_{i:04d}"
+            _check_same_scene(output / f"{name}.json", sim.meta)
+            paths = write_scene(sim, output, name, s.id)
             results.append({"index": i, "seed": sim.meta["seed"], **paths,
                             "class_fractions": sim.meta["class_fractions"], "biome": sim.meta["biome"]})
             progress.advance(task)

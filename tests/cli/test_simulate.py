@@ -82,3 +82,17 @@ def test_level_option(tmp_path: Path) -> None:
     assert item["properties"]["sim:meta"]["level"] == "boa"
     bad = _run("-s", "sentinel2", "-o", str(tmp_path), "--level", "l9")
     assert bad.exit_code == 2 and "level" in bad.output
+
+
+def test_a_scene_simulated_otherwise_is_not_replaced_under_its_name(tmp_path: Path) -> None:
+    """Names carry sensor, seed and index only: a rerun with other bands or size replaced the scene."""
+    out = tmp_path / "sims"
+    assert _run("-s", "sentinel2", "--seed", "3", "--size", "32", "-o", str(out), "-q").exit_code == 0
+    before = (out / "sim_sentinel2_3_0000_image.tif").read_bytes()
+    assert _run("-s", "sentinel2", "--seed", "3", "--size", "32", "-o", str(out), "-q").exit_code == 0  # the same scene again
+    for extra, words in ((["-b", "B02,B03,B04,B8A"], "bands"), (["--level", "boa"], "level")):
+        res = _run("-s", "sentinel2", "--seed", "3", "--size", "32", "-o", str(out), "-q", *extra)
+        assert res.exit_code == 2 and "simulated otherwise" in res.stderr and words in res.stderr, res.output
+    res = _run("-s", "sentinel2", "--seed", "3", "--size", "48", "-o", str(out), "-q")
+    assert res.exit_code == 2 and "differs in size" in res.stderr
+    assert (out / "sim_sentinel2_3_0000_image.tif").read_bytes() == before
