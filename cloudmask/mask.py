@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import glob
 import json
+import math
 import os
 import re
 import time
@@ -152,8 +153,8 @@ class MaskOptions:
         resolve_device(self.device)  # a GPU torch cannot see fails here, before any scene
         if self.tiles.threads is not None and self.tiles.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.tiles.threads}")
-        if self.resolution is not None and self.resolution <= 0:
-            raise UsageError(f"--resolution must be positive, got {self.resolution}")
+        if self.resolution is not None and not (math.isfinite(self.resolution) and self.resolution > 0):
+            raise UsageError(f"--resolution must be a positive number of metres, got {self.resolution}")
         if isinstance(self.sensor, str) and self.sensor:
             from cloudmask.registry import load_registry
 

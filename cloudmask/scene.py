@@ -643,9 +643,13 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     """``src``'s extent on a grid of ``resolution`` metres (in degrees at the extent's mid-latitude
     on a geographic CRS), oriented as ``src`` (north-up or south-up; rotated grids become north-up)."""
     t, w, h = src.transform, src.width, src.height
+    if src.crs is None and t == Affine.identity():  # pixel indices, not metres: no grid to resample on
+        raise UsageError(f"{Path(str(src.name)).name} is not georeferenced: --resolution has no metres to work with")
     xs, ys = zip(*(t @ corner for corner in ((0, 0), (w, 0), (0, h), (w, h))))
     left, right, south, north = min(xs), max(xs), min(ys), max(ys)
     xres = yres = float(resolution)
+    if src.crs is not None and src.crs.is_projected:  # metres in the CRS's own linear unit (US survey feet…)
+        xres = yres = float(resolution) / float(src.crs.linear_units_factor[1] or 1.0)
     if src.crs is not None and src.crs.is_geographic:
         yres = resolution / _M_PER_DEGREE
         xres = yres / max(float(np.cos(np.radians((south + north) / 2))), 0.01)

@@ -127,7 +127,7 @@ def test_values_that_cannot_be_reflectance_are_refused(predictor: Predictor) -> 
         assert "\n" not in str(err.value)
     filled = x.copy()
     filled[:, :4] = -9999.0
-    with pytest.raises(BandError, match="below -1.*Mark it as nodata"):
+    with pytest.raises(BandError, match="below -0.5.*Mark it as nodata"):
         predictor.predict_proba(filled, d)
     filled[:, :4] = np.nan  # the same pixels marked as nodata: fine
     assert predictor.predict_proba(filled, d).shape == (4, 40, 40)

@@ -612,3 +612,17 @@ def test_read_scene_refuses_impossible_resolution_and_chunks_and_takes_a_bands_s
         read_scene(src, sensor="sentinel2", bands=["blue", "green", "red", "nir"], chunks=0)
     scene = read_scene(src, sensor="sentinel2", bands="blue, green,red,nir")
     assert [b.common_name for b in scene.bands] == ["blue", "green", "red", "nir"]
+
+
+def test_resolution_is_metres_in_a_crs_measured_in_feet(tmp_path) -> None:
+    """--resolution 60 on a US-survey-feet grid made 60 ft pixels (3.3× too many)."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    ft = 1200 / 3937  # metres per US survey foot
+    dn = (random_reflectance(13, 60, 60, seed=5) * 10000 + 1000).astype("uint16")
+    path = write_raster(tmp_path / "feet.tif", dn, crs=CRS.from_epsg(2225), nodata=0, descriptions=S2_NAMES,
+                        transform=Affine(20 / ft, 0, 6000000, 0, -20 / ft, 2000000))
+    scene = read_scene(path, sensor="sentinel2", resolution=60)
+    assert scene.shape == (20, 20)
+    assert scene.transform.a == pytest.approx(60 / ft)

@@ -478,12 +478,30 @@ def test_values_that_cannot_be_reflectance_fail_the_scene(tmp_path):
     filled = np.round(refl * 10000 + 1000).astype("int16")
     filled[:, :20] = -9999  # fill, with no nodata in the file
     fill_int = write_raster(tmp_path / "S2A_MSIL2A_fill.tif", filled)
-    for src, words in ((dn_float, "look scaled"), (fill_int, "below -1")):
+    for src, words in ((dn_float, "look scaled"), (fill_int, "below -0.5")):
         out = tmp_path / ("out_" + src.stem)
         res = runner.invoke(app, ["mask", str(src), "-o", str(out), "--sensor", "sentinel2", "--product", "l2a", *FAST])
         assert res.exit_code == 2, res.output
         assert words in res.stderr and "Traceback" not in res.output
         assert not out.exists() or not any(out.iterdir())  # nothing written, no temporaries left
+    # the same fill under a product without an offset (scale 1e-4): -0.9999, which "below -1" let through
+    res = runner.invoke(app, ["mask", str(fill_int), "-o", str(tmp_path / "out_pre"), "--sensor", "sentinel2",
+                              "--product", "l2a-pre0400", *FAST])
+    assert res.exit_code == 2 and "below -0.5" in res.stderr, res.output
     ok = write_raster(tmp_path / "S2A_MSIL2A_ok.tif", np.round(refl * 10000 + 1000).astype("int16"))
     res = runner.invoke(app, ["mask", str(ok), "-o", str(tmp_path / "out_ok"), "--sensor", "sentinel2", "--product", "l2a", *FAST])
     assert res.exit_code == 0, res.output
+
+
+def test_resolution_must_be_finite_and_needs_a_georeferenced_scene(tmp_path):
+    """--resolution inf wrote a 1×1 mask with an inf/NaN transform and "Infinity" in its JSON; on a
+    file with no georeferencing, metres were taken as pixels."""
+    src = _s2(tmp_path / "S2A_MSIL2A_r.tif")
+    for value in ("inf", "nan", "0"):
+        res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "o"), "--resolution", value, *FAST])
+        assert res.exit_code == 2 and "--resolution" in res.stderr, (value, res.output)
+    dn = np.round(random_reflectance(13, 64, 72, seed=1) * 10000 + 1000).astype("uint16")
+    bare = write_raster(tmp_path / "S2A_MSIL2A_bare.tif", dn, nodata=0, crs=None)
+    res = runner.invoke(app, ["mask", str(bare), "-o", str(tmp_path / "o"), "--resolution", "60", *FAST])
+    assert res.exit_code == 2 and "not georeferenced" in res.stderr, res.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
