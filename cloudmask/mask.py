@@ -578,9 +578,14 @@ def _bounds_wgs84(scene: Scene) -> list[float] | None:
     h, w = scene.shape
     west, south, east, north = array_bounds(h, w, scene.transform)  # rasterio's order
     try:
-        return [float(v) for v in transform_bounds(scene.crs, "EPSG:4326", west, south, east, north)]
+        w, s, e, n = (float(v) for v in transform_bounds(scene.crs, "EPSG:4326", west, south, east, north))
     except Exception:  # noqa: BLE001 - odd CRS: the item simply carries no footprint
         return None
+    if e - w >= 360:
+        return [-180.0, s, 180.0, n]
+    # longitudes beyond ±180 (a grid past the antimeridian, 0-360 longitudes) are not GeoJSON: wrapped,
+    # a box across the antimeridian has west > east, as STAC writes it
+    return [(w + 180) % 360 - 180 if not -180 <= w <= 180 else w, s, (e + 180) % 360 - 180 if not -180 <= e <= 180 else e, n]
 
 
 def stac_item_for_mask(
@@ -604,7 +609,11 @@ def stac_item_for_mask(
     geometry = src_item.get("geometry")
     if geometry is None and bbox:
         w, s, e, n = bbox[:4]
-        geometry = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+        if w <= e:
+            geometry = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+        else:  # across the antimeridian: one box on each side of it
+            geometry = {"type": "MultiPolygon", "coordinates": [
+                [[[w, s], [180.0, s], [180.0, n], [w, n], [w, s]]], [[[-180.0, s], [e, s], [e, n], [-180.0, n], [-180.0, s]]]]}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     colormap = cog.BINARY_COLORMAP if options.binary else cog.MASK_COLORMAP
     classes = [
@@ -648,7 +657,7 @@ def stac_item_for_mask(
         if epsg:
             props["proj:code"] = f"EPSG:{epsg}"
         else:
-            props["proj:wkt2"] = scene.crs.to_wkt()
+            props["proj:wkt2"] = scene.crs.to_wkt(version="WKT2_2019")  # (GDAL's default is WKT1)
     props = {k: v for k, v in props.items() if v is not None}
     assets: dict[str, Any] = {
         "mask": {

@@ -1317,3 +1317,25 @@ def test_a_local_item_json_is_named_after_its_folder(tmp_path):
         folder.mkdir(parents=True)
         write_item(folder / "item.json", stac_item(name, {"B04": "B04.tif"}))
         assert output_for(str(folder / "item.json"), folder, tmp_path / "masks") == tmp_path / "masks" / f"{name}_cloudmask.tif"
+
+
+def test_stac_footprint_across_the_antimeridian_and_wkt2_for_custom_crs(tmp_path, predictor):
+    """A grid past 180° E gave bbox longitudes above 180 (not GeoJSON); proj:wkt2 held WKT1."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    dn = np.round(random_reflectance(13, 40, 40, seed=2) * 10000 + 1000).astype("uint16")
+    src = write_raster(tmp_path / "S2A_MSIL2A_dateline.tif", dn, nodata=0, crs=CRS.from_epsg(4326),
+                       transform=Affine(0.01, 0, 179.8, 0, -0.01, -16.0))
+    r = mask_scene(src, tmp_path / "out" / "a_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    item = json.loads(Path(r.item).read_text())
+    w, s, e, n = item["bbox"]
+    assert (w, e) == (pytest.approx(179.8), pytest.approx(-179.8)) and s < n  # west > east: across 180°
+    assert item["geometry"]["type"] == "MultiPolygon"
+    assert all(-180 <= x <= 180 for poly in item["geometry"]["coordinates"] for x, _ in poly[0])
+    laea = CRS.from_proj4("+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m")
+    src = write_raster(tmp_path / "S2A_MSIL2A_laea.tif", dn, nodata=0, crs=laea,
+                       transform=Affine(20, 0, 4321000, 0, -20, 3210000))
+    r = mask_scene(src, tmp_path / "out" / "b_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
+    props = json.loads(Path(r.item).read_text())["properties"]
+    assert props["proj:wkt2"].startswith("PROJCRS[")
