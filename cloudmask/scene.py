@@ -468,9 +468,13 @@ def _lazy_band(
     chunks: int,
     grid: tuple[Any, Affine, int, int] | None = None,
     resampling: Resampling = Resampling.bilinear,
+    mask_fill: float | None = None,
 ) -> tuple[xr.DataArray, np.dtype, float | None, tuple[str, int] | None]:
     """One band as a lazy 2-D array, warped onto ``grid`` = (crs, transform, width, height) if it
-    differs; last, ``(path, index)`` when it is not warped (see :attr:`RawBands.files`)."""
+    differs; last, ``(path, index)`` when it is not warped (see :attr:`RawBands.files`).
+
+    ``mask_fill``: the file marks nodata with a mask band (GDAL's internal or alpha mask, not a
+    nodata value): read through GDAL's warper, which honours it, with this value where masked."""
     path = _absolute(path)
     with _open(path) as src:
         if not 1 <= index <= src.count:
@@ -479,6 +483,11 @@ def _lazy_band(
         nodata = src.nodata
         _check_readable(src, Path(path), decode=False)
         same = grid is None or (src.width, src.height, src.transform) == (grid[2], grid[3], grid[1])
+        if grid is None:
+            grid = (src.crs, src.transform, src.width, src.height)
+        if mask_fill is None:  # a band file of a folder, SAFE or STAC item with a mask band of its own
+            mask_fill = _mask_fill(src)
+    same = same and mask_fill is None
     if same:
         da = _open_lazy(path, chunks)
     else:
@@ -486,9 +495,11 @@ def _lazy_band(
         src = _open(path)
         vrt = WarpedVRT(
             src, crs=crs or src.crs, transform=transform, width=width, height=height,
-            resampling=resampling, src_nodata=nodata, nodata=nodata,
+            resampling=resampling, src_nodata=nodata, nodata=nodata if mask_fill is None else mask_fill,
         )
         da = _open_lazy(vrt, chunks)
+        if mask_fill is not None:
+            nodata = mask_fill
     return da.isel(band=index - 1, drop=True), dtype, nodata, (path, index) if same else None
 
 
@@ -554,6 +565,7 @@ def _read_multiband(path: Path | str, sensor, bands, product, resolution, regist
         tags = src.tags()
         dtypes = [np.dtype(d) for d in src.dtypes]
         nodatas = [src.nodata] * count
+        fill = _mask_fill(src)
         _check_readable(src, path)
     sensor = resolve_sensor(sensor, registry, named.name, str(path), tags.get("CLOUDMASK_SENSOR"),
                             "its CLOUDMASK_SENSOR tag")
@@ -563,11 +575,15 @@ def _read_multiband(path: Path | str, sensor, bands, product, resolution, regist
     chosen = _name_file_bands(named, sensor, bands, count, descriptions)
     keep = [i for i in range(count) if i not in skip]  # 0-based layers read, in file order
     dtypes, nodatas = [dtypes[i] for i in keep], [nodatas[i] for i in keep]
-    if resolution:
-        grid = _grid_at_resolution(src, resolution)
-        crs, transform = grid[0], grid[1]
-        warped = [_lazy_band(str(path), i + 1, chunks, grid, Resampling.average)[0] for i in keep]
+    if resolution or fill is not None:
+        grid = _grid_at_resolution(src, resolution) if resolution else None
+        if grid is not None:
+            crs, transform = grid[0], grid[1]
+        warped = [_lazy_band(str(path), i + 1, chunks, grid, Resampling.average if resolution else Resampling.nearest,
+                             mask_fill=fill)[0] for i in keep]
         layers, coords, files = [w.data for w in warped], _grid_coords(warped[0]), None
+        if fill is not None:
+            nodatas = [fill] * len(keep)
     else:
         whole = _open_lazy(str(path), chunks)  # one band per chunk
         layers, coords = (whole.data if not skip else whole.data[keep]), _grid_coords(whole)
@@ -637,6 +653,23 @@ def _described_bands(sensor: Sensor, descriptions: Sequence[str | None]) -> list
 #: Metres per degree of latitude (and of longitude at the equator), for pixel sizes given in metres
 #: on a geographic grid.
 _M_PER_DEGREE = 111_320.0
+
+
+def _mask_fill(src: rasterio.io.DatasetReader) -> float | None:
+    """For a file whose nodata is a mask band (GDAL's internal per-dataset mask, e.g. ``rio cogeo
+    --add-mask``, or an alpha band) rather than a nodata value: the value masked pixels are read as
+    (NaN for floats, 0 or the type's minimum for integers), else None. Those pixels were classified."""
+    from rasterio.enums import MaskFlags
+
+    if src.nodata is not None:
+        return None
+    flags = src.mask_flag_enums
+    if not any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+        return None
+    dtype = np.dtype(src.dtypes[0])
+    if dtype.kind == "f":
+        return float("nan")
+    return 0.0 if dtype.kind == "u" else float(np.iinfo(dtype).min)
 
 
 def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tuple[Any, Affine, int, int]:

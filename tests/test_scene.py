@@ -626,3 +626,23 @@ def test_resolution_is_metres_in_a_crs_measured_in_feet(tmp_path) -> None:
     scene = read_scene(path, sensor="sentinel2", resolution=60)
     assert scene.shape == (20, 20)
     assert scene.transform.a == pytest.approx(60 / ft)
+
+
+def test_a_band_folder_whose_files_carry_internal_masks(tmp_path) -> None:
+    """Per-band files with GDAL internal masks (no nodata value): masked pixels are nodata (NaN)."""
+    import rasterio
+    from affine import Affine
+
+    folder = tmp_path / "S2A_MSIL2A_masks"
+    folder.mkdir()
+    dn = (random_reflectance(13, 32, 32, seed=3) * 10000 + 1000).astype("uint16")
+    for i, name in enumerate(S2_NAMES):
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+                folder / f"T32TMT_{name}.tif", "w", driver="GTiff", width=32, height=32, count=1, dtype="uint16",
+                crs="EPSG:32632", transform=Affine(20, 0, 500000, 0, -20, 5200000)) as dst:
+            dst.write(dn[i], 1)
+            valid = np.full((32, 32), 255, np.uint8)
+            valid[:8] = 0
+            dst.write_mask(valid)
+    values = read_scene(folder).data.values
+    assert np.isnan(values[:, :8]).all() and not np.isnan(values[:, 8:]).any()

@@ -505,3 +505,27 @@ def test_resolution_must_be_finite_and_needs_a_georeferenced_scene(tmp_path):
     res = runner.invoke(app, ["mask", str(bare), "-o", str(tmp_path / "o"), "--resolution", "60", *FAST])
     assert res.exit_code == 2 and "not georeferenced" in res.stderr, res.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_nodata_given_by_an_internal_mask_band_is_nodata(tmp_path):
+    """A GeoTIFF whose nodata is GDAL's internal mask (rio cogeo --add-mask), not a value: its masked
+    pixels were classified (0-3) and counted as valid."""
+    import rasterio
+    from affine import Affine
+
+    dn = np.round(random_reflectance(13, 64, 72, seed=6) * 10000 + 1000).astype("uint16")
+    src = tmp_path / "S2A_MSIL2A_masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            src, "w", driver="GTiff", width=72, height=64, count=13, dtype="uint16", crs="EPSG:32632",
+            transform=Affine(20, 0, 500000, 0, -20, 5200000), tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(dn)
+        valid = np.full((64, 72), 255, np.uint8)
+        valid[:, :24] = 0
+        dst.write_mask(valid)
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "out" / "S2A_MSIL2A_masked_cloudmask.tif") as m:
+        cls = m.read(1)
+    assert (cls[:, :24] == 255).all() and (cls[:, 24:] != 255).all()
+    fractions = json.loads(res.stdout)["scenes"][0]["fractions"]
+    assert fractions["nodata"] == pytest.approx(24 / 72)
