@@ -16,6 +16,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -281,7 +282,12 @@ def _scene_stem(source: str) -> str:
             break
     if name.lower().endswith(".safe"):  # a SAFE folder, or what remains of a .SAFE.zip
         name = name[: -len(".safe")]
-    return _sanitise(name)
+    if _is_url(source):
+        return _sanitise(name)
+    # a local file's own name, as the docs promise (NAME_cloudmask.tif): made ASCII, "a b.tif",
+    # "a#b.tif" and "a_b.tif" collided and "scène" lost its letter; only control characters go
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C").strip()
+    return name if name not in ("", ".", "..") else _sanitise(name)
 
 
 _BAND_STEM = re.compile(r"(^|[_.\-])((SR_|ST_)?B\d{1,2}A?)(_\d+m)?$", re.I)

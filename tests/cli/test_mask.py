@@ -529,3 +529,14 @@ def test_nodata_given_by_an_internal_mask_band_is_nodata(tmp_path):
     assert (cls[:, :24] == 255).all() and (cls[:, 24:] != 255).all()
     fractions = json.loads(res.stdout)["scenes"][0]["fractions"]
     assert fractions["nodata"] == pytest.approx(24 / 72)
+
+
+def test_local_file_names_are_kept_in_output_names(tmp_path):
+    """Names were made ASCII: "a b.tif", "a#b.tif" and "a_b.tif" collided (two failed as produced by
+    another scene) and "scène" became "sc_ne"; the docs promise NAME_cloudmask.tif."""
+    names = ["a b", "a#b", "a_b", "S2 scène #1"]
+    for i, name in enumerate(names):
+        _s2(tmp_path / "in" / f"{name}.tif", seed=i + 1)
+    res = runner.invoke(app, ["mask", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--sensor", "sentinel2", "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == sorted(f"{n}_cloudmask.tif" for n in names)
