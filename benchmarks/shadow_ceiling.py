@@ -34,8 +34,9 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import fftconvolve
 
 CLEAR, THICK, THIN, SHADOW, IGNORE = 0, 1, 2, 3, 255
-SETS = {"l8biome train": ["l8biome/train_*"], "l8biome val": ["l8biome/val_*"], "ukis landsat5": ["ukis/*"],
-        "cloudsen12 (S2)": ["cloudsen12/*"]}
+from cloudmask.model.report import VAL_PATTERNS  # noqa: E402 - the report's held-out sets, and the train split
+
+SETS = {"l8biome train": ["l8biome/train_*"], **VAL_PATTERNS}
 DIRECTIONS = range(0, 360, 15)
 RANGES = [(r0, r0 + w) for r0 in (0, 5, 10, 15, 20, 30, 40, 60, 80, 120) for w in (5, 10, 20, 40, 80) if r0 + w <= 160]
 RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
