@@ -374,6 +374,9 @@ def _short(exc: BaseException) -> str:
     errnos = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
     if errnos:
         return errnos[-1].strip()
+    timeout = re.search(r"(read|connect)[a-z ]*timed? ?out[^)]*?\((?:read |connect )?timeout=([\d.]+)\)", str(exc), re.I)
+    if timeout:  # urllib3's retry chain around it said nothing more
+        return f"no answer within {float(timeout[2]):g} s ({timeout[1].lower()} timeout)"
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
     return msg[:300]

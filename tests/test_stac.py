@@ -280,3 +280,18 @@ def test_landsat_and_sentinel2_in_one_search(file_server, stac_servers) -> None:
     lf = found[1]
     assert lf.sensor.id == "landsat8" and lf.product == l8.default_product
     assert set(lf.assets) == {b.name for b in l8.bands if b.assets.get("earth-search")}
+
+
+def test_a_timeout_is_said_in_a_few_words() -> None:
+    """A stalled catalogue's error was urllib3's whole retry chain in one line."""
+    read = Exception("HTTPConnectionPool(host='127.0.0.1', port=5): Max retries exceeded with url: /search (Caused by "
+                     "ReadTimeoutError(\"HTTPConnectionPool(host='127.0.0.1', port=5): Read timed out. (read timeout=30)\"))")
+    connect = Exception("HTTPConnectionPool(host='10.0.0.1', port=80): Max retries exceeded with url: / (Caused by "
+                        "ConnectTimeoutError(<urllib3.connection.HTTPConnection object at 0x7f>, 'Connection to 10.0.0.1 "
+                        "timed out. (connect timeout=30)'))")
+    assert stac._short(read) == "no answer within 30 s (read timeout)"
+    assert stac._short(connect) == "no answer within 30 s (connect timeout)"
+    refused = Exception("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded (Caused by NewConnectionError("
+                        "'<urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: "
+                        "[Errno 111] Connection refused'))")
+    assert stac._short(refused) == "Connection refused"
