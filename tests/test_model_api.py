@@ -121,7 +121,9 @@ def test_descriptors_in_nanometres_or_implausible_are_refused(predictor: Predict
 def test_values_that_cannot_be_reflectance_are_refused(predictor: Predictor) -> None:
     """DNs, percent or an unmarked -9999 fill gave a confident mask (all cloud, or shadow), no error."""
     x, d = _scene(5, 40, 40)
-    for bad, words in ((np.round(x * 10000 + 1000), "look scaled"), (x * 100, "look scaled")):
+    one_band = x.copy()
+    one_band[2] = np.round(x[2] * 10000 + 1000)  # one band of DNs in a stack of reflectances
+    for bad, words in ((np.round(x * 10000 + 1000), "look scaled"), (x * 100, "look scaled"), (one_band, "look scaled")):
         with pytest.raises(BandError, match=words) as err:
             predictor.predict_proba(bad, d)
         assert "\n" not in str(err.value)

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,12 @@ def _check_reflectance(x: np.ndarray, d: np.ndarray, stored: StoredAffine | None
     if low > 0.001:
         raise BandError(f"{low:.1%} of the reflective values are below -0.5 (smallest {float(finite.min()):g}): a fill "
                         "value? Mark it as nodata (the file's nodata value; NaN in an array)")
-    median = float(np.median(finite))
+    # per band: one band of DNs among reflectances (a stack built by hand) gave all-cloud masks too
+    per_band = np.moveaxis(sample, -3, 0).reshape(refl.size, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a band with no valid value in the sample
+        medians = np.nanmedian(per_band, axis=1)
+    median = float(np.nanmax(medians)) if np.isfinite(medians).any() else 0.0
     if median > 5.0:
         raise BandError(f"reflective band values look scaled (median {median:g}): the model takes reflectance 0-1 "
                         "(a file's DNs: its product's scale/offset, --product; an array: DN * scale + offset, e.g. "
