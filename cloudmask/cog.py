@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import errno
+import glob
 import os
 import secrets
 from collections.abc import Iterable, Sequence
@@ -62,7 +63,7 @@ def stale_temps(dst: Path) -> list[Path]:
     """Temporaries a killed run left for ``dst`` (only safe to delete while holding its lock)."""
     if not dst.parent.is_dir():
         return []
-    return sorted(dst.parent.glob(f".{dst.name}{_TMP_MARK}*"))
+    return sorted(dst.parent.glob(f".{glob.escape(dst.name)}{_TMP_MARK}*"))  # a name may hold [ ] * ?
 
 
 def is_disk_full(exc: BaseException, path: Path | str | None = None, writing: bool = False) -> bool:
@@ -268,7 +269,7 @@ def _copy_to_cog(raw: Path, part: Path, overview_resampling: str) -> None:
 
 
 def _remove_with_gdal_temps(part: Path) -> None:
-    for p in part.parent.glob(part.name + "*"):  # the COG itself and GDAL's overview temporaries
+    for p in part.parent.glob(glob.escape(part.name) + "*"):  # the COG itself and GDAL's overview temporaries
         remove_quietly(p)
 
 

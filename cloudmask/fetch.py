@@ -52,8 +52,13 @@ class Retry:
     max_sleep: float = 20.0
     timeout: float = 60.0
 
-    def sleep(self, n: int) -> None:
-        time.sleep(min(self.max_sleep, self.backoff * (2**n)))
+    def sleep(self, n: int, stop: threading.Event | None = None) -> None:
+        """The pause before attempt ``n + 1``; cut short when ``stop`` is set (Ctrl-C, SIGTERM)."""
+        delay = min(self.max_sleep, self.backoff * (2**n))
+        if stop is None:
+            time.sleep(delay)
+        elif stop.wait(delay):
+            raise Stopped("stopped while waiting to retry")
 
 
 class _Transient(Exception):
@@ -337,6 +342,8 @@ def download_file(
     what = f"item {task.found.id} band {task.band} ({task.href})"
     last = ""
     for attempt in range(retry.attempts):
+        if stop is not None and stop.is_set():
+            raise Stopped(what)
         have = part.stat().st_size if part.exists() else 0
         saved = _read_validators(meta) if have else None
         if have and saved is None:  # a part of unknown version (no record, or an older run's): start over
@@ -364,7 +371,8 @@ def download_file(
                     raise FetchError(f"{what}: HTTP {resp.status_code} {resp.reason}")
                 total = _expected_total(resp, have)
                 mode = "ab" if resp.status_code == 206 else "wb"
-                if mode == "wb":  # the version this part is of, for the next resume
+                if mode == "wb":  # the version this part is of, for the next resume: written once the
+                    part.write_bytes(b"")  # old bytes are gone (a kill between the two must not pair them)
                     meta.write_text(json.dumps(_validators(resp)), encoding="utf-8")
                 if mode == "wb" and have:
                     log.info("%s: server ignored Range; downloading from the start", what)
@@ -406,11 +414,9 @@ def download_file(
                 os.replace(part, task.dest)
                 meta.unlink(missing_ok=True)
                 return task.dest
-        if stop is not None and stop.is_set():
-            raise Stopped(what)
         if attempt + 1 < retry.attempts:
             log.info("%s: %s; retrying (%d/%d)", what, last, attempt + 1, retry.attempts - 1)
-            retry.sleep(attempt)
+            retry.sleep(attempt, stop)
     kept = f"; {part.stat().st_size} bytes kept in {part.name} for the next run to resume" if part.exists() else ""
     raise FetchError(f"{what}: failed after {retry.attempts} attempts ({last}){kept}")
 
@@ -426,7 +432,7 @@ def _expected_total(resp: Any, have: int) -> int | None:
     return None
 
 
-def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
+def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry, stop: threading.Event | None = None) -> Path:
     """Write only the ``bbox`` (lon/lat) window of a remote COG, read with GDAL range requests."""
     import rasterio
     from rasterio.errors import RasterioIOError, WindowError
@@ -438,6 +444,8 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
     last = ""
     env = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "0", "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
     for attempt in range(retry.attempts):
+        if stop is not None and stop.is_set():
+            raise Stopped(what)
         try:
             with rasterio.Env(**env), rasterio.open(task.href) as src:
                 left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *bbox, densify_pts=21) if src.crs else bbox
@@ -475,7 +483,7 @@ def clip_file(task: FileTask, bbox: Sequence[float], retry: Retry) -> Path:
                 raise FetchError(f"{what}: cannot read ({last})") from None
         if attempt + 1 < retry.attempts:
             log.info("%s: %s; retrying (%d/%d)", what, last, attempt + 1, retry.attempts - 1)
-            retry.sleep(attempt)
+            retry.sleep(attempt, stop)
     raise FetchError(f"{what}: failed after {retry.attempts} attempts ({last})")
 
 
@@ -613,7 +621,7 @@ def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progres
             raise Stopped(t.key)
         try:
             if box is not None:
-                clip_file(t, box, retry)
+                clip_file(t, box, retry, stop)
             else:
                 download_file(session, t, retry, progress, stop)
         except OSError as exc:  # e.g. the disk filled up: named with the file, this item fails

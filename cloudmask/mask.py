@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import glob
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import numpy as np
 import rasterio
@@ -287,7 +288,16 @@ def _scene_stem(source: str) -> str:
     # a local file's own name, as the docs promise (NAME_cloudmask.tif): made ASCII, "a b.tif",
     # "a#b.tif" and "a_b.tif" collided and "scène" lost its letter; only control characters go
     name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C").strip()
-    return name if name not in ("", ".", "..") else _sanitise(name)
+    if name in ("", ".", ".."):
+        return _sanitise(name)
+    if len(name.encode("utf-8")) > _MAX_STEM_BYTES:  # "<stem>_cloudprob.tif" and ".<…>.lock" must fit in 255 bytes
+        cut = name.encode("utf-8")[: _MAX_STEM_BYTES - 9].decode("utf-8", "ignore")
+        name = f"{cut}_{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"  # long names stay apart
+    return name
+
+
+#: Longest output stem (bytes): file systems allow 255 per name; the temporaries add ~60.
+_MAX_STEM_BYTES = 180
 
 
 _BAND_STEM = re.compile(r"(^|[_.\-])((SR_|ST_)?B\d{1,2}A?)(_\d+m)?$", re.I)
@@ -393,7 +403,7 @@ def _item_local_files(path: Path) -> set[str]:
         href = asset.get("href") if isinstance(asset, dict) else None
         if not isinstance(href, str) or (_is_url(href) and not href.startswith("file://")):
             continue
-        target = Path(href.removeprefix("file://"))
+        target = Path(unquote(href.removeprefix("file://")))  # hrefs are URLs: "%20" is a space
         files.add(str((target if target.is_absolute() else path.parent / target).resolve()))
     return files
 
@@ -667,7 +677,7 @@ def stac_item_for_mask(
     props = {k: v for k, v in props.items() if v is not None}
     assets: dict[str, Any] = {
         "mask": {
-            "href": paths.mask.name,
+            "href": quote(paths.mask.name),  # a relative URL: "#", "?" and spaces encoded
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",
             "title": "Cloud mask" + (" (binary)" if options.binary else ""),
             "roles": ["data", "cloud"],
@@ -676,7 +686,7 @@ def stac_item_for_mask(
     }
     if options.probabilities:
         assets["probabilities"] = {
-            "href": paths.proba.name,
+            "href": quote(paths.proba.name),
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",
             "title": "Class probabilities in percent (bands: clear, thick, thin, shadow)",
             "roles": ["data"],

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import numpy as np
 import rasterio
@@ -1139,7 +1139,8 @@ def _read_stac_item(source: str, sensor, bands, product, resolution, registry, c
             continue
         href = item["assets"][key]["href"]
         if not _is_url(href) and not Path(href).is_absolute():
-            href = urljoin(base, href) if _is_url(base) else str(Path(base) / href)
+            # a relative href is a URL reference: "a%20b.tif" names "a b.tif" beside a local item
+            href = urljoin(base, href) if _is_url(base) else str(Path(base) / unquote(href))
         paths.append((href, asset_layer(item["assets"][key], band)))
         chosen.append(band)
     if not chosen:

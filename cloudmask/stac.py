@@ -83,10 +83,12 @@ def _parse_instant(text: str, end: bool) -> datetime:
     # week for its Monday alone; a year or a month was refused though `search` passes them on)
     span = None
     if m := re.fullmatch(r"(\d{4})", text):
+        if int(m[1]) < 1:
+            raise UsageError(f"--date {text!r}: no such year")
         span = (date(int(m[1]), 1, 1), date(int(m[1]), 12, 31))
     elif m := re.fullmatch(r"(\d{4})-(\d{2})", text):
         year, month = int(m[1]), int(m[2])
-        if not 1 <= month <= 12:
+        if not 1 <= month <= 12 or year < 1:
             raise UsageError(f"--date {text!r}: no such month")
         span = (date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1]))
     elif m := re.fullmatch(r"(\d{4})-?W(\d{2})", text, re.I):

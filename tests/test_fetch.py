@@ -338,3 +338,17 @@ def test_two_runs_on_one_item_folder(file_server, tmp_path) -> None:
     assert file_server.gets("/S2A_two/red.tif") == []
     fetch.fetch(fetch.plan(_found(file_server, [item]), tmp_path), retry=FAST)
     assert sorted(p.name for p in folder.iterdir()) == ["B04.tif", "item.json"]
+
+
+def test_a_stop_cuts_the_pause_before_a_retry_short() -> None:
+    """Ctrl-C during a retry's back-off waited it out (up to 20 s), then started another request."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(fetch.Stopped):
+        fetch.Retry(backoff=8.0).sleep(0, stop)
+    assert time.monotonic() - started < 2.0
+    fetch.Retry(backoff=0.01).sleep(0, threading.Event())  # not stopped: just the pause

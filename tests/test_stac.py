@@ -42,7 +42,7 @@ def test_parse_date_forms() -> None:
     assert stac.parse_date("2024-02") == "2024-02-01T00:00:00Z/2024-02-29T23:59:59.999999Z"
     assert stac.parse_date("2024-W24") == "2024-06-10T00:00:00Z/2024-06-16T23:59:59.999999Z"
     assert stac.parse_date("2024-05/2024-06") == "2024-05-01T00:00:00Z/2024-06-30T23:59:59.999999Z"
-    for bad, word in [("2024-13", "no such month"), ("2024-W60", "no such week"), ("2024-13-01", "no such day"), ("2024-06-xx", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
+    for bad, word in [("2024-13", "no such month"), ("0000", "no such year"), ("0000-05", "no such month"), ("2024-W60", "no such week"), ("2024-13-01", "no such day"), ("2024-06-xx", "YYYY-MM-DD"), ("2024-06-30/2024-06-01", "after"), ("a/b/c", "START/END"),
                       ("../..", "at least one")]:
         with pytest.raises(UsageError, match=word):
             stac.parse_date(bad)

@@ -443,16 +443,10 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
                              + ("" if not out.is_dir() else " (a run stopped before its first checkpoint: start it "
                                 "again with --overwrite)"))
         _check_resumable(out, cfg)
-    else:
-        held = [n for n in RUN_FILES if (out / n).exists()]
-        if held and not overwrite:
-            raise UsageError(f"{out} already holds a training run ({', '.join(held)}): continue it with --resume, "
-                             "or start over with --overwrite, or choose another --out")
-        for n in held:
-            try:
-                (out / n).unlink()
-            except OSError as exc:
-                raise OutputError(f"{out / n}: cannot remove the earlier run's file ({exc.strerror or exc})") from None
+    held = [] if resume else [n for n in RUN_FILES if (out / n).exists()]
+    if held and not overwrite:
+        raise UsageError(f"{out} already holds a training run ({', '.join(held)}): continue it with --resume, "
+                         "or start over with --overwrite, or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -553,6 +547,11 @@ def train(cfg: dict[str, Any], resume: bool = False, progress: Callable[[int, in
         sim_src = PooledSimSource(dcfg, seed, int(dcfg["workers"]), int(dcfg["batch"]), int(dcfg["tile"]), start=sim_consumed)
     if int(dcfg.get("reuse", 1)) != 1:
         sim_src = ReusingSource(sim_src, int(dcfg["reuse"]), rng_aug)
+    for n in held:  # --overwrite: only now, once everything the new run needs has loaded
+        try:
+            (out / n).unlink()
+        except OSError as exc:
+            raise OutputError(f"{out / n}: cannot remove the earlier run's file ({exc.strerror or exc})") from None
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cw = torch.tensor(tcfg["class_weights"], dtype=torch.float32, device=device)
     if resume:  # steps after the checkpoint were logged by the run that stopped: they are done again

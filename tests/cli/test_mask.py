@@ -540,3 +540,29 @@ def test_local_file_names_are_kept_in_output_names(tmp_path):
     res = runner.invoke(app, ["mask", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--sensor", "sentinel2", "--json", *FAST])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == sorted(f"{n}_cloudmask.tif" for n in names)
+
+
+def test_odd_local_names_are_safe_for_globs_urls_and_long(tmp_path):
+    """Kept local names brought [ ] * ? into the temporaries' glob (a run removed another scene's
+    temporary), "#" and spaces into the STAC href unencoded, and names past the 255-byte limit."""
+    from urllib.parse import unquote
+
+    import pystac
+
+    src = _s2(tmp_path / "in" / "S2A_MSIL2A_*.tif")
+    other = tmp_path / "out" / ".S2A_MSIL2A_abc_cloudmask.tif.cmtmp-mask-4242-deadbeef.tif"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"another run's temporary")
+    _s2(tmp_path / "in" / "S2A_MSIL2A a#b%20c.tif", seed=2)
+    _s2(tmp_path / "in" / ("S2A_MSIL2A_" + "é" * 120 + ".tif"), seed=3)
+    res = runner.invoke(app, ["mask", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    assert other.exists()  # not this run's: "*" in a scene's name matched it
+    assert (tmp_path / "out" / f"{src.stem}_cloudmask.tif").is_file()
+    doc = json.loads((tmp_path / "out" / "S2A_MSIL2A a#b%20c_cloudmask.json").read_text())
+    item = pystac.Item.from_dict(doc)
+    item.set_self_href(str(tmp_path / "out" / "item.json"))
+    href = item.assets["mask"].get_absolute_href()
+    assert "#" not in href and unquote(Path(href).name) == "S2A_MSIL2A a#b%20c_cloudmask.tif"
+    long = [p.name for p in (tmp_path / "out").glob("S2A_MSIL2A_é*_cloudmask.tif")]
+    assert len(long) == 1 and len(long[0].encode()) < 255

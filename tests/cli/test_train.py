@@ -72,6 +72,9 @@ def test_train_writes_weights_and_resumes(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--out", str(out), "-q", "train.steps=1", "train.val_every=1", *TINY])
     assert res.exit_code == 2 and "already holds a training run" in res.stderr and "--resume" in res.stderr, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # --overwrite with a run that cannot start (a missing real-data root): the earlier run stays
+    res = runner.invoke(app, ["train", "--out", str(out), "-q", "--overwrite", f"real.root={tmp_path / 'nope'}", *TINY])
+    assert res.exit_code == 2 and {p.name: p.read_bytes() for p in out.iterdir()} == before, res.output
     res = runner.invoke(app, ["train", "--out", str(out), "-q", "--overwrite", "train.steps=1", "train.val_every=1", *TINY])
     assert res.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == 1
