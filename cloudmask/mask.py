@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fnmatch
 import glob
 import hashlib
 import json
@@ -441,6 +442,40 @@ def _static_prefix(pattern: str) -> Path:
     return Path(*static) if static else Path(".")
 
 
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but a ``**`` follows each linked folder once: glob's own
+    walk followed a symlink loop round and round (masks written 40 folders deep, or no end with two)."""
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    base = _static_prefix(pattern)
+    parts = Path(pattern).parts[len(base.parts) if str(base) != "." else 0:]
+    rx = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            rx += ".*" if last else "(?:[^/]*/)*"
+        else:
+            body = fnmatch.translate(part)
+            body = body[:-2] if body.endswith("\\Z") else body
+            rx += body.replace(".*", "[^/]*") + ("" if last else "/")
+    match = re.compile(rx + r"\Z").match
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(base, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in [*dirs, *files]:
+            path = os.path.join(folder, name)
+            if name in dirs and os.path.islink(path) and os.path.realpath(path) in seen:
+                continue  # a link back to a folder already walked (a loop): not a scene folder of its own
+            if match(os.path.relpath(path, base).replace(os.sep, "/")):
+                found.append(path)
+    return sorted(found)
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
     """Inputs → (scene, root) pairs. ``root`` is the folder the output tree mirrors (None for URLs).
 
@@ -464,8 +499,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
         if _is_url(item):
             pairs.append((item, None))
             continue
-        if glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
+        if glob.has_magic(item) and not os.path.lexists(item):  # an existing "B[1].tif" is that file
+            matches = _glob(item)
             if not matches:
                 raise UsageError(f"{item}: no file matches this pattern")
             base = _static_prefix(item)

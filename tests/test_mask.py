@@ -1339,3 +1339,17 @@ def test_stac_footprint_across_the_antimeridian_and_wkt2_for_custom_crs(tmp_path
     r = mask_scene(src, tmp_path / "out" / "b_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
     props = json.loads(Path(r.item).read_text())["properties"]
     assert props["proj:wkt2"].startswith("PROJCRS[")
+
+
+def test_globs_follow_a_symlink_loop_once_and_existing_bracket_names_are_files(tmp_path):
+    """'g/**/*.tif' through a link back to g wrote masks 40 folders deep (two such links: no end);
+    an existing "S2A_[1].tif" was taken for a pattern matching nothing (exit 2, a whole list aborted)."""
+    g = tmp_path / "g"
+    a = _s2(g / "zz" / "S2A_one.tif")
+    (g / "loop").symlink_to(".")
+    (g / "loop2").symlink_to(".")
+    pairs = expand_inputs([str(g / "**" / "*.tif")])
+    assert pairs == [(str(a), g)]
+    assert output_for(*pairs[0], tmp_path / "out") == tmp_path / "out" / "zz" / "S2A_one_cloudmask.tif"
+    odd = _s2(tmp_path / "b" / "S2A_[1].tif")
+    assert [p for p, _ in expand_inputs([str(odd)])] == [str(odd)]

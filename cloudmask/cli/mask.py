@@ -92,10 +92,15 @@ class _Reporter:
 def _unfinished(reporter: _Reporter, items: list[str], **why: Any) -> dict[str, Any]:
     """The ``--json`` document of a run that stopped early (interrupted, or an error of the run
     itself): the scenes done so far, why it stopped, and the scenes not done, the next one first."""
-    from cloudmask.mask import summarise
-
     done = reporter.results
-    return {"summary": summarise(done), "scenes": [r.to_dict() for r in done], **why,
+    if done:
+        from cloudmask.mask import summarise
+
+        summary = summarise(done)
+    else:  # (stopped before any scene, perhaps while the mask stack was still being imported)
+        summary = {"scenes": 0, "masked": 0, "skipped": 0, "failed": 0, "megapixels": 0.0, "seconds": 0.0,
+                   "megapixels_per_second": None}
+    return {"summary": summary, "scenes": [r.to_dict() for r in done], **why,
             "not_done": (reporter.sources if reporter.sources is not None else items)[len(done):]}
 
 
@@ -244,20 +249,20 @@ def mask_cmd(
 
     Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted (143 on SIGTERM).
     """
-    # imported here: the mask stack (Dask, xarray, rasterio, torch) costs ~1.5 s that --help,
-    # sensors and fetch need not pay
-    with startup_imports():
-        import cloudmask.model.predictor  # noqa: F401 - torch, which MaskOptions.check needs anyway
-        from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
-
-    use_sensors_dirs(sensors_dir)
-    if scheduler and quiet:  # distributed logs its own troubles (a lost scheduler) on stderr; ours is one line
-        import logging
-
-        logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
     items = list(inputs or []) + list(stac_item or [])
     reporter = _Reporter(enabled=not (quiet or as_json))
     try:
+        # imported here: the mask stack (Dask, xarray, rasterio, torch) costs ~1.5 s that --help,
+        # sensors and fetch need not pay (inside the try: a SIGTERM then still gets its document)
+        with startup_imports():
+            import cloudmask.model.predictor  # noqa: F401 - torch, which MaskOptions.check needs anyway
+            from cloudmask.mask import MaskOptions, mask_many, read_list_file, summarise
+
+        use_sensors_dirs(sensors_dir)
+        if scheduler and quiet:  # distributed logs its own troubles (a lost scheduler) on stderr; ours is one line
+            import logging
+
+            logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
         if from_file is not None:
             items += read_list_file(str(from_file))
         if not items:

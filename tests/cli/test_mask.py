@@ -566,3 +566,24 @@ def test_odd_local_names_are_safe_for_globs_urls_and_long(tmp_path):
     assert "#" not in href and unquote(Path(href).name) == "S2A_MSIL2A a#b%20c_cloudmask.tif"
     long = [p.name for p in (tmp_path / "out").glob("S2A_MSIL2A_é*_cloudmask.tif")]
     assert len(long) == 1 and len(long[0].encode()) < 255
+
+
+def test_a_sigterm_while_the_stack_imports_still_gets_its_json_document(tmp_path, monkeypatch):
+    """The imports (~1.5 s) ran before the try that prints --json's document: a SIGTERM then gave
+    "error: terminated" and an empty stdout."""
+    import contextlib
+
+    from cloudmask.cli import common
+    from cloudmask.cli import mask as cli_mask
+
+    @contextlib.contextmanager
+    def killed_while_importing():
+        raise common.Terminated()
+        yield
+
+    monkeypatch.setattr(cli_mask, "startup_imports", killed_while_importing)
+    src = _s2(tmp_path / "S2A_MSIL2A_t.tif")
+    res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "out"), "--json", "-q"])
+    assert res.exit_code == 143, res.output
+    doc = json.loads(res.stdout)
+    assert doc["interrupted"] is True and doc["not_done"] == [str(src)] and doc["summary"]["scenes"] == 0
