@@ -238,6 +238,9 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
         # rest (8192² mask: 1.8 → 0.7 s, same file). It runs after the model's workers are done, so
         # it may compress and build overviews on every core. GDAL's own temporaries (overviews) are
         # named after ``part``, so stale_temps() finds them too.
+        if not raw.exists():  # (rasterio says "TypeError" for a missing file opened r+)
+            raise FileNotFoundError(errno.ENOENT, "the output folder or its temporary was removed while writing",
+                                    str(raw))
         with rasterio.open(raw, "r+") as ds:  # says how the overviews were made (as rio-cogeo does)
             ds.update_tags(OVERVIEW_RESAMPLING=overview_resampling.upper())
         _copy_to_cog(raw, part, overview_resampling)
@@ -251,6 +254,10 @@ def translate(raw: Path, dst: Path, overview_resampling: str = "mode") -> Path:
         raise
     try:
         ok, errors, _ = cog_validate(str(part), quiet=True)
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        # a COG that a full disk cut short fails here, on reading it back ("TIFFReadDirectory")
+        remove_quietly(part)
+        raise output_error(exc, dst, writing=True) from None
     except BaseException:
         remove_quietly(part)
         raise

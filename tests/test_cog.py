@@ -164,3 +164,22 @@ def test_bad_arguments_are_usage_errors_and_leave_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
     cog.write_cog(m.astype(bool), tmp_path / "b.tif")  # a boolean mask is written as uint8
     assert cog.is_valid_cog(tmp_path / "b.tif")
+
+
+def test_a_cog_the_disk_cut_short_fails_on_reading_back_as_disk_full(tmp_path, monkeypatch):
+    """The copy "succeeded" but the file was cut short: validating it raised a RasterioIOError that
+    reached the user as "internal error"; a raw file removed mid-write gave rasterio's TypeError."""
+    from rasterio.errors import RasterioIOError
+
+    def cut_short(path, quiet=True):
+        raise RasterioIOError(f"{path}: TIFFReadDirectory:Failed to read directory at offset 0")
+
+    monkeypatch.setattr(cog, "cog_validate", cut_short)
+    monkeypatch.setattr(cog, "is_disk_full", lambda exc, path=None, writing=False: writing)
+    (tmp_path / "m.tif").write_bytes(b"old")
+    with pytest.raises(OutputError, match="disk full"):
+        cog.write_cog(_classes(64, 64), tmp_path / "m.tif", nodata=255)
+    assert sorted(os.listdir(tmp_path)) == ["m.tif"] and (tmp_path / "m.tif").read_bytes() == b"old"
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match="removed while writing"):
+        cog.translate(tmp_path / "gone_raw.tif", tmp_path / "n.tif")
