@@ -46,6 +46,10 @@ class OutputError(CloudmaskError):
     """An output cannot be written (permissions, disk full, locked by another run)."""
 
 
+class OutputBusyError(OutputError):
+    """Another live run holds the output's lock: it is being written, so this run leaves it to that one."""
+
+
 class ClusterError(CloudmaskError):
     """The Dask cluster of ``--scheduler`` failed a scene (its workers died running a block)."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from cloudmask.errors import FetchError, OutputError, UsageError, first_line
+from cloudmask.errors import FetchError, OutputBusyError, OutputError, UsageError, first_line
 from cloudmask.files import FETCH_LOCK, FETCH_MARKER, OutputLock
 from cloudmask.stac import PRODUCT_PROPERTY, SENSOR_PROPERTY, Found, sanitise_id
 
@@ -580,7 +580,7 @@ def fetch(
             try:
                 lock.__enter__()
             except (OutputError, OSError) as exc:
-                busy = isinstance(exc, OutputError) and "another run" in str(exc)
+                busy = isinstance(exc, OutputBusyError)
                 p.error = f"{p.folder}: another run is fetching this item ({lock._owner()})" if busy else first_line(exc)
                 continue
             locks.append(lock)

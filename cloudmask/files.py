@@ -11,7 +11,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from cloudmask.errors import OutputError
+from cloudmask.errors import OutputBusyError, OutputError
 
 
 #: In an item folder of ``cloudmask fetch``: the run fetching it (lock), and "not complete yet" (a
@@ -84,7 +84,28 @@ def _lock_file_stale(path: Path) -> bool:
             return True
     if host != socket.gethostname():
         return False
-    return text not in _HELD_LOCKS if pid == os.getpid() else not _pid_alive(pid)
+    if pid == os.getpid():
+        return text not in _HELD_LOCKS
+    if not _pid_alive(pid):
+        return True
+    try:  # the pid is alive, but a process that started after the lock was written cannot hold it:
+        written = path.stat().st_mtime  # the pid was reused (after a reboot, in a container)
+    except OSError:
+        return True
+    started = _process_start(pid)
+    return started is not None and started > written + 1.0
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), where /proc says (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name in (…)
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class OutputLock:
@@ -110,7 +131,7 @@ class OutputLock:
                 except FileExistsError:
                     if self._stale() and self._break_stale():
                         continue
-                    raise OutputError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
+                    raise OutputBusyError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
                 except OSError as exc:
                     from cloudmask import cog  # GDAL's: only when a lock cannot be made
 

@@ -34,7 +34,7 @@ from rasterio.errors import RasterioError
 from cloudmask import cog
 from cloudmask.files import OutputLock, _locks_set_aside
 from cloudmask.evaluate import LABEL_WORDS
-from cloudmask.errors import (ClusterError, CloudmaskError, ModelError, OutputError, SceneError, SchedulerLostError,
+from cloudmask.errors import (ClusterError, CloudmaskError, ModelError, OutputBusyError, OutputError, SceneError, SchedulerLostError,
                               UsageError, first_line)
 from cloudmask.registry import Sensor
 from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
@@ -1107,6 +1107,9 @@ def mask_many(
                     on_event("scene-end", {"result": MaskResult(source, str(dst), "failed", str(exc), exit_code=1,
                                                                 seconds=time.perf_counter() - t0, error=exc)})
                 raise
+            except OutputBusyError as exc:  # overlapping cron runs: the other run is masking it, nothing failed
+                result = MaskResult(source, str(dst), "skipped", f"another run is writing it ({str(exc).rsplit('(lock ', 1)[-1].rstrip(')')})",
+                                    seconds=time.perf_counter() - t0)
             except CloudmaskError as exc:
                 result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
                                     seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)

@@ -1353,3 +1353,24 @@ def test_globs_follow_a_symlink_loop_once_and_existing_bracket_names_are_files(t
     assert output_for(*pairs[0], tmp_path / "out") == tmp_path / "out" / "zz" / "S2A_one_cloudmask.tif"
     odd = _s2(tmp_path / "b" / "S2A_[1].tif")
     assert [p for p, _ in expand_inputs([str(odd)])] == [str(odd)]
+
+
+def test_a_lock_whose_pid_was_reused_is_stale(tmp_path):
+    """After a reboot or in a container a dead run's pid may belong to another live process: its lock
+    never expired and every run failed (now skipped) that scene for good."""
+    import subprocess
+    import time
+
+    from cloudmask.files import _lock_file_stale
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        lock = tmp_path / ".x_cloudmask.tif.lock"
+        lock.write_text(f"{other.pid} {socket.gethostname()} cafe\n")
+        assert not _lock_file_stale(lock)  # written after the process started: it may hold it
+        old = time.time() - 3600
+        os.utime(lock, (old, old))  # written an hour before that process existed: not its lock
+        assert _lock_file_stale(lock)
+    finally:
+        other.kill()
+        other.wait()

@@ -587,3 +587,21 @@ def test_a_sigterm_while_the_stack_imports_still_gets_its_json_document(tmp_path
     assert res.exit_code == 143, res.output
     doc = json.loads(res.stdout)
     assert doc["interrupted"] is True and doc["not_done"] == [str(src)] and doc["summary"]["scenes"] == 0
+
+
+def test_a_scene_another_run_is_writing_is_skipped_not_failed(tmp_path):
+    """Overlapping cron runs: a scene locked by a live run was "failed" (exit 1, an error line even
+    under --quiet, cron mail every time although nothing was wrong)."""
+    from cloudmask.mask import OutputLock, OutputPaths
+
+    a, b = _s2(tmp_path / "in" / "S2A_a.tif"), _s2(tmp_path / "in" / "S2A_b.tif", seed=2)
+    busy = tmp_path / "out" / "S2A_b_cloudmask.tif"
+    busy.parent.mkdir()
+    with OutputLock(OutputPaths(busy).lock, busy):  # "another run" (this process) is writing b
+        res = runner.invoke(app, ["mask", str(a), str(b), "-o", str(tmp_path / "out"), "--json", "-q", *FAST])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["masked"] == 1 and doc["summary"]["skipped"] == 1 and doc["summary"]["failed"] == 0
+    status = {Path(s["source"]).name: (s["status"], s["message"]) for s in doc["scenes"]}
+    assert status["S2A_b.tif"][0] == "skipped" and "another run is writing it" in status["S2A_b.tif"][1]
+    assert not busy.exists()
