@@ -93,7 +93,13 @@ def _lock_file_stale(path: Path) -> bool:
     except OSError:
         return True
     started = _process_start(pid)
-    return started is not None and started > written + 1.0
+    # minutes, not seconds: a clock stepped forward after the lock was written (NTP at boot, a
+    # resumed VM) or an NFS server's clock must not make a live holder's lock look older than it
+    return started is not None and started > written + PID_REUSE_MARGIN_S
+
+
+#: How much later than its lock file a process must have started to be taken for a reused pid.
+PID_REUSE_MARGIN_S = 300.0
 
 
 def _process_start(pid: int) -> float | None:

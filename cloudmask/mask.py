@@ -172,7 +172,7 @@ class MaskResult:
 
     source: str
     output: str | None
-    status: str  # "masked", "skipped" or "failed"
+    status: str  # "masked", "skipped", "busy" (another run is writing it) or "failed"
     message: str = ""
     seconds: float = 0.0
     megapixels: float = 0.0
@@ -444,36 +444,59 @@ def _static_prefix(pattern: str) -> Path:
 
 def _glob(pattern: str) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, but a ``**`` follows each linked folder once: glob's own
-    walk followed a symlink loop round and round (masks written 40 folders deep, or no end with two)."""
+    walk followed a symlink loop round and round (masks written 40 folders deep, or no end with two).
+    As glob: components match one name each (fnmatch), hidden names only for a pattern starting with
+    ".", ``**`` skips hidden folders, and a trailing "/" keeps folders only."""
     if "**" not in pattern:
         return sorted(glob.glob(pattern))
     base = _static_prefix(pattern)
     parts = Path(pattern).parts[len(base.parts) if str(base) != "." else 0:]
-    rx = ""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if part == "**":
-            rx += ".*" if last else "(?:[^/]*/)*"
-        else:
-            body = fnmatch.translate(part)
-            body = body[:-2] if body.endswith("\\Z") else body
-            rx += body.replace(".*", "[^/]*") + ("" if last else "/")
-    match = re.compile(rx + r"\Z").match
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(base, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in [*dirs, *files]:
-            path = os.path.join(folder, name)
-            if name in dirs and os.path.islink(path) and os.path.realpath(path) in seen:
-                continue  # a link back to a folder already walked (a loop): not a scene folder of its own
-            if match(os.path.relpath(path, base).replace(os.sep, "/")):
-                found.append(path)
-    return sorted(found)
+    found: set[str] = set()
+    walked: set[tuple[str, int]] = set()  # (real folder, pattern position) a ** has descended from
+
+    def entries(folder: str) -> list[os.DirEntry[str]]:
+        try:
+            return sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return []
+
+    def is_dir(entry: os.DirEntry[str]) -> bool:
+        try:
+            return entry.is_dir()  # follows links
+        except OSError:
+            return False
+
+    def visit(folder: str, i: int) -> None:
+        if i == len(parts):
+            found.add(folder)
+            return
+        pat = parts[i]
+        if pat == "**":
+            visit(folder, i + 1)  # no folder at all
+            key = (os.path.realpath(folder), i)
+            if key in walked:  # reached again (a link back up): its names are already in
+                return
+            walked.add(key)
+            for e in entries(folder):
+                if e.name.startswith("."):
+                    continue
+                path = os.path.join(folder, e.name)
+                if is_dir(e):
+                    visit(path, i)
+                elif i + 1 == len(parts):
+                    found.add(path)
+            return
+        for e in entries(folder):
+            if e.name.startswith(".") and not pat.startswith("."):
+                continue
+            if fnmatch.fnmatchcase(e.name, pat) and (i + 1 == len(parts) or is_dir(e)):
+                visit(os.path.join(folder, e.name), i + 1)
+
+    visit(str(base), 0)
+    out = (p[2:] if str(base) == "." and p.startswith("./") else p for p in found)
+    if pattern.endswith(("/", os.sep)):
+        return sorted(p for p in out if os.path.isdir(p))
+    return sorted(out)
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
@@ -1107,9 +1130,16 @@ def mask_many(
                     on_event("scene-end", {"result": MaskResult(source, str(dst), "failed", str(exc), exit_code=1,
                                                                 seconds=time.perf_counter() - t0, error=exc)})
                 raise
-            except OutputBusyError as exc:  # overlapping cron runs: the other run is masking it, nothing failed
-                result = MaskResult(source, str(dst), "skipped", f"another run is writing it ({str(exc).rsplit('(lock ', 1)[-1].rstrip(')')})",
-                                    seconds=time.perf_counter() - t0)
+            except OutputBusyError as exc:
+                held = _lock_age(OutputPaths(dst).lock)
+                if held is not None and held > BUSY_LOCK_MAX_S:  # a run dead on another host (or no /proc)
+                    stuck = OutputError(f"{exc}; locked for {held / 3600:.1f} h: a crashed run? remove the lock file "
+                                        "if no run is masking it")
+                    result = MaskResult(source, str(dst), "failed", str(stuck), exit_code=stuck.exit_code,
+                                        seconds=time.perf_counter() - t0, error=stuck)
+                else:  # overlapping cron runs: the other run is masking it, nothing failed
+                    result = MaskResult(source, str(dst), "busy", f"another run is writing it ({str(exc).rsplit('(lock ', 1)[-1].rstrip(')')})",
+                                        seconds=time.perf_counter() - t0)
             except CloudmaskError as exc:
                 result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
                                     seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)
@@ -1125,6 +1155,18 @@ def mask_many(
     return results
 
 
+#: A lock held longer than this by a live-looking run is reported as a failure, not "busy": masking one
+#: scene takes minutes, so it is most likely a crashed run's on another host (or where /proc is missing).
+BUSY_LOCK_MAX_S = 3600.0
+
+
+def _lock_age(lock: Path) -> float | None:
+    try:
+        return time.time() - lock.stat().st_mtime
+    except OSError:
+        return None
+
+
 def summarise(results: Sequence[MaskResult]) -> dict[str, Any]:
     """Counts and throughput for the run summary (table or JSON)."""
     masked = [r for r in results if r.status == "masked"]
@@ -1134,6 +1176,7 @@ def summarise(results: Sequence[MaskResult]) -> dict[str, Any]:
         "scenes": len(results),
         "masked": len(masked),
         "skipped": sum(r.status == "skipped" for r in results),
+        "busy": sum(r.status == "busy" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "megapixels": round(mpx, 3),
         "seconds": round(sum(r.seconds for r in results), 3),

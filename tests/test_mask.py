@@ -1368,6 +1368,9 @@ def test_a_lock_whose_pid_was_reused_is_stale(tmp_path):
         lock = tmp_path / ".x_cloudmask.tif.lock"
         lock.write_text(f"{other.pid} {socket.gethostname()} cafe\n")
         assert not _lock_file_stale(lock)  # written after the process started: it may hold it
+        skewed = time.time() - 60  # a minute "before" it started (a clock step, an NFS server's clock): still its
+        os.utime(lock, (skewed, skewed))
+        assert not _lock_file_stale(lock)
         old = time.time() - 3600
         os.utime(lock, (old, old))  # written an hour before that process existed: not its lock
         assert _lock_file_stale(lock)

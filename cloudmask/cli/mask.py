@@ -98,7 +98,7 @@ def _unfinished(reporter: _Reporter, items: list[str], **why: Any) -> dict[str, 
 
         summary = summarise(done)
     else:  # (stopped before any scene, perhaps while the mask stack was still being imported)
-        summary = {"scenes": 0, "masked": 0, "skipped": 0, "failed": 0, "megapixels": 0.0, "seconds": 0.0,
+        summary = {"scenes": 0, "masked": 0, "skipped": 0, "busy": 0, "failed": 0, "megapixels": 0.0, "seconds": 0.0,
                    "megapixels_per_second": None}
     return {"summary": summary, "scenes": [r.to_dict() for r in done], **why,
             "not_done": (reporter.sources if reporter.sources is not None else items)[len(done):]}
@@ -122,7 +122,7 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
     table = Table(title="cloudmask mask", show_lines=False)
     for col in ("scene", "status", "cloud %", "Mpx", "s", "output / message"):
         table.add_column(col, overflow="fold")
-    style = {"masked": "green", "skipped": "dim", "failed": "red"}
+    style = {"masked": "green", "skipped": "dim", "busy": "yellow", "failed": "red"}
     for r in results:
         table.add_row(
             escape(Path(r.source).name or r.source),
@@ -130,11 +130,12 @@ def _table(results: list[MaskResult], summary: dict[str, Any]) -> Table:
             f"{r.cloud_cover:.1f}" if r.cloud_cover is not None else "-",
             _mpx(r.megapixels) if r.megapixels else "-",
             f"{r.seconds:.1f}",
-            escape(r.message if r.status == "failed" else (r.output or "")),
+            escape(r.message if r.status in ("failed", "busy") else (r.output or "")),
         )
     rate = summary["megapixels_per_second"]
     table.caption = (
-        f"{summary['masked']} masked, {summary['skipped']} skipped, {summary['failed']} failed"
+        f"{summary['masked']} masked, {summary['skipped']} skipped, "
+        + (f"{summary['busy']} busy (another run), " if summary.get("busy") else "") + f"{summary['failed']} failed"
         + (f" · {_mpx(summary['megapixels'])} Mpx at {rate:.2f} Mpx/s" if rate else "")
     )
     return table
@@ -247,7 +248,7 @@ def mask_cmd(
 
     Finished outputs are skipped, so rerunning the same command resumes an interrupted archive.
 
-    Exit status: 0 all scenes done or skipped, 1 some scene failed, 2 invalid request, 130 interrupted (143 on SIGTERM).
+    Exit status: 0 all scenes done, skipped or busy (another run is writing them), 1 some scene failed, 2 invalid request, 130 interrupted (143 on SIGTERM).
     """
     items = list(inputs or []) + list(stac_item or [])
     reporter = _Reporter(enabled=not (quiet or as_json))

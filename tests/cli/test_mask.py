@@ -589,9 +589,12 @@ def test_a_sigterm_while_the_stack_imports_still_gets_its_json_document(tmp_path
     assert doc["interrupted"] is True and doc["not_done"] == [str(src)] and doc["summary"]["scenes"] == 0
 
 
-def test_a_scene_another_run_is_writing_is_skipped_not_failed(tmp_path):
+def test_a_scene_another_run_is_writing_is_busy_not_failed(tmp_path):
     """Overlapping cron runs: a scene locked by a live run was "failed" (exit 1, an error line even
     under --quiet, cron mail every time although nothing was wrong)."""
+    import os
+    import time
+
     from cloudmask.mask import OutputLock, OutputPaths
 
     a, b = _s2(tmp_path / "in" / "S2A_a.tif"), _s2(tmp_path / "in" / "S2A_b.tif", seed=2)
@@ -601,7 +604,14 @@ def test_a_scene_another_run_is_writing_is_skipped_not_failed(tmp_path):
         res = runner.invoke(app, ["mask", str(a), str(b), "-o", str(tmp_path / "out"), "--json", "-q", *FAST])
     assert res.exit_code == 0 and res.stderr == "", res.output
     doc = json.loads(res.stdout)
-    assert doc["summary"]["masked"] == 1 and doc["summary"]["skipped"] == 1 and doc["summary"]["failed"] == 0
+    assert doc["summary"]["masked"] == 1 and doc["summary"]["busy"] == 1 and doc["summary"]["failed"] == 0
     status = {Path(s["source"]).name: (s["status"], s["message"]) for s in doc["scenes"]}
-    assert status["S2A_b.tif"][0] == "skipped" and "another run is writing it" in status["S2A_b.tif"][1]
+    assert status["S2A_b.tif"][0] == "busy" and "another run is writing it" in status["S2A_b.tif"][1]
     assert not busy.exists()
+    # a lock held for hours (a run crashed on another host: its pid cannot be checked) is a failure
+    lock = OutputPaths(busy).lock
+    lock.write_text("4242 deadnode cafe\n")
+    old = time.time() - 7200
+    os.utime(lock, (old, old))
+    res = runner.invoke(app, ["mask", str(b), "-o", str(tmp_path / "out"), "--json", "-q", *FAST])
+    assert res.exit_code == 1 and "locked for 2.0 h" in res.stderr and "remove the lock" in res.stderr, res.output
