@@ -686,6 +686,9 @@ def _grid_at_resolution(src: rasterio.io.DatasetReader, resolution: float) -> tu
     if src.crs is not None and src.crs.is_geographic:
         yres = resolution / _M_PER_DEGREE
         xres = yres / max(float(np.cos(np.radians((south + north) / 2))), 0.01)
+    if (right - left) < xres or (north - south) < yres:  # a 1×1 mask of nodata said nothing
+        raise UsageError(f"--resolution {resolution:g} m is coarser than the whole scene "
+                         f"({(right - left) * resolution / xres:.0f} × {(north - south) * resolution / yres:.0f} m)")
     width = max(1, int(round((right - left) / xres)))
     height = max(1, int(round((north - south) / yres)))
     if t.b == 0 and t.d == 0 and t.e > 0:  # south-up stays south-up
