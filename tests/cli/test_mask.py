@@ -619,8 +619,8 @@ def test_a_scene_another_run_is_writing_is_busy_not_failed(tmp_path):
 
 def test_a_resolution_coarser_than_the_scene_is_refused(tmp_path):
     """A 1×1 all-nodata mask was written, exit 0."""
-    src = _s2(tmp_path / "S2A_MSIL2A_small.tif")  # 96 × 80 px at 20 m: 1920 × 1600 m
+    src = _s2(tmp_path / "S2A_MSIL2A_small.tif")  # 72 × 64 px at 20 m: 1440 × 1280 m
     res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "o"), "--resolution", "5000", "-q", *FAST])
-    assert res.exit_code == 2 and "coarser than the whole scene (1920 × 1600 m)" in res.stderr, res.output
+    assert res.exit_code == 2 and "coarser than the whole scene (1440 × 1280 m)" in res.stderr, res.output
     res = runner.invoke(app, ["mask", str(src), "-o", str(tmp_path / "o"), "--resolution", "1000", *FAST])
     assert res.exit_code == 0, res.output  # 2 × 2 px: coarse, but a grid
