@@ -1220,7 +1220,11 @@ class DistributedRunner:
         slots = self.slots
         todo = iter(blocks)
         keys: dict[str, Any] = {}
-        queue = as_completed([], with_results=True, loop=self.client.loop)
+        futures: dict[str, Any] = {}  # in flight, by key
+        # results are gathered here, one finished block at a time: with as_completed's own gathering
+        # (with_results) the blocks of a failed scene were still being gathered when its client
+        # closed, and tornado printed a traceback of each over the one-line error
+        queue = as_completed([], loop=self.client.loop)
 
         def top_up() -> None:
             while len(keys) < slots and (not keys or may_submit is None or may_submit()):
@@ -1235,15 +1239,16 @@ class DistributedRunner:
                     task = _ClusterTask(arr)
                 fut = self.client.submit(task, pure=False)
                 keys[fut.key] = key
+                futures[fut.key] = fut
                 queue.add(fut)
 
         top_up()
         try:
-            for fut, value in queue:
+            for fut in queue:
                 key = keys.pop(fut.key)
+                futures.pop(fut.key, None)
+                value = fut.result()  # a failed or cancelled block raises its error here
                 fut.release()
-                if isinstance(value, BaseException):  # a cancelled block comes back as its error, as a value
-                    raise value
                 yield key, value
                 top_up()
         except CloudmaskError:
@@ -1253,6 +1258,19 @@ class DistributedRunner:
             if failure is exc:
                 raise  # as it came: rasterio's "See previous exception" needs its cause (first_line)
             raise failure from None
+        finally:
+            if futures:  # the scene failed or stopped: its other blocks are dropped, not gathered
+                self._drop(queue, list(futures.values()))
+
+    def _drop(self, queue: Any, futures: list[Any]) -> None:
+        """Cancel a failed scene's blocks still in flight. Why: left running, their results were
+        gathered for a client being closed, and tornado printed a traceback over the one-line error."""
+        try:
+            queue.clear()
+            if getattr(self.client, "status", "running") == "running":
+                self.client.cancel(futures)
+        except Exception:  # noqa: BLE001 - cleanup after a failure: the failure is what to report
+            pass
 
     def _failure(self, exc: Exception) -> Exception:
         """What a block's failure on the cluster means for the scene (or the run)."""
