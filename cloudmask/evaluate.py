@@ -339,7 +339,10 @@ def scene_key(path: str | Path) -> str:
 
 
 def list_masks(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith("."))
+    """Class rasters of a folder; ``cloudmask mask --probabilities``'s ``*_cloudprob.tif`` beside the
+    masks are probabilities, not masks (they were listed as predictions without truth)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES
+                  and not p.name.startswith(".") and not p.stem.lower().endswith("_cloudprob"))
 
 
 _IMAGE_TAIL = re.compile(r"[._\-](image|img)$", re.I)

@@ -750,8 +750,15 @@ def stac_item_for_mask(
             "roles": ["data"],
         }
     links = []
-    if _is_url(scene.source) or scene.item is not None:
+    if _is_url(scene.source):
         links.append({"rel": "derived_from", "href": scene.source, "type": "application/json"})
+    elif scene.item is not None:  # a local item (or a fetched folder's item.json), absolute: the
+        # path as typed was relative to the shell's folder, not to this item
+        src = Path(scene.source).resolve()
+        if src.is_dir() and (src / "item.json").is_file():
+            src = src / "item.json"
+        links.append({"rel": "derived_from", "href": src.as_uri(),
+                      **({"type": "application/json"} if src.suffix.lower() == ".json" else {})})
     else:
         links.append({"rel": "derived_from", "href": Path(scene.source).resolve().as_uri()})
     return {
@@ -1140,8 +1147,9 @@ def mask_many(
                 else:  # overlapping cron runs: the other run is masking it, nothing failed
                     result = MaskResult(source, str(dst), "busy", f"another run is writing it ({str(exc).rsplit('(lock ', 1)[-1].rstrip(')')})",
                                         seconds=time.perf_counter() - t0)
-            except CloudmaskError as exc:
-                result = MaskResult(source, None if outside else str(dst), "failed", str(exc),
+            except CloudmaskError as exc:  # (a message that does not name its scene gets its name, for cron logs)
+                said = str(exc) if Path(source).name in str(exc) or source in str(exc) else f"{source}: {exc}"
+                result = MaskResult(source, None if outside else str(dst), "failed", said,
                                     seconds=time.perf_counter() - t0, exit_code=exc.exit_code, error=exc)
             except Exception as exc:  # noqa: BLE001 - one scene's bug must not end an archive run
                 msg = f"{source}: internal error {type(exc).__name__}: {str(exc).strip()[:200]}"

@@ -599,6 +599,10 @@ def test_inputs_from_globs_lists_band_folders_and_stac_items(tmp_path, predictor
     r = mask_scene(path, out / "item_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))
     doc = json.loads(Path(r.item).read_text())
     assert r.sensor == "sentinel2" and "/" not in doc["id"] and doc["links"][0]["rel"] == "derived_from"
+    # absolute: the path as typed was relative to the shell's folder, not to the mask's item
+    assert doc["links"][0]["href"] == Path(path).resolve().as_uri()
+    r = mask_scene(folder, out / "folder_cloudmask.tif", predictor, MaskOptions(tiles=SMALL))  # the fetched-folder form
+    assert json.loads(Path(r.item).read_text())["links"][0]["href"] == Path(path).resolve().as_uri()
 
 
 def test_distributed_scheduler_gives_the_same_mask(tmp_path, predictor):

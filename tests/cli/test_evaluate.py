@@ -230,3 +230,13 @@ def test_an_image_on_another_grid_is_said_not_silently_dropped(dataset: Path, tm
     assert res.exit_code == 0, res.output
     assert "small.tif is not on the truth's grid" in res.stderr and "classes alone" in res.stderr
     assert (tmp_path / "plots" / "quicklook_scene1.png").is_file()
+
+
+def test_probability_files_beside_the_masks_are_not_predictions(dataset: Path) -> None:
+    """A folder from `cloudmask mask --probabilities` warned "left out 2 prediction(s) with no truth
+    file: …_cloudprob" and listed them under no_truth."""
+    src = dataset / "good" / "scene0_mask.tif"
+    (dataset / "good" / "scene0_cloudprob.tif").write_bytes(src.read_bytes())
+    res = runner.invoke(app, ["evaluate", str(dataset / "good"), "--truth", str(dataset / "truth"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "cloudprob" not in res.stdout and "cloudprob" not in res.stderr
