@@ -265,10 +265,20 @@ def resolve_sensor(sensor: str | Sensor | None, registry: Registry, hint: str = 
     """The given sensor, else the one the input ``declared`` (``where``: e.g. its item's
     ``cloudmask:sensor``), else one guessed from ``hint`` (a file name or STAC platform). A declared
     sensor the registry lacks is named as such: "cannot tell which sensor" hid a forgotten --sensors-dir."""
-    if isinstance(sensor, Sensor):
-        return sensor
     if sensor:
-        return registry.get_sensor(sensor)
+        chosen = sensor if isinstance(sensor, Sensor) else registry.get_sensor(sensor)
+        said = None  # what the input says it is, to warn when the option contradicts it
+        if isinstance(declared, str) and declared.strip():
+            try:
+                said = registry.get_sensor(declared.strip())
+            except UsageError:
+                said = None
+        elif hint and "/" not in hint:  # a STAC platform, not a file name
+            said = guess_sensor(hint, registry)
+        if said is not None and said.id != chosen.id:
+            warnings.warn(f"{source or hint}: read as {chosen.id} (--sensor), though {where or 'the scene'} says "
+                          f"{said.id}: its bands and scaling are {chosen.id}'s", stacklevel=3)
+        return chosen
     if isinstance(declared, str) and declared.strip():
         try:
             return registry.get_sensor(declared.strip())

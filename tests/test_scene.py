@@ -646,3 +646,16 @@ def test_a_band_folder_whose_files_carry_internal_masks(tmp_path) -> None:
             dst.write_mask(valid)
     values = read_scene(folder).data.values
     assert np.isnan(values[:, :8]).all() and not np.isnan(values[:, 8:]).any()
+
+
+def test_a_sensor_option_that_contradicts_the_item_is_warned_about(tmp_path) -> None:
+    """`--sensor landsat8` on a Sentinel-2 item read it with Landsat's bands and scaling, silently."""
+    import contextlib
+
+    from cloudmask.errors import CloudmaskError
+
+    tif = write_raster(tmp_path / "B04.tif", (random_reflectance(1, 32, 32)[0] * 10000).astype("uint16"), nodata=0)
+    item = write_item(tmp_path / "item.json", stac_item("S2A_x", {"B04": tif.name}, platform="sentinel-2a"))
+    with pytest.warns(UserWarning, match=r"read as landsat8 \(--sensor\), though .* says sentinel2"):
+        with contextlib.suppress(CloudmaskError):
+            read_scene(item, "landsat8")
