@@ -10,8 +10,6 @@ leaves the destination untouched and no temporary file behind (a SIGKILL can lea
 
 from __future__ import annotations
 
-import contextlib
-
 import errno
 import glob
 import os
@@ -29,6 +27,7 @@ import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
 from cloudmask.errors import OutputError, UsageError, first_line
+from cloudmask.files import remove_quietly  # (cog.remove_quietly for its callers)
 
 #: Internal tile edge of the COGs (and of the raw intermediate), in pixels.
 BLOCK = 512
@@ -96,13 +95,6 @@ def output_error(exc: BaseException, path: Path | str, writing: bool = False) ->
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
         return OutputError(f"{path}: output folder is not writable")
     return OutputError(f"{path}: cannot write output ({first_line(exc)})")
-
-
-def remove_quietly(path: Path | None) -> None:
-    """Best-effort cleanup of a temporary file: an error here must not hide the original one."""
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 class RasterSink:

@@ -49,6 +49,10 @@ class OutputError(CloudmaskError):
 class OutputBusyError(OutputError):
     """Another live run holds the output's lock: it is being written, so this run leaves it to that one."""
 
+    def __init__(self, message: str, owner: str = "unknown owner") -> None:
+        super().__init__(message)
+        self.owner = owner  # "pid N on HOST", as the lock file says
+
 
 class ClusterError(CloudmaskError):
     """The Dask cluster of ``--scheduler`` failed a scene (its workers died running a block)."""

@@ -14,6 +14,7 @@ the bytes already on disk; a ``.part`` left by an interrupted run is resumed the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -564,8 +565,7 @@ def fetch(
                              "give the same box to plan() and fetch(), or only to plan()")
         for p in plans:
             p.clip_bbox = box  # what each item is cut to, and what its item.json records
-    locks: list[OutputLock] = []
-    try:
+    with contextlib.ExitStack() as locks:  # released when the fetch ends, however it ends
         for p in plans:
             if p.skipped or p.error is not None:
                 continue
@@ -576,14 +576,14 @@ def fetch(
                 continue
             # one run per item folder: two renaming each other's .part files failed both and could
             # leave a corrupt band in a folder marked complete
-            lock = OutputLock(p.folder / FETCH_LOCK, p.folder)
             try:
-                lock.__enter__()
-            except (OutputError, OSError) as exc:
-                busy = isinstance(exc, OutputBusyError)
-                p.error = f"{p.folder}: another run is fetching this item ({lock._owner()})" if busy else first_line(exc)
+                locks.enter_context(OutputLock(p.folder / FETCH_LOCK, p.folder))
+            except OutputBusyError as exc:
+                p.error = f"{p.folder}: another run is fetching this item ({exc.owner})"
                 continue
-            locks.append(lock)
+            except (OutputError, OSError) as exc:
+                p.error = first_line(exc)
+                continue
             try:
                 (p.folder / FETCH_MARKER).touch()  # "not complete" for readers, until item.json is in
                 if p.stale:  # another extent's files: the item goes first, so the folder is never "complete"
@@ -592,9 +592,6 @@ def fetch(
             except OSError as exc:
                 p.error = f"{p.folder}: cannot write in the folder ({_os_reason(exc)})"
         return _fetch_locked(plans, retry, workers, progress, on_file_done)
-    finally:
-        for lock in locks:
-            lock.__exit__(None, None, None)
 
 
 def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progress: ProgressFn | None,
@@ -611,7 +608,6 @@ def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progres
     adapter = HTTPAdapter(pool_connections=workers, pool_maxsize=workers, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    errors: list[FetchError] = []
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -637,7 +633,6 @@ def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progres
                     t = fut.result()
                 except FetchError as exc:
                     with lock:
-                        errors.append(exc)
                         p = owner[id(futures[fut])]
                         p.error = p.error or str(exc)
                     continue
@@ -657,7 +652,6 @@ def _fetch_locked(plans: Sequence[ItemPlan], retry: Retry, workers: int, progres
                 (p.folder / FETCH_MARKER).unlink(missing_ok=True)
             except OSError as exc:
                 p.error = f"{p.folder / ITEM_FILE}: {_os_reason(exc)}"
-                errors.append(FetchError(p.error))
     summary = failure_summary(plans)
     if summary:
         raise FetchError(summary)

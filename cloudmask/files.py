@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -137,7 +138,9 @@ class OutputLock:
                 except FileExistsError:
                     if self._stale() and self._break_stale():
                         continue
-                    raise OutputBusyError(f"{self.target}: another run is writing this output (lock {self.path.name}: {self._owner()})") from None
+                    owner = self._owner()
+                    raise OutputBusyError(f"{self.target}: another run is writing this output (lock {self.path.name}: "
+                                          f"{owner})", owner) from None
                 except OSError as exc:
                     from cloudmask import cog  # GDAL's: only when a lock cannot be made
 
@@ -151,7 +154,7 @@ class OutputLock:
                     # a killed takeover's leftover; removed once the lock it holds is stale, as its
                     # taker would have done (one holding a live run's lock waits for that run's end)
                     if _lock_file_stale(aside):
-                        _remove_quietly(aside)
+                        remove_quietly(aside)
                 return self
             raise OutputError(f"{self.target}: cannot take the lock {self.path}")
         except BaseException:
@@ -203,8 +206,8 @@ class OutputLock:
             self.held = False
 
 
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+def remove_quietly(path: Path | None) -> None:
+    """Best-effort cleanup of a temporary file: an error here must not hide the original one."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -32,10 +32,10 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from cloudmask import cog
-from cloudmask.files import OutputLock, _locks_set_aside
 from cloudmask.evaluate import LABEL_WORDS
 from cloudmask.errors import (ClusterError, CloudmaskError, ModelError, OutputBusyError, OutputError, SceneError, SchedulerLostError,
                               UsageError, first_line)
+from cloudmask.files import OutputLock, _locks_set_aside
 from cloudmask.registry import Sensor
 from cloudmask.scene import (ARCHIVE_SUFFIXES, Scene, _is_url, archive_rasters, degrees_within, is_safe, read_scene,
                              stem_last_part)
@@ -659,7 +659,10 @@ def _bounds_wgs84(scene: Scene) -> list[float] | None:
         return [-180.0, s, 180.0, n]
     # longitudes beyond ±180 (a grid past the antimeridian, 0-360 longitudes) are not GeoJSON: wrapped,
     # a box across the antimeridian has west > east, as STAC writes it
-    return [(w + 180) % 360 - 180 if not -180 <= w <= 180 else w, s, (e + 180) % 360 - 180 if not -180 <= e <= 180 else e, n]
+    def wrap(lon: float) -> float:
+        return lon if -180 <= lon <= 180 else (lon + 180) % 360 - 180
+
+    return [wrap(w), s, wrap(e), n]
 
 
 def stac_item_for_mask(
@@ -1145,7 +1148,7 @@ def mask_many(
                     result = MaskResult(source, str(dst), "failed", str(stuck), exit_code=stuck.exit_code,
                                         seconds=time.perf_counter() - t0, error=stuck)
                 else:  # overlapping cron runs: the other run is masking it, nothing failed
-                    result = MaskResult(source, str(dst), "busy", f"another run is writing it ({str(exc).rsplit('(lock ', 1)[-1].rstrip(')')})",
+                    result = MaskResult(source, str(dst), "busy", f"another run is writing it ({exc.owner})",
                                         seconds=time.perf_counter() - t0)
             except CloudmaskError as exc:  # (a message that does not name its scene gets its name, for cron logs)
                 said = str(exc) if Path(source).name in str(exc) or source in str(exc) else f"{source}: {exc}"

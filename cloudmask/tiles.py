@@ -1219,15 +1219,14 @@ class DistributedRunner:
 
         slots = self.slots
         todo = iter(blocks)
-        keys: dict[str, Any] = {}
-        futures: dict[str, Any] = {}  # in flight, by key
+        inflight: dict[str, tuple[Any, Any]] = {}  # future key → (block key, future)
         # results are gathered here, one finished block at a time: with as_completed's own gathering
         # (with_results) the blocks of a failed scene were still being gathered when its client
         # closed, and tornado printed a traceback of each over the one-line error
         queue = as_completed([], loop=self.client.loop)
 
         def top_up() -> None:
-            while len(keys) < slots and (not keys or may_submit is None or may_submit()):
+            while len(inflight) < slots and (not inflight or may_submit is None or may_submit()):
                 try:
                     key, arr = next(todo)
                 except StopIteration:
@@ -1238,15 +1237,13 @@ class DistributedRunner:
                 else:  # a block reader (WeightedGraph.cluster_block): retries in its ChunkReader
                     task = _ClusterTask(arr)
                 fut = self.client.submit(task, pure=False)
-                keys[fut.key] = key
-                futures[fut.key] = fut
+                inflight[fut.key] = (key, fut)
                 queue.add(fut)
 
         top_up()
         try:
             for fut in queue:
-                key = keys.pop(fut.key)
-                futures.pop(fut.key, None)
+                key, _ = inflight.pop(fut.key)
                 value = fut.result()  # a failed or cancelled block raises its error here
                 fut.release()
                 yield key, value
@@ -1259,8 +1256,8 @@ class DistributedRunner:
                 raise  # as it came: rasterio's "See previous exception" needs its cause (first_line)
             raise failure from None
         finally:
-            if futures:  # the scene failed or stopped: its other blocks are dropped, not gathered
-                self._drop(queue, list(futures.values()))
+            if inflight:  # the scene failed or stopped: its other blocks are dropped, not gathered
+                self._drop(queue, [fut for _, fut in inflight.values()])
 
     def _drop(self, queue: Any, futures: list[Any]) -> None:
         """Cancel a failed scene's blocks still in flight. Why: left running, their results were
